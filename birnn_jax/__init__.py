@@ -1,0 +1,17 @@
+"""birnn_jax: bidirectional recurrent networks in JAX/Flax.
+
+Layers, each importing only those below: `cells` -> `recurrence` -> `bidirectional` ->
+`models`. PyTorch interop (`from_torch`, `to_torch`) imports torch only when called.
+"""
+
+from birnn_jax.bidirectional import Bidirectional, MERGES, Recurrent, merge_directions
+from birnn_jax.cells import CELLS, GRUCell, LSTMCell, SimpleCell, make_cell
+from birnn_jax.models import BiRNN
+from birnn_jax.torch_interop import from_torch, to_torch
+from birnn_jax import bidirectional as _bidirectional
+
+IMPLS = _bidirectional.impl_names()
+
+__all__ = ["BiRNN", "Bidirectional", "Recurrent", "CELLS", "GRUCell", "LSTMCell",
+           "SimpleCell", "make_cell", "MERGES", "merge_directions", "IMPLS",
+           "from_torch", "to_torch"]

@@ -1,0 +1,145 @@
+"""Bidirectional layer: two chains over the same input, merged per time step.
+
+    H→_t = cell_f(H→_{t-1}, X_t)        H←_t = cell_b(H←_{t+1}, X_t)
+    H_t  = merge(H→_t, H←_t)            (concat by default: D2L eq. 10.4.2)
+
+Cells are unbound Flax modules (ours from `cells`, or any Flax cell); their parameters are
+created with the cell's own `init` and then used through pure functions, so the chains are
+plain `jax.lax.scan`s (see `recurrence`).
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from birnn_jax import recurrence
+
+Array = jax.Array
+
+MERGES = ("concat", "sum", "mean", "mul", "none")
+
+# Implementations that run both directions in one loop (filled by the fused module).
+FUSED: dict[str, Any] = {}
+
+
+def impl_names() -> tuple[str, ...]:
+  return tuple(recurrence.IMPLEMENTATIONS) + tuple(FUSED)
+
+
+def output_size(cell: nn.Module) -> int | None:
+  """Features of a cell's output, when the cell says (ours do; Flax cells have features)."""
+  size = getattr(cell, "output_size", None)
+  return size if size is not None else getattr(cell, "features", None)
+
+
+def merged_size(merge: str, forward_size: int, backward_size: int) -> int:
+  """Output features of `merge`; raises when the merge cannot combine the two sizes."""
+  if merge not in MERGES:
+    raise ValueError(f"unknown merge={merge!r}; expected one of {MERGES}.")
+  if merge in ("sum", "mean", "mul") and forward_size != backward_size:
+    raise ValueError(
+        f"merge={merge!r} needs equal hidden sizes in both directions, got forward "
+        f"{forward_size} and backward {backward_size}; use 'concat' or 'none'.")
+  return forward_size + backward_size if merge == "concat" else forward_size
+
+
+def merge_directions(merge: str, y_f: Array, y_b: Array):
+  """[B, T, H_f], [B, T, H_b] -> [B, T, H_f + H_b] (concat) or [B, T, H] or the pair."""
+  merged_size(merge, y_f.shape[-1], y_b.shape[-1])
+  if merge == "concat":
+    return jnp.concatenate([y_f, y_b], axis=-1)
+  if merge == "sum":
+    return y_f + y_b
+  if merge == "mean":
+    return (y_f + y_b) / 2
+  if merge == "mul":
+    return y_f * y_b
+  return y_f, y_b
+
+
+def check_impl(impl: str) -> None:
+  names = impl_names()
+  if impl not in names:
+    raise ValueError(f"unknown impl={impl!r}; expected one of {names}.")
+
+
+def cell_params(module: nn.Module, name: str, cell: nn.Module, x_BxTxD: Array):
+  """Declares `name` in `module` holding the parameters `cell.init` makes for x."""
+  def init(key):
+    x_BxD = x_BxTxD[:, 0]
+    carry = cell.initialize_carry(key, x_BxD.shape)
+    return cell.init(key, carry, x_BxD)["params"]
+  return module.param(name, init)
+
+
+def initial_carry(cell: nn.Module, x_BxTxD: Array, carry=None):
+  """The given carry, or the cell's zero carry for a batch of x."""
+  if carry is not None:
+    return carry
+  return cell.initialize_carry(jax.random.key(0), x_BxTxD[:, 0].shape)
+
+
+def run_chain(impl: str, cell, params, x, lengths, carry, reverse: bool, unroll: int):
+  if impl == "scan":
+    return recurrence.scan(cell, params, x, lengths, carry, reverse, unroll=unroll)
+  return recurrence.IMPLEMENTATIONS[impl](cell, params, x, lengths, carry, reverse)
+
+
+class Recurrent(nn.Module):
+  """One direction over [B, T, D] -> (outputs [B, T, H_out], final carry).
+
+  Parameters live under 'forward' (or 'backward' when reverse), as in `Bidirectional`, so a
+  unidirectional stack has the same parameter names as the forward half of a bidirectional one.
+  """
+  cell: nn.Module
+  reverse: bool = False
+  impl: str = "scan"
+  unroll: int = 1
+
+  @nn.compact
+  def __call__(self, x: Array, lengths: Array | None = None, carry=None):
+    lengths = recurrence.check_inputs(x, lengths, type(self).__name__)
+    check_impl(self.impl)
+    # A fused implementation only differs from the scan when there are two directions.
+    impl = self.impl if self.impl in recurrence.IMPLEMENTATIONS else "scan"
+    params = cell_params(self, "backward" if self.reverse else "forward", self.cell, x)
+    y, carry = run_chain(impl, self.cell, params, x, lengths,
+                         initial_carry(self.cell, x, carry), self.reverse, self.unroll)
+    return y.astype(x.dtype if self.cell.dtype is None else self.cell.dtype), carry
+
+
+class Bidirectional(nn.Module):
+  """Both directions over [B, T, D] -> (merged outputs, (forward carry, backward carry)).
+
+  The directions may differ in cell type and hidden size (with merge 'concat' or 'none').
+  """
+  forward_cell: nn.Module
+  backward_cell: nn.Module
+  merge: str = "concat"
+  impl: str = "scan"
+  unroll: int = 1
+
+  @nn.compact
+  def __call__(self, x: Array, lengths: Array | None = None, carries=None):
+    lengths = recurrence.check_inputs(x, lengths, type(self).__name__)
+    check_impl(self.impl)
+    merged_size(self.merge, output_size(self.forward_cell), output_size(self.backward_cell))
+    carry_f, carry_b = carries if carries is not None else (None, None)
+    params_f = cell_params(self, "forward", self.forward_cell, x)
+    params_b = cell_params(self, "backward", self.backward_cell, x)
+    carry_f = initial_carry(self.forward_cell, x, carry_f)
+    carry_b = initial_carry(self.backward_cell, x, carry_b)
+    if self.impl in FUSED:
+      y_f, y_b, carry_f, carry_b = FUSED[self.impl](
+          self.forward_cell, self.backward_cell, params_f, params_b, x, lengths,
+          carry_f, carry_b, unroll=self.unroll)
+    else:
+      y_f, carry_f = run_chain(self.impl, self.forward_cell, params_f, x, lengths,
+                               carry_f, False, self.unroll)
+      y_b, carry_b = run_chain(self.impl, self.backward_cell, params_b, x, lengths,
+                               carry_b, True, self.unroll)
+    dtype = self.forward_cell.dtype
+    y = merge_directions(self.merge, y_f.astype(dtype), y_b.astype(dtype))
+    return y, (carry_f, carry_b)
