@@ -147,3 +147,34 @@ class BiRNN(nn.Module):
                            f"match, got {layer_in.shape} and {y.shape}.")
         y = y + layer_in
     return y, stack_carries(carries_out)
+
+
+def birnn_from_config(model, **overrides) -> BiRNN:
+  """The BiRNN that `config.model` describes (shared keys of `config_lib.base_config`)."""
+  attrs = dict(cell=model.cell, hidden_size=model.hidden_size, num_layers=model.num_layers,
+               bidirectional=model.bidirectional, merge=model.merge,
+               activation=model.activation, dropout=model.dropout,
+               variational_dropout=model.variational_dropout, residual=model.residual,
+               impl=model.impl, unroll=model.unroll, dtype=jnp.dtype(model.dtype))
+  attrs.update(overrides)
+  return BiRNN(**attrs)
+
+
+class Tagger(nn.Module):
+  """Token ids [B, T] -> per-token logits [B, T, num_tags]: O_t = H_t W_hq + b_q.
+
+  The encoder is any module mapping (x [B, T, E], lengths) -> (H [B, T, F], final),
+  normally a `BiRNN`. `embed_dropout` drops embedding features during training.
+  """
+  vocab_size: int
+  embed_size: int
+  encoder: nn.Module
+  num_tags: int
+  embed_dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, tokens: Array, lengths: Array, deterministic: bool = True):
+    x = nn.Embed(self.vocab_size, self.embed_size, name="embed")(tokens)
+    x = nn.Dropout(self.embed_dropout)(x, deterministic=deterministic)
+    h, _ = self.encoder(x, lengths, deterministic=deterministic)
+    return nn.Dense(self.num_tags, name="head")(h).astype(jnp.float32)

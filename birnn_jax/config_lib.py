@@ -1,0 +1,104 @@
+"""The keys every experiment shares, their defaults, and their validation.
+
+Experiment files (`experiments/*.py`) start from `base_config()` and add their own keys;
+`validate(config)` runs before any compute and names the offending key.
+"""
+
+import ml_collections
+
+from birnn_jax import bidirectional
+from birnn_jax import cells
+from birnn_jax import optim as optim_lib
+
+DTYPES = ("float32", "bfloat16")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = ""             # module name under birnn_jax.tasks
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.cell = "lstm"   # rnn | gru | lstm
+  c.model.activation = "tanh"
+  c.model.hidden_size = 128
+  c.model.num_layers = 1
+  c.model.bidirectional = True
+  c.model.merge = "concat"
+  c.model.dropout = 0.0
+  c.model.variational_dropout = False
+  c.model.residual = False
+  c.model.impl = "scan"
+  c.model.unroll = 1
+  c.model.dtype = "float32"
+  c.model.embed_size = 64
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dir = ""         # '' = $BIRNN_DATA_DIR, then ~/.cache/birnn_jax
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adam"
+  c.optim.learning_rate = 1e-3
+  c.optim.schedule = "constant"
+  c.optim.warmup_steps = 0
+  c.optim.clip_norm = 1.0   # global-norm clipping (D2L clips at 1); 0 disables
+  c.optim.weight_decay = 0.0
+  c.optim.momentum = 0.0
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 1000
+  c.train.batch_size = 32  # global, over all devices
+  c.train.log_every = 50
+  c.train.eval_every = 250
+  c.train.checkpoint_every = 250
+  c.train.keep_checkpoints = 2   # the last N, plus the best by best_metric
+  c.train.best_metric = "eval_loss"
+  c.train.best_mode = "min"
+  c.train.nan_policy = "stop"    # stop | skip (skip the update of a non-finite step)
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1        # devices on the ("data",) axis; -1 = all
+  c.mesh.distributed = False   # call jax.distributed.initialize()
+  c.mesh.coordinator_address = ""
+  c.mesh.num_processes = 0
+  c.mesh.process_id = -1
+  return c
+
+
+def _check(ok: bool, key: str, value, expected: str) -> None:
+  if not ok:
+    raise ValueError(f"config.{key}={value!r} is invalid: expected {expected}.")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming `config.<key>` for any impossible shared value."""
+  m, t, o = config.model, config.train, config.optim
+  _check(bool(config.task), "task", config.task, "a task module name")
+  _check(m.cell in cells.CELLS, "model.cell", m.cell, f"one of {sorted(cells.CELLS)}")
+  _check(m.activation in cells.ACTIVATIONS, "model.activation", m.activation,
+         f"one of {sorted(cells.ACTIVATIONS)}")
+  for key in ("hidden_size", "num_layers", "embed_size", "unroll"):
+    _check(m[key] > 0, f"model.{key}", m[key], "a positive integer")
+  _check(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "a rate in [0, 1)")
+  _check(m.merge in bidirectional.MERGES, "model.merge", m.merge,
+         f"one of {bidirectional.MERGES}")
+  _check(m.merge != "none" or not m.bidirectional, "model.merge", m.merge,
+         "a merge that gives one array ('none' returns a pair, which a head cannot read)")
+  _check(m.impl in bidirectional.impl_names(), "model.impl", m.impl,
+         f"one of {bidirectional.impl_names()}")
+  _check(m.dtype in DTYPES, "model.dtype", m.dtype, f"one of {DTYPES}")
+  _check(o.name in optim_lib.OPTIMIZERS, "optim.name", o.name,
+         f"one of {optim_lib.OPTIMIZERS}")
+  _check(o.schedule in optim_lib.SCHEDULES, "optim.schedule", o.schedule,
+         f"one of {optim_lib.SCHEDULES}")
+  _check(o.learning_rate > 0, "optim.learning_rate", o.learning_rate, "> 0")
+  _check(o.clip_norm >= 0, "optim.clip_norm", o.clip_norm, ">= 0 (0 disables)")
+  _check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, ">= 0")
+  for key in ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
+              "keep_checkpoints"):
+    _check(t[key] > 0, f"train.{key}", t[key], "a positive integer")
+  _check(t.best_mode in ("min", "max"), "train.best_mode", t.best_mode, "'min' or 'max'")
+  _check(t.nan_policy in ("stop", "skip"), "train.nan_policy", t.nan_policy,
+         "'stop' or 'skip'")
+  _check(config.mesh.data == -1 or config.mesh.data > 0, "mesh.data", config.mesh.data,
+         "-1 (all devices) or a positive count")

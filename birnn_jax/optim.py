@@ -1,0 +1,36 @@
+"""Optimiser from config: adam | adamw | sgd, a learning-rate schedule, global-norm clipping."""
+
+import ml_collections
+import optax
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "warmup_cosine")
+
+
+def learning_rate_schedule(optim: ml_collections.ConfigDict, num_steps: int):
+  if optim.schedule == "constant":
+    return optax.constant_schedule(optim.learning_rate)
+  if optim.schedule == "cosine":
+    return optax.cosine_decay_schedule(optim.learning_rate, max(num_steps, 1))
+  if optim.schedule == "warmup_cosine":
+    return optax.warmup_cosine_decay_schedule(
+        0.0, optim.learning_rate, optim.warmup_steps, max(num_steps, optim.warmup_steps + 1))
+  raise ValueError(f"config.optim.schedule={optim.schedule!r}; expected one of {SCHEDULES}.")
+
+
+def make_optimizer(optim: ml_collections.ConfigDict,
+                   num_steps: int) -> optax.GradientTransformation:
+  """`optim`: config.optim (name, learning_rate, schedule, warmup_steps, clip_norm,
+  weight_decay, momentum). Clipping by global norm first, as D2L clips at 1."""
+  lr = learning_rate_schedule(optim, num_steps)
+  if optim.name == "adam":
+    tx = optax.adam(lr)
+  elif optim.name == "adamw":
+    tx = optax.adamw(lr, weight_decay=optim.weight_decay)
+  elif optim.name == "sgd":
+    tx = optax.sgd(lr, momentum=optim.momentum or None)
+  else:
+    raise ValueError(f"config.optim.name={optim.name!r}; expected one of {OPTIMIZERS}.")
+  if optim.clip_norm > 0:
+    tx = optax.chain(optax.clip_by_global_norm(optim.clip_norm), tx)
+  return tx

@@ -1,0 +1,81 @@
+"""What the generic trainer needs from a task.
+
+A task owns its data (built from train only, vocabularies saved in the workdir), its model,
+its loss/metrics and its predict function. The trainer calls:
+
+    task = TaskClass(config, workdir)        # validates task keys, loads data
+    model = task.model()                     # model.apply(vars, batch, deterministic=...)
+    task.train_batch(step)                   # same (seed, step) -> same batch: exact resume
+    task.eval_batches(split)                 # every example once, fixed shapes
+    task.metric_sums(outputs, batch)         # jnp sums incl. 'loss' and 'count'
+
+An experiment may train several variants of a config (e.g. bidirectional vs forward-only)
+and then summarise them: `variants(config)` and `summarize(config, results)`.
+"""
+
+import abc
+import pathlib
+from typing import Iterable
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+
+
+class Task(abc.ABC):
+  """Base class; subclasses set `eval_splits` (the first one is evaluated during training)."""
+
+  eval_splits: tuple[str, ...] = ("eval",)
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
+    self.config = config
+    self.workdir = pathlib.Path(workdir)
+
+  @abc.abstractmethod
+  def model(self) -> nn.Module:
+    """The Flax model; called as `model.apply(variables, batch, deterministic=...)`."""
+
+  def model_inputs(self, batch: Batch) -> tuple:
+    """Positional model arguments taken from a batch."""
+    return batch["tokens"], batch["lengths"]
+
+  @abc.abstractmethod
+  def train_batch(self, step: int) -> Batch:
+    """The global training batch of `step`, a pure function of (config.seed, step)."""
+
+  @abc.abstractmethod
+  def eval_batches(self, split: str) -> Iterable[Batch]:
+    """Batches covering `split` exactly once (padding rows carry zero weight)."""
+
+  @abc.abstractmethod
+  def metric_sums(self, outputs, batch: Batch) -> dict[str, jax.Array]:
+    """Sums over the batch: 'loss' (the training objective), 'count', and any others;
+    means are sums / count."""
+
+  def derived_metrics(self, means: dict[str, float]) -> dict[str, float]:
+    """Extra metrics from means (e.g. perplexity = exp(loss))."""
+    return means
+
+  def extra_results(self, params, evaluate) -> dict:
+    """Task-specific final results beside `{split}_{metric}` (evaluate(params, split))."""
+    return {}
+
+  def predict(self, variables, text: str) -> str:
+    raise NotImplementedError(f"{type(self).__name__} has no predict mode.")
+
+  # Experiment level -----------------------------------------------------------------------
+
+  @classmethod
+  def variants(cls, config: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
+    """Name -> config of each model the experiment trains ('' = one model, in the workdir)."""
+    return {"": config}
+
+  @classmethod
+  def summarize(cls, config, results: dict[str, dict]) -> tuple[dict, str]:
+    """(results.json contents, verdict line) from each variant's final metrics."""
+    if list(results) == [""]:
+      return results[""], ""
+    return results, ""

@@ -1,0 +1,87 @@
+"""Synthetic tagging (the embedded default): bidirectional vs forward-only on labels that
+need the right context; see `data/synthetic.py` for the generator and the ceiling."""
+
+import numpy as np
+
+from birnn_jax import losses
+from birnn_jax import models
+from birnn_jax.data.synthetic import SyntheticTagging
+from birnn_jax.tasks import base
+
+
+def generator(config) -> SyntheticTagging:
+  d = config.data
+  return SyntheticTagging(vocab_size=d.vocab_size, num_classes=d.num_classes,
+                          num_ambiguous=d.num_ambiguous, min_length=d.min_length,
+                          max_length=d.max_length)
+
+
+class Task(base.Task):
+  eval_splits = ("test",)
+
+  def __init__(self, config, workdir):
+    super().__init__(config, workdir)
+    self.data = generator(config)
+    if config.data.num_test_sequences <= 0:
+      raise ValueError("config.data.num_test_sequences must be positive, got "
+                       f"{config.data.num_test_sequences}.")
+    # Held-out sentences come from their own stream, never from the training stream.
+    test_rng = np.random.default_rng([config.seed, 1])
+    self.test = self.data.batch(test_rng, config.data.num_test_sequences)
+
+  def model(self):
+    return models.Tagger(vocab_size=self.data.num_ids, embed_size=self.config.model.embed_size,
+                         encoder=models.birnn_from_config(self.config.model),
+                         num_tags=self.data.num_tags)
+
+  def train_batch(self, step):
+    rng = np.random.default_rng([self.config.seed, 0, step])
+    return self.data.batch(rng, self.config.train.batch_size)
+
+  def eval_batches(self, split):
+    size = self.config.train.batch_size
+    n = len(self.test["lengths"])
+    for start in range(0, n, size):
+      batch = {k: v[start:start + size] for k, v in self.test.items()}
+      pad = size - len(batch["lengths"])
+      if pad:  # Zero-length rows keep the shape fixed and weigh nothing.
+        batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
+                 for k, v in batch.items()}
+      yield batch
+
+  def metric_sums(self, logits, batch):
+    return losses.token_classification_sums(logits, batch["tags"], batch["mask"])
+
+  def extra_results(self, params, evaluate):
+    ceiling, stderr = self.data.left_context_ceiling(self.test)
+    return {"left_context_ceiling": ceiling, "left_context_ceiling_stderr": stderr}
+
+  @classmethod
+  def variants(cls, config):
+    out = {}
+    for name, bidirectional in (("bidirectional", True), ("unidirectional", False)):
+      cfg = config.copy_and_resolve_references()
+      cfg.model.bidirectional = bidirectional
+      out[name] = cfg
+    return out
+
+  @classmethod
+  def summarize(cls, config, results):
+    bi, uni = results["bidirectional"], results["unidirectional"]
+    ceiling = bi["left_context_ceiling"]
+    margin = 3 * bi["left_context_ceiling_stderr"]
+    summary = {"bidirectional_accuracy": bi["test_accuracy"],
+               "unidirectional_accuracy": uni["test_accuracy"],
+               "left_context_ceiling": ceiling,
+               "left_context_ceiling_stderr": bi["left_context_ceiling_stderr"],
+               "bidirectional": bi, "unidirectional": uni}
+    uni_capped = uni["test_accuracy"] <= ceiling + margin
+    bi_wins = bi["test_accuracy"] >= 0.95 and bi["test_accuracy"] > ceiling + margin
+    summary["verdict_pass"] = bool(uni_capped and bi_wins)
+    verdict = (
+        f"VERDICT: {'PASS' if summary['verdict_pass'] else 'FAIL'} - bidirectional "
+        f"{bi['test_accuracy']:.2%} vs forward-only {uni['test_accuracy']:.2%}; no "
+        f"left-context tagger can beat {ceiling:.2%} (+/- {margin:.2%}) on this data"
+        f"{'' if uni_capped else ' (forward-only above the ceiling?!)'}"
+        f"{'' if bi_wins else ' (bidirectional did not clear 95% and the ceiling)'}.")
+    return summary, verdict
