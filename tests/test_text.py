@@ -1,0 +1,402 @@
+"""Tests for birnn_jax.data.text: The Time Machine reader, tokens, splits, batches, masking."""
+
+import collections
+import hashlib
+import os
+import pathlib
+import re
+
+from hypothesis import given, settings, strategies as st
+import numpy as np
+import pytest
+
+from birnn_jax.data import text
+from birnn_jax.data.common import DataError
+from birnn_jax.data.vocab import PAD, UNK, Vocab
+
+DATA_ROOT = pathlib.Path(os.environ.get("BIRNN_DATA_DIR") or "/work/shared/data").resolve()
+TM_FILE = DATA_ROOT / "time_machine" / "timemachine.txt"
+needs_data = pytest.mark.skipif(not TM_FILE.exists(), reason=f"no {TM_FILE}")
+
+
+@pytest.fixture(scope="module")
+def tm_text():
+  if not TM_FILE.exists():
+    pytest.skip(f"no {TM_FILE}")
+  return text.read_time_machine(str(DATA_ROOT))
+
+
+def _write(tmp_path, data: bytes) -> pathlib.Path:
+  folder = tmp_path / "time_machine"
+  folder.mkdir(parents=True, exist_ok=True)
+  path = folder / "timemachine.txt"
+  path.write_bytes(data)
+  return path
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading and preprocessing.
+
+
+def test_preprocess_matches_d2l_on_snippet():
+  raw = ("The Time Traveller (for so it will be convenient to speak of him)\n"
+         "was expounding a recondite matter to us. His grey eyes--shone!")
+  assert text.preprocess(raw) == ("the time traveller for so it will be convenient to speak of "
+                                  "him was expounding a recondite matter to us his grey eyes "
+                                  "shone ")
+  assert text.preprocess("The Time Traveller (for so it") == "the time traveller for so it"
+
+
+@needs_data
+def test_real_file_matches_d2l_and_measured_facts(tm_text):
+  raw = TM_FILE.read_text(encoding="utf-8")
+  # d2l 1.0, ch. 9.2: TimeMachine._preprocess(raw) on the whole text.
+  assert tm_text == re.sub("[^A-Za-z]+", " ", raw).lower()
+  assert len(raw) == 178_979
+  assert len(tm_text) == 173_428  # d2l reports len(corpus) == 173428 for char tokens
+  assert tm_text.startswith("the time machine by h g wells i the time traveller for so it")
+  assert sorted(set(tm_text)) == [" "] + [chr(c) for c in range(ord("a"), ord("z") + 1)]
+  words = tm_text.split()
+  assert len(words) == 32_775 and len(set(words)) == 4_579
+  assert collections.Counter(words).most_common(3) == [("the", 2261), ("i", 1267),
+                                                       ("and", 1245)]
+  assert hashlib.sha1(TM_FILE.read_bytes()).hexdigest() == text.TIME_MACHINE_SHA1
+
+
+@needs_data
+def test_env_var_resolution(monkeypatch):
+  monkeypatch.setenv("BIRNN_DATA_DIR", str(DATA_ROOT))
+  assert len(text.read_time_machine()) == 173_428
+
+
+@needs_data
+def test_vocab_sizes_on_real_file(tm_text):
+  # d2l's char vocab has 28 tokens: 26 letters, space and <unk>; ours adds <pad> (and <mask>).
+  full_chars = text.build_vocab(text.tokenize(tm_text, "char"), specials=())
+  assert len(full_chars) == 29
+  char = text.corpus_from_text(tm_text, "char")
+  assert len(char.vocab) == 30 and char.vocab.tokens[:4] == ("<pad>", "<unk>", "<mask>", " ")
+  assert text.mask_id(char.vocab) == 2
+  assert (len(char.train), len(char.valid), len(char.test)) == (156_085, 8_671, 8_672)
+  assert not np.any(char.valid == UNK) and not np.any(char.test == UNK)
+  word = text.corpus_from_text(tm_text, "word")
+  assert (len(word.train), len(word.valid), len(word.test)) == (29_497, 1_638, 1_640)
+  assert len(word.vocab) == 4_329  # 4,326 distinct train words + pad, unk, mask
+  assert len(text.corpus_from_text(tm_text, "word", min_freq=2).vocab) == 2_025
+  # The vocab is from train only: held-out words unseen in train are UNK (about 8%).
+  assert 0.07 < np.mean(word.valid == UNK) < 0.09 and 0.07 < np.mean(word.test == UNK) < 0.09
+
+
+def test_invalid_utf8_names_file_and_line(tmp_path):
+  path = _write(tmp_path, b"good line\nanother\nbad \xff byte\nlast\n")
+  with pytest.raises(DataError) as e:
+    text.read_time_machine(str(tmp_path))
+  assert e.value.line == 3 and pathlib.Path(e.value.path) == path
+  assert "timemachine.txt:3:" in str(e.value) and "column 5" in str(e.value)
+
+
+def test_empty_and_letterless_files(tmp_path):
+  _write(tmp_path, b"")
+  with pytest.raises(DataError, match="timemachine.txt: the file is empty"):
+    text.read_time_machine(str(tmp_path))
+  _write(tmp_path, "1895 -- 42!\n\n\u00e9\n".encode())
+  with pytest.raises(DataError, match="no letters"):
+    text.read_time_machine(str(tmp_path))
+
+
+def test_missing_file_or_folder(tmp_path):
+  with pytest.raises(DataError, match="no time_machine/ folder|config.data.dir"):
+    text.read_time_machine(str(tmp_path / "nowhere"))
+  (tmp_path / "time_machine").mkdir()
+  with pytest.raises(DataError, match="no timemachine.txt"):
+    text.read_time_machine(str(tmp_path))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.binary(max_size=200),
+                 st.text(max_size=100).map(lambda s: s.encode("utf-8", "surrogatepass")),
+                 st.lists(st.sampled_from([b"ab", b"\n", b" ", b"\xc3\xa9", b"\xff", b"\xc3"]),
+                          max_size=30).map(b"".join)))
+def test_reader_on_random_bytes_returns_text_or_data_error(tmp_path_factory, data):
+  path = _write(tmp_path_factory.mktemp("rand"), data)
+  try:
+    out = text.read_time_machine(str(path.parent.parent))
+  except DataError as e:
+    assert str(path) in str(e)
+  else:
+    assert out.strip() and set(out) <= set(" abcdefghijklmnopqrstuvwxyz")
+    assert "  " not in out
+
+
+# ------------------------------------------------------------------------------------------------
+# Checksum and download (never over the network: file:// URLs only).
+
+
+@needs_data
+def test_checksum_detects_corruption(tmp_path):
+  text.verify_sha1(TM_FILE)
+  data = bytearray(TM_FILE.read_bytes())
+  data[1000] ^= 0x20  # one flipped case bit
+  bad = tmp_path / "corrupt.txt"
+  bad.write_bytes(bytes(data))
+  with pytest.raises(DataError, match="does not match"):
+    text.verify_sha1(bad)
+
+
+@needs_data
+def test_fetch_verified_keeps_only_good_files(tmp_path):
+  data = bytearray(TM_FILE.read_bytes())
+  data[-1:] = b"!"
+  bad = tmp_path / "corrupt.txt"
+  bad.write_bytes(bytes(data))
+  dest = tmp_path / "cache" / "timemachine.txt"
+  with pytest.raises(DataError, match="does not match"):
+    text.fetch_verified(bad.as_uri(), dest, text.TIME_MACHINE_SHA1)
+  assert not dest.exists() and list(dest.parent.iterdir()) == []
+  text.fetch_verified(TM_FILE.as_uri(), dest, text.TIME_MACHINE_SHA1)
+  assert dest.read_bytes() == TM_FILE.read_bytes()
+  assert [p.name for p in dest.parent.iterdir()] == ["timemachine.txt"]
+
+
+@needs_data
+def test_download_falls_back_and_replaces_corrupt_cache(tmp_path, monkeypatch):
+  bad = tmp_path / "corrupt.txt"
+  bad.write_bytes(b"not the book")
+  # Both URLs are local files, so this test cannot reach the network.
+  monkeypatch.setattr(text, "TIME_MACHINE_URLS", (bad.as_uri(), TM_FILE.as_uri()))
+  cache = tmp_path / "cache"
+  _write(cache, b"stale corrupt copy")
+  path = text.download_time_machine(cache)
+  assert path == cache / "time_machine" / "timemachine.txt"
+  assert text.file_sha1(path) == text.TIME_MACHINE_SHA1
+  monkeypatch.setattr(text, "TIME_MACHINE_URLS", (bad.as_uri(),))
+  assert text.download_time_machine(cache) == path  # a good cached copy is kept, not refetched
+  path.write_bytes(b"corrupted later")
+  with pytest.raises(DataError, match="could not download"):
+    text.download_time_machine(cache)
+
+
+# ------------------------------------------------------------------------------------------------
+# Tokens, vocabulary, splits.
+
+
+def test_tokenize_levels():
+  assert text.tokenize("the cat", "char") == list("the cat")
+  assert text.tokenize("the  cat ", "word") == ["the", "cat"]
+  with pytest.raises(ValueError, match="level"):
+    text.tokenize("x", "byte")
+
+
+@needs_data
+@pytest.mark.parametrize("level", ["char", "word"])
+def test_encode_decode_round_trip(tm_text, level, tmp_path):
+  corpus = text.corpus_from_text(tm_text, level)
+  train_tokens, _, _ = text.split_stream(text.tokenize(tm_text, level))
+  assert text.decode(corpus.train, corpus.vocab, level) == text.detokenize(train_tokens, level)
+  sample = "the time traveller smiled"
+  assert text.decode(text.encode(text.tokenize(sample, level), corpus.vocab), corpus.vocab,
+                     level) == sample
+  # Saved and loaded (as a workdir would), the vocab gives the same ids.
+  corpus.vocab.save(tmp_path / "vocab.json")
+  assert np.array_equal(text.encode(train_tokens, Vocab.load(tmp_path / "vocab.json")),
+                        corpus.train)
+
+
+def test_vocab_from_train_only():
+  corpus = text.corpus_from_text("a b a b a b a b a zebra", "word", fractions=(0.8, 0.1, 0.1))
+  assert "zebra" not in corpus.vocab and corpus.test.tolist() == [UNK]
+  assert corpus.valid.tolist() == [corpus.vocab.token_to_id("a")]
+  assert corpus.vocab.tokens == ("<pad>", "<unk>", "<mask>", "a", "b")
+
+
+@pytest.mark.parametrize("n", [20, 101, 173_428])
+def test_splits_disjoint_contiguous_and_covering(n):
+  stream = np.arange(n)
+  train, valid, test = text.split_stream(stream)
+  assert np.array_equal(np.concatenate([train, valid, test]), stream)
+  assert len(train) and len(valid) and len(test)
+  assert len(train) == int(0.9 * n) and len(valid) == int(0.05 * n)
+  tokens = list("abcdefghijklmnopqrst")
+  assert sum(text.split_stream(tokens), []) == tokens
+
+
+def test_split_errors():
+  with pytest.raises(ValueError, match="too short"):
+    text.split_stream(np.arange(10))  # 5% of 10 is 0 tokens
+  with pytest.raises(ValueError, match="sum"):
+    text.split_bounds(100, (0.5, 0.2, 0.2))
+  assert text.split_bounds(10, (1.0, 0.0, 0.0)) == (0, 10, 10, 10)
+
+
+# ------------------------------------------------------------------------------------------------
+# Windows and deterministic batches.
+
+
+def test_windows_shapes_and_content():
+  ids = np.arange(23)
+  w = text.windows(ids, 5)
+  assert w.shape == (4, 5) and w.dtype == np.int32
+  assert np.array_equal(w[:, 0], [0, 5, 10, 15]) and np.array_equal(w[1], np.arange(5, 10))
+  w2 = text.windows(ids, 5, stride=2)
+  assert w2.shape == ((23 - 5) // 2 + 1, 5) and np.array_equal(w2[3], np.arange(6, 11))
+  assert text.windows(ids, 23).shape == (1, 23)
+  w2[0, 0] = 99  # a copy, not a view of ids
+  assert ids[0] == 0
+  with pytest.raises(ValueError, match="shorter"):
+    text.windows(ids, 24)
+  with pytest.raises(ValueError, match=">= 1"):
+    text.windows(ids, 5, stride=0)
+
+
+def test_batch_for_step_is_deterministic():
+  w = text.windows(np.arange(1000), 10)  # 100 windows
+  for step in [0, 3, 57, 10_000]:
+    a = text.batch_for_step(w, 8, seed=3, step=step)
+    b = text.batch_for_step(w.copy(), 8, seed=3, step=step)
+    assert a.shape == (8, 10) and np.array_equal(a, b)
+  a[:] = -1  # mutating a returned batch does not change later batches
+  assert np.array_equal(text.batch_for_step(w, 8, 3, 10_000), b)
+  assert not np.array_equal(text.batch_for_step(w, 8, 3, 0), text.batch_for_step(w, 8, 4, 0))
+  # Same result whatever was asked before (resuming at step 57 from scratch).
+  assert np.array_equal(text.batch_indices(100, 8, 3, 57),
+                        text.epoch_permutation(100, 3, 4)[56:64])
+
+
+@pytest.mark.parametrize("n,batch_size", [(100, 10), (97, 10), (5, 8)])
+def test_every_window_once_per_epoch_and_epochs_differ(n, batch_size):
+  epochs = 3
+  steps = -(-epochs * n // batch_size)
+  stream = np.concatenate([text.batch_indices(n, batch_size, 11, s) for s in range(steps)])
+  orders = [stream[e * n:(e + 1) * n] for e in range(epochs)]
+  for e, order in enumerate(orders):
+    assert np.array_equal(np.sort(order), np.arange(n))
+    assert np.array_equal(order, np.random.default_rng((11, e)).permutation(n))
+  assert not np.array_equal(orders[0], orders[1])
+  assert text.steps_per_epoch(n, batch_size) == n / batch_size
+
+
+def test_batch_argument_errors():
+  with pytest.raises(ValueError):
+    text.batch_indices(0, 4, 0, 0)
+  with pytest.raises(ValueError, match="seed"):
+    text.batch_indices(10, 4, -1, 0)
+  with pytest.raises(ValueError, match="step"):
+    text.batch_indices(10, 4, 0, -2)
+
+
+# ------------------------------------------------------------------------------------------------
+# Masking.
+
+V, MASK = 50, 2
+SPECIALS = (PAD, UNK, MASK)
+
+
+def _random_batch(seed=0, b=512, t=128):
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(3, V, size=(b, t))
+  ids[rng.random((b, t)) < 0.05] = UNK  # sprinkled specials are never targets
+  lengths = rng.integers(0, t + 1, size=b)
+  lengths[:3] = [0, 1, t]
+  ids[np.arange(t)[None, :] >= lengths[:, None]] = PAD
+  return ids, lengths
+
+
+def test_mask_tokens_statistics():
+  ids, lengths = _random_batch()
+  rate = 0.15
+  inputs, targets, tmask = text.mask_tokens(ids, lengths, rate, np.random.default_rng(1),
+                                            MASK, V, special_ids=(PAD, UNK))
+  real = np.arange(ids.shape[1])[None, :] < lengths[:, None]
+  candidates = real & (ids != UNK)
+  assert np.array_equal(targets, ids) and inputs.dtype == np.int32
+  assert not np.any(tmask & ~candidates)  # never padding, never a special
+  assert np.array_equal(inputs[~tmask], ids[~tmask])  # only targets change
+  assert abs(tmask.sum() / candidates.sum() - rate) < 0.005
+  per_row = tmask.sum(1)
+  assert np.all((per_row >= 1) == (candidates.sum(1) >= 1))  # >= 1 target per non-empty row
+  assert per_row[0] == 0
+  n = tmask.sum()
+  masked = (inputs == MASK) & tmask
+  changed = (inputs != ids) & ~masked & tmask
+  pool = V - len(SPECIALS)
+  assert abs(masked.sum() / n - 0.8) < 0.02
+  assert abs(changed.sum() / n - 0.1 * (1 - 1 / pool)) < 0.015
+  assert abs((tmask & (inputs == ids)).sum() / n - (0.1 + 0.1 / pool)) < 0.015
+  assert not np.isin(inputs[changed], SPECIALS).any()  # random tokens are never specials
+
+
+def test_mask_tokens_deterministic_and_mask_forms_agree():
+  ids, lengths = _random_batch(seed=5, b=64, t=40)
+  real = np.arange(40)[None, :] < lengths[:, None]
+  a = text.mask_tokens(ids, lengths, 0.2, np.random.default_rng(9), MASK, V, (PAD, UNK))
+  b = text.mask_tokens(ids, real, 0.2, np.random.default_rng(9), MASK, V, (PAD, UNK))
+  c = text.mask_tokens(ids, lengths, 0.2, np.random.default_rng(10), MASK, V, (PAD, UNK))
+  for x, y in zip(a, b):
+    assert np.array_equal(x, y)
+  assert not np.array_equal(a[2], c[2])
+
+
+def test_mask_tokens_edge_cases():
+  ids = np.array([[5, 6, 7, 8, 9, 0, 0], [4, 0, 0, 0, 0, 0, 0], [0] * 7])
+  lengths = np.array([5, 1, 0])
+  rng = np.random.default_rng(0)
+  _, _, none = text.mask_tokens(ids, lengths, 0.0, rng, MASK, V, (PAD,))
+  assert not none.any()
+  _, _, one = text.mask_tokens(ids, lengths, 0.01, rng, MASK, V, (PAD,))
+  assert one.sum(1).tolist() == [1, 1, 0]
+  inputs, _, every = text.mask_tokens(ids, lengths, 1.0, rng, MASK, V, (PAD,),
+                                      probs=(1.0, 0.0, 0.0))
+  assert np.array_equal(every, ids != 0) and np.all(inputs[every] == MASK)
+  inputs, _, kept = text.mask_tokens(ids, lengths, 1.0, rng, MASK, V, (PAD,), probs=(0, 0, 1))
+  assert kept.any() and np.array_equal(inputs, ids)
+  _, _, all_real = text.mask_tokens(ids, None, 1.0, rng, MASK, V, ())
+  assert all_real.all()  # valid=None: every position is real (PAD only excluded via specials)
+  with pytest.raises(ValueError, match="rate"):
+    text.mask_tokens(ids, lengths, 1.5, rng, MASK, V)
+  with pytest.raises(ValueError, match="probs"):
+    text.mask_tokens(ids, lengths, 0.5, rng, MASK, V, probs=(0.5, 0.5, 0.5))
+  with pytest.raises(ValueError, match="lengths"):
+    text.mask_tokens(ids, np.array([8, 1, 0]), 0.5, rng, MASK, V)
+
+
+# ------------------------------------------------------------------------------------------------
+# Blanks for `predict`.
+
+
+@pytest.fixture(scope="module")
+def small_vocabs():
+  sample = "i am not hungry and the time traveller was very hungry indeed"
+  return {level: text.build_vocab(text.tokenize(sample, level)) for level in text.LEVELS}
+
+
+def test_blank_sentence_word(small_vocabs):
+  vocab = small_vocabs["word"]
+  ids, positions = text.blank_sentence("I am ___ hungry!", vocab, level="word")
+  assert positions.tolist() == [2]
+  expected = [vocab.token_to_id("i"), vocab.token_to_id("am"), text.mask_id(vocab),
+              vocab.token_to_id("hungry")]
+  assert ids.tolist() == expected and UNK not in expected
+  ids, positions = text.blank_sentence("___ time ___, Zork ___", vocab, level="word")
+  assert positions.tolist() == [0, 2, 4] and ids[3] == UNK and np.all(ids[positions] == MASK)
+
+
+def test_blank_sentence_char(small_vocabs):
+  vocab = small_vocabs["char"]
+  ids, positions = text.blank_sentence("  The ___ime!", vocab, level="char")
+  assert text.decode(ids, vocab, "char") == "the <mask>ime" and positions.tolist() == [4]
+  ids, positions = text.blank_sentence("h___ngr___", vocab, level="char")
+  assert positions.tolist() == [1, 5]
+
+
+def test_blank_sentence_errors(small_vocabs):
+  vocab = small_vocabs["word"]
+  with pytest.raises(ValueError, match="no blank"):
+    text.blank_sentence("I am hungry", vocab, level="word")
+  with pytest.raises(ValueError, match="no known context"):
+    text.blank_sentence("Xyzzy ___ plugh", vocab, level="word")
+  with pytest.raises(ValueError, match="no known context"):
+    text.blank_sentence(" ___ ", vocab, level="word")
+  with pytest.raises(ValueError, match="no known context"):  # a char vocab read as words
+    text.blank_sentence("am ___ hungry", small_vocabs["char"], level="word")
+  with pytest.raises(ValueError, match="<mask>"):
+    text.blank_sentence("I am ___", text.build_vocab(["i", "am"], specials=()), level="word")
