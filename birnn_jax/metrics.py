@@ -20,8 +20,9 @@ class MetricWriter:
     self.enabled = enabled
     self._tb = None
     if enabled:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
+      # TensorBoard's own event writer: no TensorFlow, and (unlike tensorboardX) no torch.
+      from tensorboard.summary.writer.event_file_writer import EventFileWriter  # pylint: disable=g-import-not-at-top
+      self._tb = EventFileWriter(str(self.workdir / "tensorboard"))
 
   def truncate_after(self, step: int) -> None:
     """Drops rows logged after `step` (a resumed run re-logs them from its checkpoint)."""
@@ -38,8 +39,12 @@ class MetricWriter:
     row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
     with self.path.open("a") as f:
       f.write(json.dumps(row) + "\n")
-    for k, v in metrics.items():
-      self._tb.add_scalar(k, float(v), int(step))
+    from tensorboard.compat.proto import event_pb2, summary_pb2  # pylint: disable=g-import-not-at-top
+    values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v))
+              for k, v in metrics.items()]
+    self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                       summary=summary_pb2.Summary(value=values)))
+    self._tb.flush()
 
   def close(self) -> None:
     if self._tb is not None:

@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 python3 -c "import jax, flax, torch, pytest" 2>/dev/null \
   || python3 -m pip install --quiet -r requirements-dev.txt
 export BIRNN_DATA_DIR="${BIRNN_DATA_DIR:-$(cd .. && pwd)/shared/data}"
-exec python3 -m pytest -n 2 -q "$@"
+exec python3 -m pytest -n 2 --dist loadfile -q "$@"

@@ -34,7 +34,7 @@ class SyntheticTagging:
       raise ValueError(f"config.data.num_ambiguous={self.num_ambiguous} must be in "
                        f"(0, vocab_size={self.vocab_size}).")
     if not 1 <= self.min_length <= self.max_length:
-      raise ValueError(f"config.data.min_length={self.min_length} and max_length="
+      raise ValueError(f"config.data.min_length={self.min_length} and config.data.max_length="
                        f"{self.max_length} must satisfy 1 <= min <= max.")
     if self.num_classes < 2:
       raise ValueError(f"config.data.num_classes={self.num_classes} must be >= 2.")

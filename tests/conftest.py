@@ -1,0 +1,49 @@
+"""Shared pytest setup: the repository root on sys.path and a fast-compile fixture."""
+
+import os
+import sys
+
+import jax
+import pytest
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+  sys.path.insert(0, _ROOT)
+
+_FAST_COMPILE = "jax_disable_most_optimizations"
+
+
+@pytest.fixture(scope="module")
+def fast_compile():
+  """Compiles with few XLA optimisations: the core tests run tiny arrays, where compile
+  time dominates. Module-scoped and restored afterwards, so other test files see the
+  default. Opt in with `pytestmark = pytest.mark.usefixtures("fast_compile")`."""
+  old = jax.config.values[_FAST_COMPILE]
+  jax.config.update(_FAST_COMPILE, True)
+  yield
+  jax.config.update(_FAST_COMPILE, old)
+
+
+@pytest.fixture(scope="session")
+def _compile_cache_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp("jax_compile_cache")
+
+
+@pytest.fixture(scope="module")
+def compile_cache(_compile_cache_dir):
+  """A persistent XLA compilation cache for this module (one folder per test session and
+  worker): each `Trainer` jits fresh closures, so without it every Trainer of the same
+  config recompiles. Identical programs load from the cache instead. Restored afterwards.
+  Opt in with `pytestmark = pytest.mark.usefixtures("compile_cache")`."""
+  from jax._src import compilation_cache  # pylint: disable=g-import-not-at-top
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+           "jax_persistent_cache_min_entry_size_bytes")
+  old = {n: jax.config.values[n] for n in names}
+  jax.config.update("jax_compilation_cache_dir", str(_compile_cache_dir))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  compilation_cache.reset_cache()
+  yield
+  for n, v in old.items():
+    jax.config.update(n, v)
+  compilation_cache.reset_cache()

@@ -1,0 +1,199 @@
+"""Config validation: every experiment config loads (default and :smoke) and is valid; an
+impossible value fails before any compute with a message naming its key."""
+
+import importlib.util
+import os
+import pathlib
+
+import ml_collections
+import pytest
+
+from birnn_jax import config_lib
+from birnn_jax import optim
+from birnn_jax import tasks
+from birnn_jax import train
+from birnn_jax.data import common
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted((ROOT / "experiments").glob("*.py"))
+
+
+def load_module(path: pathlib.Path):
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def smoke_config() -> ml_collections.ConfigDict:
+  return load_module(ROOT / "experiments" / "synthetic_tagging.py").get_config("smoke")
+
+
+def test_there_are_experiments():
+  assert "synthetic_tagging" in [p.stem for p in EXPERIMENTS]
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("arg", [None, "smoke"])
+def test_every_experiment_config_is_valid(path, arg):
+  config = load_module(path).get_config(arg)
+  assert isinstance(config, ml_collections.ConfigDict)
+  config_lib.validate(config)
+  assert tasks.get_task_class(config.task) is not None
+  # The shared groups are all there and every base key is declared (no config.get defaults).
+  base = config_lib.base_config()
+  for group in ("model", "data", "optim", "train", "mesh"):
+    assert set(base[group].keys()) <= set(config[group].keys()), group
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_smoke_is_small(path):
+  module = load_module(path)
+  full, smoke = module.get_config(), module.get_config("smoke")
+  assert smoke.train.num_steps <= 100 and smoke.train.num_steps < full.train.num_steps
+  assert smoke.model.hidden_size <= full.model.hidden_size
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_unknown_config_arg_is_an_error(path):
+  with pytest.raises(ValueError, match="bogus"):
+    load_module(path).get_config("bogus")
+
+
+def test_base_config_is_valid_once_a_task_is_named():
+  config = config_lib.base_config()
+  with pytest.raises(ValueError, match=r"config\.task"):
+    config_lib.validate(config)
+  config.task = "synthetic"
+  config_lib.validate(config)
+
+
+BAD_VALUES = [
+    ("model.hidden_size", -3),
+    ("model.hidden_size", 0),
+    ("model.num_layers", 0),
+    ("model.embed_size", -1),
+    ("model.cell", "transformer"),
+    ("model.activation", "gelu"),
+    ("model.dropout", 1.5),
+    ("model.dropout", 1.0),
+    ("model.dropout", -0.1),
+    ("model.merge", "max"),
+    ("model.impl", "cuda"),
+    ("model.dtype", "float16"),
+    ("optim.name", "lamb"),
+    ("optim.schedule", "step"),
+    ("optim.learning_rate", 0.0),
+    ("optim.clip_norm", -1.0),
+    ("optim.warmup_steps", -1),
+    ("train.batch_size", 0),
+    ("train.num_steps", 0),
+    ("train.log_every", 0),
+    ("train.eval_every", -5),
+    ("train.checkpoint_every", 0),
+    ("train.keep_checkpoints", 0),
+    ("train.best_mode", "best"),
+    ("train.nan_policy", "ignore"),
+    ("mesh.data", 0),
+]
+
+
+def set_key(config, key, value):
+  group, name = key.split(".")
+  config[group][name] = value
+
+
+@pytest.mark.parametrize("key,value", BAD_VALUES, ids=[f"{k}={v}" for k, v in BAD_VALUES])
+def test_validate_names_the_bad_key(key, value):
+  config = smoke_config()
+  set_key(config, key, value)
+  with pytest.raises(ValueError) as e:
+    config_lib.validate(config)
+  assert f"config.{key}=" in str(e.value), str(e.value)
+
+
+def test_merge_none_is_refused_for_a_bidirectional_head():
+  config = smoke_config()
+  config.model.merge = "none"
+  with pytest.raises(ValueError, match=r"config\.model\.merge"):
+    config_lib.validate(config)
+  config.model.bidirectional = False
+  config_lib.validate(config)
+
+
+@pytest.mark.parametrize("key,value", [("model.hidden_size", -3), ("model.cell", "transformer"),
+                                       ("optim.name", "lamb"), ("model.dropout", 1.5),
+                                       ("train.batch_size", 0)])
+def test_trainer_fails_fast_before_touching_the_workdir(tmp_path, key, value):
+  config = smoke_config()
+  set_key(config, key, value)
+  workdir = tmp_path / "run"
+  with pytest.raises(ValueError, match=rf"config\.{key.replace('.', r'.')}"):
+    train.Trainer(config, workdir)
+  with pytest.raises(ValueError, match=rf"config\.{key.replace('.', r'.')}"):
+    train.run_experiment(config, workdir)
+  assert not workdir.exists()
+
+
+def test_unknown_task_names_the_key(tmp_path):
+  config = smoke_config()
+  config.task = "no_such_task"
+  with pytest.raises(ValueError, match=r"config\.task='no_such_task'"):
+    tasks.get_task_class(config.task)
+  with pytest.raises(ValueError, match=r"config\.task"):
+    train.run_experiment(config, tmp_path / "run")
+  with pytest.raises(ValueError, match=r"config\.task"):
+    train.Trainer(config, tmp_path / "run2")
+
+
+@pytest.mark.parametrize("key,value", [("data.num_ambiguous", 0), ("data.num_ambiguous", 24),
+                                       ("data.min_length", 0), ("data.max_length", 3),
+                                       ("data.num_classes", 1),
+                                       ("data.num_test_sequences", 0)])
+def test_synthetic_data_keys_are_checked(tmp_path, key, value):
+  config = smoke_config()
+  set_key(config, key, value)
+  with pytest.raises(ValueError, match=rf"config\.{key.replace('.', r'.')}"):
+    tasks.get_task_class("synthetic")(config, tmp_path)
+
+
+def test_unknown_optimizer_in_make_optimizer():
+  config = smoke_config()
+  config.optim.name = "lamb"
+  with pytest.raises(ValueError, match=r"config\.optim\.name='lamb'"):
+    optim.make_optimizer(config.optim, 10)
+  config.optim.name, config.optim.schedule = "adam", "step"
+  with pytest.raises(ValueError, match=r"config\.optim\.schedule='step'"):
+    optim.make_optimizer(config.optim, 10)
+
+
+# --- data dir resolution (config.data.dir > $BIRNN_DATA_DIR > cache) -------------------------
+
+def test_missing_configured_data_dir_names_the_key(tmp_path, monkeypatch):
+  monkeypatch.setenv(common.ENV_VAR, str(tmp_path))
+  missing = tmp_path / "does_not_exist"
+  with pytest.raises(common.DataError, match=r"config\.data\.dir") as e:
+    common.resolve_data_dir(str(missing), "ud")
+  assert str(missing) in str(e.value)
+
+
+def test_configured_data_dir_without_the_subfolder(tmp_path):
+  with pytest.raises(common.DataError, match=r"config\.data\.dir.*no ud/ folder"):
+    common.resolve_data_dir(str(tmp_path), "ud")
+
+
+def test_data_dir_resolution_order(tmp_path, monkeypatch):
+  configured, env = tmp_path / "configured", tmp_path / "env"
+  for root in (configured, env):
+    (root / "ud").mkdir(parents=True)
+  monkeypatch.setenv(common.ENV_VAR, str(env))
+  assert common.resolve_data_dir(str(configured), "ud") == configured / "ud"
+  assert common.resolve_data_dir("", "ud") == env / "ud"
+  monkeypatch.delenv(common.ENV_VAR)
+  assert common.resolve_data_dir("", "ud") == common.CACHE_DIR / "ud"
+
+
+def test_env_data_dir_without_the_subfolder(tmp_path, monkeypatch):
+  monkeypatch.setenv(common.ENV_VAR, str(tmp_path / "nowhere"))
+  with pytest.raises(common.DataError, match=r"\$BIRNN_DATA_DIR"):
+    common.resolve_data_dir("", "ud")
