@@ -9,6 +9,7 @@ from birnn_jax.cells import CELLS, GRUCell, LSTMCell, SimpleCell, make_cell
 from birnn_jax.models import BiRNN
 from birnn_jax.torch_interop import from_torch, to_torch
 from birnn_jax import bidirectional as _bidirectional
+from birnn_jax import fused as _fused  # registers impl 'fused'
 
 IMPLS = _bidirectional.impl_names()
 

@@ -30,6 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.residual = False
   c.model.impl = "scan"
   c.model.unroll = 1
+  c.model.remat = False   # impl='fused': recompute activations in backprop (less memory)
   c.model.dtype = "float32"
   c.model.embed_size = 64
 

@@ -21,6 +21,7 @@ import flax.linen as nn
 from flax.linen.recurrent import flip_sequences
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from birnn_jax import cells as cells_lib
 
@@ -109,7 +110,8 @@ def check_inputs(x: Array, lengths: Array | None, where: str) -> Array:
   if not jnp.issubdtype(lengths.dtype, jnp.integer):
     raise TypeError(f"{where}: lengths must be integers, got dtype {lengths.dtype}.")
   if not isinstance(lengths, jax.core.Tracer):  # Values are only known outside jit.
-    low, high = int(lengths.min()), int(lengths.max())
+    values = np.asarray(lengths)  # numpy, so a concrete array closed over by jit stays concrete
+    low, high = int(values.min()), int(values.max())
     if low < 0 or high > num_steps:
       raise ValueError(f"{where}: lengths must lie in [0, T={num_steps}], got values "
                        f"from {low} to {high}.")

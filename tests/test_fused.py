@@ -1,0 +1,151 @@
+"""The fused implementation gives the reference's numbers: outputs, final states, gradients."""
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from birnn_jax import BiRNN
+from birnn_jax import bidirectional
+from birnn_jax import fused
+
+# Tiny arrays: compile time dominates, so compile with few optimisations (conftest.py).
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
+B, T, D, H = 4, 5, 3, 4
+LENGTHS = (0, 1, T, 3)  # Empty, one step, full, and in between.
+
+
+def inputs(dtype=jnp.float32):
+  x = jax.random.normal(jax.random.key(0), (B, T, D)).astype(dtype)
+  return x, jnp.array(LENGTHS, jnp.int32)
+
+
+def weighted_sum(tree) -> jax.Array:
+  """A random (fixed) weighted sum of every leaf, so every output gets a gradient."""
+  leaves = jax.tree.leaves(tree)
+  keys = jax.random.split(jax.random.key(7), len(leaves))
+  return sum(jnp.sum(leaf.astype(jnp.float32) * jax.random.normal(k, leaf.shape))
+             for k, leaf in zip(keys, leaves))
+
+
+def forward_and_grads(module: nn.Module, params, x, lengths):
+  """((outputs, final), (d params, d x)), from one jitted function."""
+  def loss(params, x, lengths):
+    outputs = module.apply({"params": params}, x, lengths)
+    return weighted_sum(outputs), outputs
+  (_, outputs), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(
+      params, x, lengths)
+  return outputs, grads
+
+
+class FusedTest(parameterized.TestCase):
+
+  def assert_trees_close(self, actual, expected, atol=1e-5, rtol=1e-5):
+    self.assertEqual(jax.tree.structure(actual), jax.tree.structure(expected))
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+      np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(e, np.float32),
+                                 atol=atol, rtol=rtol)
+
+  @parameterized.named_parameters(
+      ("rnn_tanh", dict(cell="rnn")),
+      ("rnn_relu_nobias", dict(cell="rnn", activation="relu", use_bias=False)),
+      ("gru_2layers", dict(cell="gru", num_layers=2)),
+      ("gru_nobias", dict(cell="gru", use_bias=False)),
+      ("lstm_nobias_2layers", dict(cell="lstm", use_bias=False, num_layers=2)),
+      ("lstm_proj", dict(cell="lstm", proj_size=3)),
+  )
+  def test_matches_reference(self, attrs):
+    # Given a stack and the same parameters for both implementations,
+    x, lengths = inputs()
+    reference = BiRNN(hidden_size=H, impl="reference", **attrs)
+    params = reference.init(jax.random.key(1), x, lengths)["params"]
+    # when both run forward and backward,
+    expected = forward_and_grads(reference, params, x, lengths)
+    actual = forward_and_grads(reference.clone(impl="fused"), params, x, lengths)
+    # then outputs, final states and all gradients agree.
+    self.assert_trees_close(actual, expected)
+
+  @parameterized.named_parameters(
+      ("cell_types_and_sizes", dict(cell="lstm", backward_cell="gru",
+                                    backward_hidden_size=3)),
+      ("flax_cell", dict(cell=nn.GRUCell(features=H))),
+  )
+  def test_asymmetric_directions_fall_back(self, attrs):
+    x, lengths = inputs()
+    reference = BiRNN(hidden_size=H, impl="reference", **attrs)
+    forward_cell, backward_cell = reference.make_cells()
+    self.assertIsNone(fused.fusable_spec(forward_cell, backward_cell))
+    params = reference.init(jax.random.key(1), x, lengths)["params"]
+    expected = forward_and_grads(reference, params, x, lengths)
+    actual = forward_and_grads(reference.clone(impl="fused"), params, x, lengths)
+    self.assert_trees_close(actual, expected)
+
+  def test_registered(self):
+    import birnn_jax  # pylint: disable=g-import-not-at-top
+    self.assertIn("fused", birnn_jax.IMPLS)
+    self.assertIs(bidirectional.FUSED["fused"], fused.fused_bidirectional)
+
+  def test_unroll_gives_same_numbers(self):
+    x, lengths = inputs()
+    module = BiRNN(cell="lstm", hidden_size=H, impl="fused")
+    params = module.init(jax.random.key(1), x, lengths)["params"]
+    expected = forward_and_grads(module, params, x, lengths)
+    actual = forward_and_grads(module.clone(unroll=3), params, x, lengths)  # T % 3 != 0.
+    self.assert_trees_close(actual, expected, atol=1e-6, rtol=1e-6)
+
+  @parameterized.parameters("gru", "lstm_proj")
+  def test_remat_and_autodiff_give_same_numbers(self, cell):
+    # Given one bidirectional layer's cells and parameters,
+    x, lengths = inputs()
+    module = BiRNN(cell=cell[:4], hidden_size=H, proj_size=2 if "proj" in cell else None)
+    params = module.init(jax.random.key(1), x, lengths)["params"]["layer_0"]
+    forward_cell, backward_cell = module.make_cells()
+    carries = tuple(c.initialize_carry(None, x[:, 0].shape)
+                    for c in (forward_cell, backward_cell))
+
+    def run(**options):
+      def loss(params, x):
+        return weighted_sum(fused.fused_bidirectional(
+            forward_cell, backward_cell, params["forward"], params["backward"], x,
+            lengths, *carries, **options))
+      return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
+
+    # when the backward pass saves activations, recomputes them, or is JAX's autodiff,
+    expected = run()
+    # then the numbers agree.
+    self.assert_trees_close(run(remat=True), expected, atol=1e-6, rtol=1e-6)
+    self.assert_trees_close(run(custom_vjp=False), expected)
+
+  def test_bfloat16_close_to_float32(self):
+    x, lengths = inputs()
+    module = BiRNN(cell="lstm", hidden_size=H, impl="fused")
+    params = module.init(jax.random.key(1), x, lengths)["params"]
+    expected = forward_and_grads(module, params, x, lengths)
+    actual = forward_and_grads(module.clone(dtype=jnp.bfloat16), params,
+                               x.astype(jnp.bfloat16), lengths)
+    self.assertEqual(actual[0][0].dtype, jnp.bfloat16)
+    self.assert_trees_close(actual, expected, atol=5e-2, rtol=5e-2)
+
+
+def test_birnn_remat_attribute_gives_reference_gradients():
+  """`BiRNN(remat=True)` reaches the fused implementation and changes no number."""
+  x = jax.random.normal(jax.random.key(3), (3, 5, 4))
+  lengths = jnp.array([5, 0, 2])
+  ref = BiRNN(cell="lstm", hidden_size=3, impl="reference")
+  variables = ref.init(jax.random.key(0), x, lengths)
+
+  def loss(model, params):
+    y, (h, c) = model.apply({"params": params}, x, lengths)
+    return jnp.sum(y ** 2) + jnp.sum(h * c)
+
+  expected = jax.grad(lambda p: loss(ref, p))(variables["params"])
+  got = jax.grad(lambda p: loss(ref.clone(impl="fused", remat=True), p))(variables["params"])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), got, expected)
+
+
+if __name__ == "__main__":
+  absltest.main()
