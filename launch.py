@@ -1,15 +1,25 @@
 """Runs an experiment: python launch.py --config=experiments/<name>.py[:smoke] [--mode=...].
 
-Only parses flags and calls the library.
+Only parses flags and calls the library. Errors the user can fix (an unknown or invalid config
+key, malformed data, a workdir of another config or one that cannot be written, a run whose
+loss became NaN/Inf) end with one `launch.py: error: ...` line on stderr and exit status 1;
+anything else is a bug and keeps its traceback. SIGTERM/SIGINT during training save a
+checkpoint and exit 0 (see `train.stop_requested_on_signals`).
 """
 
+import difflib
+import errno
+import importlib.util
 import logging as std_logging
 import os
 import pathlib
+import re
+import sys
 
 from absl import app
 from absl import flags
 from absl import logging
+import ml_collections
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -25,6 +35,10 @@ _FORCE_FRESH = flags.DEFINE_bool(
     "force_fresh", False, "Start over in a workdir that holds a run of another config.")
 flags.mark_flag_as_required("config")
 
+# OS errors that mean "this disk or folder refuses the write", not a bug.
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                errno.EFBIG, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EIO}
+
 
 def default_workdir() -> str:
   """runs/<experiment file name>[_<config arg>]."""
@@ -32,29 +46,122 @@ def default_workdir() -> str:
   return os.path.join("runs", pathlib.Path(name).stem + (f"_{arg}" if arg else ""))
 
 
+def fail(message: str, status: int = 1):
+  """One line on stderr (after whatever was logged), no traceback."""
+  sys.stdout.flush()
+  sys.stderr.write(f"launch.py: error: {message}\n")
+  sys.stderr.flush()
+  sys.exit(status)
+
+
+def is_expected(error: BaseException) -> bool:
+  """Whether `error` is one the user can fix from its message alone."""
+  from birnn_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from birnn_jax import train  # pylint: disable=g-import-not-at-top
+  from birnn_jax.data.common import DataError  # pylint: disable=g-import-not-at-top
+  if isinstance(error, (DataError, train.ConfigMismatchError, train.NonFiniteError,
+                        checkpoint.WorkdirError)):
+    return True
+  if isinstance(error, ValueError):  # the codebase's convention: config errors name the key
+    return str(error).startswith("config.")
+  if isinstance(error, FileNotFoundError) and error.errno is None:
+    return True  # raised by us with a message, e.g. "no checkpoint in ...; train first"
+  return isinstance(error, OSError) and error.errno in _DISK_ERRNOS
+
+
 def main(argv):
   del argv
+  from birnn_jax import config_lib  # pylint: disable=g-import-not-at-top
   from birnn_jax import train  # pylint: disable=g-import-not-at-top
-  config = _CONFIG.value
+  try:
+    config = _CONFIG.value
+    task = config.task  # a config file that failed to load raises here
+  except OSError as e:
+    fail(f"cannot load --config: {e}")
   workdir = _WORKDIR.value or default_workdir()
-  logging.info("Experiment %s, workdir %s, mode %s", config.task, workdir, _MODE.value)
-  if _MODE.value == "train":
-    train.run_experiment(config, workdir, force_fresh=_FORCE_FRESH.value)
-  elif _MODE.value == "eval":
-    train.evaluate_experiment(config, workdir)
-  else:
-    text = _TEXT.value or _PREFIX.value
-    if text is None:
-      raise app.UsageError("--mode=predict needs --text (or --prefix).")
-    print(train.predict(config, workdir, text))
+  logging.info("Experiment %s, workdir %s, mode %s", task, workdir, _MODE.value)
+  try:
+    config_lib.validate(config)  # before anything touches the workdir or compiles
+    if _MODE.value == "train":
+      train.run_experiment(config, workdir, force_fresh=_FORCE_FRESH.value)
+    elif _MODE.value == "eval":
+      train.evaluate_experiment(config, workdir)
+    else:
+      text = _TEXT.value or _PREFIX.value
+      if text is None:
+        raise app.UsageError("--mode=predict needs --text (or --prefix).")
+      try:
+        print(train.predict(config, workdir, text))
+      except ValueError as e:  # a task's way to refuse an input it cannot read (no blank, ...)
+        fail(f"--mode=predict: {e}")
+  except KeyboardInterrupt:
+    fail("interrupted (outside the training loop, so no new step was lost); re-run the "
+         "same command to resume from the last checkpoint.", status=130)
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    if not is_expected(e):
+      raise
+    message = str(e)
+    if isinstance(e, OSError) and not isinstance(e, train.ckpt_lib.WorkdirError):
+      message += f" (workdir {workdir})"
+    fail(message)
+
+
+def unknown_overrides(argv: list[str]) -> list[str]:
+  """`--config.<key>` overrides whose key the config file does not declare, each with a
+  'did you mean' hint when one is close."""
+  spec = next((a.split("=", 1)[1] for a in argv if re.match(r"^--?config=", a)), None)
+  if spec is None:
+    return []
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("launch_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(arg) if arg else module.get_config()
+  bad = []
+  for a in argv:
+    match = re.match(r"^--?config\.([^=]+)", a)
+    if not match:
+      continue
+    node, parts = config, match.group(1).split(".")
+    for i, part in enumerate(parts):
+      if isinstance(node, ml_collections.ConfigDict) and part in node:
+        node = node[part]
+        continue
+      known = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      close = difflib.get_close_matches(part, known, n=1)
+      where = ".".join(["config"] + parts[:i])
+      bad.append(f"--config.{match.group(1)}: {where} has no key {part!r}" +
+                 (f" (did you mean {close[0]!r}?)" if close else ""))
+      break
+  return bad
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, plus a one-line error for an override of a key the config lacks
+  (ml_collections raises a KeyError/AttributeError with a traceback for those)."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:
+    try:
+      bad = unknown_overrides(argv)
+    except Exception:  # pylint: disable=broad-exception-caught
+      bad = []
+    if not bad:
+      raise e
+    sys.stderr.write("FATAL Flags parsing error: " + "; ".join(bad) + "\n")
+    sys.exit(1)
 
 
 def quiet_libraries(record) -> bool:
-  """Keeps orbax's per-save INFO chatter off the console (warnings still show)."""
-  return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
+  """Keeps orbax's per-save INFO chatter off the console (warnings still show, without the
+  tracebacks orbax logs for errors it re-raises: those reach `main`, which reports them)."""
+  if "orbax" not in record.pathname:
+    return True
+  record.exc_info, record.exc_text = None, None
+  return record.levelno >= std_logging.WARNING
 
 
 if __name__ == "__main__":
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(quiet_libraries)
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

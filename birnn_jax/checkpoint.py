@@ -1,9 +1,27 @@
 """Checkpoints with orbax: the last N steps plus the best by a metric, atomic saves (a killed
-save is never loaded), automatic resume, and a guard against resuming a different config."""
+save is never loaded), automatic resume, and a guard against resuming a different config.
 
+What survives what:
+- orbax writes each step into `<step>.orbax-checkpoint-tmp` and renames it when complete, so a
+  kill -9 mid-save leaves only a tmp folder, which is never loaded and is removed when the next
+  manager opens the folder (`cleanup_tmp_directories`).
+- A step folder that exists but cannot be read (a deletion cut short, a damaged disk) is moved
+  aside to `<step>.unreadable` by `restore`, which then resumes from the step before.
+- Host-side values that belong with a step (the trainer's partial metric sums since the last
+  log row) go to `checkpoints/host_state.json`, written atomically *before* the step's save,
+  so every complete checkpoint has its entry.
+- An unwritable or full workdir raises `WorkdirError` naming the folder, not a traceback from
+  deep inside orbax or tensorstore.
+"""
+
+import contextlib
 import json
+import os
 import pathlib
+import re
+import time
 
+from absl import logging
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -14,11 +32,56 @@ RESUMABLE_CHANGES = ("train.num_steps", "train.log_every", "train.eval_every",
                      "mesh.data", "mesh.distributed", "mesh.coordinator_address",
                      "mesh.num_processes", "mesh.process_id")
 
+HOST_STATE = "host_state.json"
+
+
+class WorkdirError(OSError):
+  """The workdir cannot be written (read-only, full, not a directory); the message names it."""
+
+
+def io_problem(error: BaseException) -> str | None:
+  """'No space left on device' etc. when `error` (or what caused it) is a file-system error;
+  None for anything else. tensorstore reports OS errors as ValueError('... [os_error_code=28]')."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and not isinstance(error, WorkdirError):
+      return error.strerror or str(error)
+    match = re.search(r"os_error_code='?(\d+)", str(error))
+    if match:
+      return os.strerror(int(match.group(1)))
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def ensure_writable(workdir: str | pathlib.Path, probe: bool = True) -> pathlib.Path:
+  """Creates `workdir` if needed and (with `probe`) proves it writable with a small probe
+  file, written, synced and removed. Raises WorkdirError naming the folder otherwise."""
+  workdir = pathlib.Path(workdir)
+  probe_file = workdir / f".write_probe.{os.getpid()}"
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    if probe:
+      with open(probe_file, "wb") as f:
+        f.write(b"birnn_jax write probe\n")
+        f.flush()
+        os.fsync(f.fileno())
+  except OSError as e:
+    where = f" ({e.filename})" if e.filename and str(e.filename) != str(workdir) else ""
+    raise WorkdirError(f"cannot write to the workdir {workdir}: {e.strerror or e}{where}. "
+                       "Pick a writable --workdir, or free some space.") from e
+  finally:
+    if probe:
+      with contextlib.suppress(OSError):
+        probe_file.unlink()
+  return workdir
+
 
 def make_manager(workdir: str | pathlib.Path,
                  train: ml_collections.ConfigDict) -> ocp.CheckpointManager:
   """workdir/checkpoints, keeping `train.keep_checkpoints` latest plus the best by
-  `train.best_metric` (`train.best_mode` 'min' | 'max')."""
+  `train.best_metric` (`train.best_mode` 'min' | 'max'). Leftover tmp folders of saves that
+  were killed are removed."""
   policies = ocp.checkpoint_managers
   best = policies.BestN(get_metric_fn=lambda m: m[train.best_metric],
                         reverse=train.best_mode == "min", n=1,
@@ -26,22 +89,99 @@ def make_manager(workdir: str | pathlib.Path,
   options = ocp.CheckpointManagerOptions(
       preservation_policy=policies.AnyPreservationPolicy(
           [policies.LatestN(train.keep_checkpoints), best]),
-      create=True, enable_async_checkpointing=False)
-  return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "checkpoints",
-                               options=options)
+      create=True, enable_async_checkpointing=False, cleanup_tmp_directories=True)
+  directory = pathlib.Path(workdir).absolute() / "checkpoints"
+  try:
+    return ocp.CheckpointManager(directory, options=options)
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    if (problem := io_problem(e)) is None:
+      raise
+    raise WorkdirError(f"cannot open the checkpoint folder {directory}: {problem}.") from e
 
 
-def save(manager: ocp.CheckpointManager, step: int, state, metrics: dict | None = None):
-  """Saves `state` (a pytree) at `step`; `metrics` rank it for the best-checkpoint policy."""
-  manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
-  manager.wait_until_finished()
+def save(manager: ocp.CheckpointManager, step: int, state, metrics: dict | None = None,
+         host_state: dict | None = None):
+  """Saves `state` (a pytree) at `step`; `metrics` rank it for the best-checkpoint policy;
+  `host_state` (JSON) is returned by `restored_host_state(manager, step)`.
+
+  Raises WorkdirError naming the folder when the disk refuses the write (the earlier
+  checkpoints stay intact: a step only appears once completely written)."""
+  try:
+    if host_state is not None and jax.process_index() == 0:
+      _write_host_state(manager, step, host_state)
+    manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
+    manager.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    if (problem := io_problem(e)) is None:
+      raise
+    raise WorkdirError(
+        f"could not save the checkpoint of step {step} in {manager.directory}: {problem}. "
+        "Earlier checkpoints are intact; fix the disk and re-run the same command to "
+        "resume.") from e
 
 
 def restore(manager: ocp.CheckpointManager, target, step: int | None = None):
-  """Restores the latest (or given) step into the structure and shardings of `target`."""
-  step = manager.latest_step() if step is None else step
+  """Restores the latest (or given) step into the structure and shardings of `target`.
+
+  Without `step`: if the latest step cannot be read, it is moved aside (`<step>.unreadable`)
+  with a warning and the step before is tried, and so on. If no step can be read, raises the
+  latest step's error and moves nothing (then the cause is the code or config, not the disk).
+  """
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-  return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  load = lambda s: manager.restore(s, args=ocp.args.StandardRestore(abstract))
+  if step is not None:
+    return load(step)
+  failed = []
+  for s in sorted(manager.all_steps(), reverse=True):
+    try:
+      restored = load(s)
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      logging.warning("Checkpoint %d in %s cannot be read (%s: %s); trying the one before.",
+                      s, manager.directory, type(e).__name__, str(e).splitlines()[0][:300])
+      failed.append((s, e))
+      continue
+    if failed:
+      _move_aside(manager, [f for f, _ in failed])
+    return restored
+  if failed:
+    raise failed[0][1]
+  raise FileNotFoundError(f"no checkpoint in {manager.directory}.")
+
+
+def restored_host_state(manager: ocp.CheckpointManager, step: int) -> dict:
+  """The `host_state` saved with `step`, or {} (none saved, or saved by an older version)."""
+  try:
+    entries = json.loads((pathlib.Path(manager.directory) / HOST_STATE).read_text())
+  except (OSError, ValueError):
+    return {}
+  return entries.get(str(step), {})
+
+
+def _write_host_state(manager: ocp.CheckpointManager, step: int, host_state: dict) -> None:
+  path = pathlib.Path(manager.directory) / HOST_STATE
+  try:
+    entries = json.loads(path.read_text())
+  except (OSError, ValueError):
+    entries = {}
+  keep = {str(s) for s in manager.all_steps()}
+  entries = {k: v for k, v in entries.items() if k in keep}
+  entries[str(step)] = host_state
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(entries, sort_keys=True) + "\n")
+  tmp.replace(path)
+
+
+def _move_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
+  if jax.process_index() == 0:
+    for s in steps:
+      src = pathlib.Path(manager.directory) / str(s)
+      dst = src.with_name(f"{s}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+      try:
+        src.rename(dst)
+        logging.warning("Moved the unreadable checkpoint %s aside to %s.", src, dst.name)
+      except OSError as e:
+        logging.warning("Could not move the unreadable checkpoint %s aside: %s", src, e)
+  manager.reload()
 
 
 def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict:

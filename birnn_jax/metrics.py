@@ -55,7 +55,16 @@ def read_metrics(path: str | pathlib.Path) -> list[dict]:
   path = pathlib.Path(path)
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  lines = [line for line in path.read_text().splitlines() if line.strip()]
+  rows = []
+  for i, line in enumerate(lines):
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      if i < len(lines) - 1:
+        raise ValueError(f"{path}:{i + 1}: not a JSON object: {line[:80]!r}") from None
+      # A last line cut short by a kill or a full disk: the resumed run re-logs that step.
+  return rows
 
 
 def plot_curves(workdir: str | pathlib.Path) -> list[pathlib.Path]:

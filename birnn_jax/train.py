@@ -73,13 +73,17 @@ def make_steps(task, model, tx, nan_policy: str):
     grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # Finite loss and gradients can still give overflowing parameters (a huge learning rate).
+    params_finite = jax.tree.reduce(
+        jnp.logical_and, jax.tree.map(lambda p: jnp.all(jnp.isfinite(p)), params), True)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & params_finite
     if nan_policy == "skip":
       keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
       params = keep(params, state["params"])
       opt_state = keep(opt_state, state["opt_state"])
     new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
-    return new_state, {**sums, "grad_norm": grad_norm, "finite": finite}
+    return new_state, {**sums, "grad_norm": grad_norm, "finite": finite,
+                       "params_finite": params_finite}
 
   def eval_step(params, batch):
     outputs = model.apply({"params": params}, *task.model_inputs(batch), deterministic=True)
@@ -88,17 +92,28 @@ def make_steps(task, model, tx, nan_policy: str):
   return train_step, eval_step
 
 
+def check_best_metric(best_metric: str, eval_metrics: dict) -> None:
+  """A misspelt best metric would silently keep no best checkpoint: fail instead."""
+  name = best_metric.removeprefix("eval_")
+  if not best_metric.startswith("eval_") or name not in eval_metrics:
+    raise ValueError(f"config.train.best_metric={best_metric!r} is not an evaluation "
+                     f"metric; expected one of {sorted('eval_' + k for k in eval_metrics)}.")
+
+
 class Trainer:
   """Holds what one run needs: task, model, mesh, jitted steps, checkpoint manager."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
     config_lib.validate(config)
+    sharding.maybe_initialize_distributed(config.mesh)  # before any other use of JAX
     self.config = config
     self.workdir = pathlib.Path(workdir)
     self.mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch_size(config.train.batch_size, self.mesh)
     if is_main_process():
-      self.workdir.mkdir(parents=True, exist_ok=True)
+      # A clear error now, not deep inside orbax later. eval/predict may use a read-only
+      # workdir, so only train() proves it writable.
+      ckpt_lib.ensure_writable(self.workdir, probe=False)
     self.task = tasks.get_task_class(config.task)(config, self.workdir)
     self.model = self.task.model()
     self.tx = optim.make_optimizer(config.optim, config.train.num_steps)
@@ -126,21 +141,31 @@ class Trainer:
     return jax.jit(init, out_shardings=repl)(key, batch)
 
   def restore_or_init(self, force_fresh: bool = False) -> dict:
-    state = self.init_state()
+    """The latest readable checkpoint's state, else a fresh one. A workdir holding a run of
+    another config is refused (before any compute) unless `force_fresh`, which deletes that
+    run's checkpoints and metrics and starts over; a run of the same config always resumes,
+    so re-running an interrupted `--force_fresh` command continues where it stopped."""
     saved_config = self.workdir / "config.json"
-    if self.manager.latest_step() is None:
-      return state
-    if saved_config.exists():
-      diffs = ckpt_lib.config_differences(json.loads(saved_config.read_text()), self.config)
+    if self.manager.latest_step() is not None and saved_config.exists():
+      try:
+        diffs = ckpt_lib.config_differences(json.loads(saved_config.read_text()), self.config)
+      except ValueError as e:  # e.g. cut short by a kill under an older, non-atomic writer
+        diffs = [f"{saved_config} is unreadable: {e}"]
       if diffs and not force_fresh:
         raise ConfigMismatchError(
             f"{self.workdir} holds a run of a different config; refusing to resume. "
             "Differences (saved -> now):\n  " + "\n  ".join(diffs) +
             "\nUse another --workdir, or --force_fresh to start over in this one.")
-    if force_fresh:
-      for step in self.manager.all_steps():
-        self.manager.delete(step)
-      (self.workdir / "metrics.jsonl").unlink(missing_ok=True)
+      if diffs:
+        logging.warning("--force_fresh: deleting the run of another config in %s.",
+                        self.workdir)
+        for step in self.manager.all_steps():
+          self.manager.delete(step)
+        for name in ("metrics.jsonl", "results.json"):
+          if is_main_process():
+            (self.workdir / name).unlink(missing_ok=True)
+    state = self.init_state()
+    if self.manager.latest_step() is None:
       return state
     logging.info("Resuming from %s at step %d.", self.manager.directory,
                  self.manager.latest_step())
@@ -162,16 +187,21 @@ class Trainer:
     workdir/results.json.
     """
     config, train_cfg = self.config, self.config.train
+    if is_main_process():
+      ckpt_lib.ensure_writable(self.workdir)  # read-only or full: say so before any compute
     state = self.restore_or_init(force_fresh)
     first_step = int(jax.device_get(state["step"]))
     main = is_main_process()
     if main:
-      (self.workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
+      write_json(self.workdir / "config.json", json.loads(config.to_json()))
     writer = metrics_lib.MetricWriter(self.workdir, enabled=main)
     writer.truncate_after(first_step)
     progress = metrics_lib.Progress(first_step, train_cfg.num_steps)
     rng = jax.random.key(config.seed + 1)
-    window: dict[str, float] = {}
+    # Metric sums since the last log row. They are saved with each checkpoint, so the rows
+    # after a resume equal an uninterrupted run's even if it stopped between two log steps.
+    window: dict[str, float] = dict(ckpt_lib.restored_host_state(
+        self.manager, first_step).get("window", {})) if first_step else {}
     start = time.monotonic()
     eval_metrics: dict[str, float] = {}
     stopped_by = None
@@ -179,15 +209,19 @@ class Trainer:
     def check(step, step_metrics):
       if not bool(step_metrics["finite"]):
         what = [k for k in ("loss", "grad_norm") if not np.isfinite(step_metrics[k])]
+        if not bool(step_metrics["params_finite"]):
+          what.append("the updated parameters")
         message = (f"step {step}: {' and '.join(what) or 'loss'} became non-finite "
                    f"({', '.join(f'{k}={float(step_metrics[k])}' for k in ('loss', 'grad_norm'))}).")
         if train_cfg.nan_policy == "stop":
-          raise NonFiniteError(message + " Stopping; the last good checkpoint in "
-                               f"{self.manager.directory} is untouched.")
+          raise NonFiniteError(
+              message + f" Stopping; the last good checkpoint (step "
+              f"{self.manager.latest_step()}) in {self.manager.directory} is untouched.")
         logging.warning("%s Skipped this update (nan_policy='skip').", message)
+        window["_skipped"] = window.get("_skipped", 0.0) + 1
         return
       for k, v in step_metrics.items():
-        if k != "finite":
+        if k not in ("finite", "params_finite"):
           window[k] = window.get(k, 0.0) + float(v)
       window["_steps"] = window.get("_steps", 0.0) + 1
 
@@ -201,26 +235,33 @@ class Trainer:
         is_last = step == train_cfg.num_steps
         logged = {}
         if step % train_cfg.log_every == 0 or is_last:
-          num = window.pop("_steps", 1.0)
-          grad_norm = window.pop("grad_norm", 0.0) / max(num, 1.0)
-          logged = {f"train_{k}": v for k, v in
-                    self.task.derived_metrics(losses.means(window)).items()}
-          logged["train_grad_norm"] = grad_norm
+          num = window.pop("_steps", 0.0)
+          skipped = window.pop("_skipped", 0.0)
+          if num:  # else nan_policy='skip' skipped every step since the last row
+            grad_norm = window.pop("grad_norm", 0.0) / num
+            logged = {f"train_{k}": v for k, v in
+                      self.task.derived_metrics(losses.means(window)).items()}
+            logged["train_grad_norm"] = grad_norm
+          if skipped:
+            logged["train_skipped_steps"] = skipped
           window = {}
         if step % train_cfg.eval_every == 0 or is_last:
           eval_metrics = self.evaluate(state["params"], self.task.eval_splits[0])
+          check_best_metric(train_cfg.best_metric, eval_metrics)
           logged.update({f"eval_{k}": v for k, v in eval_metrics.items()})
         if logged:
           writer.write(step, logged)
           progress.report(step, logged)
-        if step % train_cfg.checkpoint_every == 0 or is_last or stop["signal"]:
+        # Every process must stop at the same step, or the next collective hangs.
+        stop_now = sharding.any_process(stop["signal"] is not None)
+        if step % train_cfg.checkpoint_every == 0 or is_last or stop_now:
           has_eval = train_cfg.best_metric.removeprefix("eval_") in eval_metrics and (
               step % train_cfg.eval_every == 0 or is_last)
           metrics = {train_cfg.best_metric: eval_metrics[
               train_cfg.best_metric.removeprefix("eval_")]} if has_eval else None
-          ckpt_lib.save(self.manager, step, state, metrics)
-        if stop["signal"]:
-          stopped_by = stop["signal"]
+          ckpt_lib.save(self.manager, step, state, metrics, host_state={"window": window})
+        if stop_now:
+          stopped_by = stop["signal"] or "a stop signal on another process"
           break
     writer.close()
     elapsed = time.monotonic() - start

@@ -1,9 +1,12 @@
-"""Shared pytest setup: the repository root on sys.path and a fast-compile fixture."""
+"""Shared pytest setup: the repository root on sys.path, fast compiles, random variables."""
 
+import functools
 import os
 import sys
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,3 +50,18 @@ def compile_cache(_compile_cache_dir):
   for n, v in old.items():
     jax.config.update(n, v)
   compilation_cache.reset_cache()
+
+
+def _random_variables(module, *args, seed=0, scale=0.5, **kwargs):
+  """Variables of `module.init(key, *args, **kwargs)`'s structure, drawn U(-scale, scale)
+  with numpy: no recurrence is compiled just to make parameters."""
+  rng = np.random.default_rng(seed)
+  abstract = jax.eval_shape(functools.partial(module.init, **kwargs), jax.random.key(0), *args)
+  return jax.tree.map(
+      lambda s: jnp.asarray(rng.uniform(-scale, scale, s.shape), s.dtype), abstract)
+
+
+@pytest.fixture(scope="session")
+def random_variables():
+  """`random_variables(module, *init_args, seed=0, scale=0.5)` -> variables for `module`."""
+  return _random_variables
