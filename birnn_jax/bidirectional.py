@@ -10,6 +10,7 @@ plain `jax.lax.scan`s (see `recurrence`).
 
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -71,7 +72,13 @@ def cell_params(module: nn.Module, name: str, cell: nn.Module, x_BxTxD: Array):
     x_BxD = x_BxTxD[:, 0]
     carry = cell.initialize_carry(key, x_BxD.shape)
     return cell.init(key, carry, x_BxD)["params"]
-  return module.param(name, init)
+  try:
+    return module.param(name, init)
+  except flax.errors.ScopeParamShapeError as e:  # Flax checks shapes before any cell runs.
+    raise ValueError(
+        f"{type(module).__name__}: the '{name}' parameters do not fit x with "
+        f"{x_BxTxD.shape[-1]} features (x.shape={tuple(x_BxTxD.shape)}); were they made "
+        f"for other input features or cell sizes? {e}") from e
 
 
 def initial_carry(cell: nn.Module, x_BxTxD: Array, carry=None):
@@ -120,6 +127,7 @@ class Bidirectional(nn.Module):
   merge: str = "concat"
   impl: str = "scan"
   unroll: int = 1
+  remat: bool = False  # fused: recompute gate activations in backprop (less memory)
 
   @nn.compact
   def __call__(self, x: Array, lengths: Array | None = None, carries=None):
@@ -134,7 +142,7 @@ class Bidirectional(nn.Module):
     if self.impl in FUSED:
       y_f, y_b, carry_f, carry_b = FUSED[self.impl](
           self.forward_cell, self.backward_cell, params_f, params_b, x, lengths,
-          carry_f, carry_b, unroll=self.unroll)
+          carry_f, carry_b, unroll=self.unroll, remat=self.remat)
     else:
       y_f, carry_f = run_chain(self.impl, self.forward_cell, params_f, x, lengths,
                                carry_f, False, self.unroll)

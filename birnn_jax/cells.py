@@ -202,7 +202,7 @@ def make_cell(name: str, features: int, *, activation: str = "tanh",
   if name == "rnn":
     kwargs["activation"] = activation
   if name == "lstm":
-    if proj_size is not None and not 0 < proj_size < features:
+    if proj_size and not 0 < proj_size < features:  # 0 or None: no projection (torch)
       raise ValueError(f"proj_size={proj_size} must be in (0, hidden_size="
                        f"{features}), as in PyTorch.")
     kwargs["proj_size"] = proj_size or None

@@ -56,6 +56,8 @@ class BiRNN(nn.Module):
     residual: add each layer's input to its output from the second layer on.
     impl: one of `birnn_jax.IMPLS`; every implementation gives the same numbers.
     unroll: scan unroll factor.
+    remat: with impl='fused', recompute gate activations in backprop instead of storing
+      them, so memory for long sequences stays bounded.
     dtype, param_dtype: compute and parameter dtypes (carries stay float32).
 
   Call: `(x [B, T, D], lengths [B] | None, initial_carry=None, deterministic=True)` ->
@@ -78,6 +80,7 @@ class BiRNN(nn.Module):
   residual: bool = False
   impl: str = "scan"
   unroll: int = 1
+  remat: bool = False
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -139,7 +142,8 @@ class BiRNN(nn.Module):
         pair = carries_in[2 * layer: 2 * layer + 2]
         y, carries = bidi.Bidirectional(
             forward, backward, merge=self.merge, impl=self.impl, unroll=self.unroll,
-            name=f"layer_{layer}")(y, lengths, None if pair[0] is None else tuple(pair))
+            remat=self.remat, name=f"layer_{layer}",
+        )(y, lengths, None if pair[0] is None else tuple(pair))
         carries_out.extend(carries)
       if self.residual and layer > 0:
         if layer_in.shape != y.shape:
@@ -155,7 +159,8 @@ def birnn_from_config(model, **overrides) -> BiRNN:
                bidirectional=model.bidirectional, merge=model.merge,
                activation=model.activation, dropout=model.dropout,
                variational_dropout=model.variational_dropout, residual=model.residual,
-               impl=model.impl, unroll=model.unroll, dtype=jnp.dtype(model.dtype))
+               impl=model.impl, unroll=model.unroll, remat=model.remat,
+               dtype=jnp.dtype(model.dtype))
   attrs.update(overrides)
   return BiRNN(**attrs)
 
@@ -178,3 +183,43 @@ class Tagger(nn.Module):
     x = nn.Dropout(self.embed_dropout)(x, deterministic=deterministic)
     h, _ = self.encoder(x, lengths, deterministic=deterministic)
     return nn.Dense(self.num_tags, name="head")(h).astype(jnp.float32)
+
+
+class CharBiRNNEmbedder(nn.Module):
+  """A word's characters -> one vector (Plank et al. 2016): a one-layer BiRNN over the
+  characters of each word; the word's vector is [forward final state, backward final state].
+
+  Padding characters (id 0) must come after a word's real ones. By the recurrence contract
+  the final states are those after each word's own last (forward) and first (backward) real
+  character, so a word's vector does not depend on how far it is padded, in characters or in
+  time; a word with no characters (a padding position) gets the zero vector.
+
+  Attributes:
+    num_chars: character vocabulary size (id 0 = padding).
+    embed_size: character embedding size.
+    hidden_size: H of each direction; the output has 2 * H features.
+    cell: 'rnn' | 'gru' | 'lstm'.
+    impl: any of `birnn_jax.IMPLS`.
+    dtype: compute dtype of the BiRNN.
+
+  Call: `chars <int>[..., C]` -> `<float>[..., 2 * hidden_size]`.
+  """
+  num_chars: int
+  embed_size: int = 32
+  hidden_size: int = 64
+  cell: str = "lstm"
+  impl: str = "scan"
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, chars: Array) -> Array:
+    lead, num_chars = chars.shape[:-1], chars.shape[-1]
+    flat = chars.reshape(-1, num_chars)
+    lengths = jnp.sum(flat != 0, axis=-1).astype(jnp.int32)
+    x = nn.Embed(self.num_chars, self.embed_size, name="embed")(flat)
+    _, final = BiRNN(cell=self.cell, hidden_size=self.hidden_size, num_layers=1,
+                     bidirectional=True, impl=self.impl, dtype=self.dtype,
+                     name="birnn")(x, lengths)
+    h = final[0] if isinstance(final, tuple) else final   # LSTM: (h_n, c_n); h_n [2, N, H]
+    vectors = jnp.concatenate([h[0], h[1]], axis=-1).astype(jnp.float32)
+    return vectors.reshape(lead + (2 * self.hidden_size,))
