@@ -1,5 +1,6 @@
 """What every reader shares: the data-dir resolution order and the error type."""
 
+import hashlib
 import os
 import pathlib
 
@@ -35,3 +36,12 @@ def resolve_data_dir(configured: str | None, subdir: str) -> pathlib.Path:
   if origin != "the cache" and not folder.is_dir():
     raise DataError(f"{origin} points to {root}, which has no {subdir}/ folder.")
   return folder
+
+
+def file_digest(path: str | os.PathLike, algorithm: str) -> str:
+  """The hex digest ('sha1', 'sha256', ...) of a file's bytes, read in 1 MiB chunks."""
+  digest = hashlib.new(algorithm)
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  return digest.hexdigest()

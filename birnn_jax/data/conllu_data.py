@@ -14,7 +14,6 @@ UD English-EWT v2.16 (12,544 / 2,001 / 2,077 sentences in train / dev / test):
 """
 
 import collections
-import hashlib
 import http.client
 import os
 import pathlib
@@ -28,7 +27,7 @@ import conllu
 import conllu.exceptions
 
 from birnn_jax.data import common
-from birnn_jax.data.common import ENV_VAR, DataError, resolve_data_dir
+from birnn_jax.data.common import ENV_VAR, DataError, file_digest, resolve_data_dir
 
 # The 17 universal part-of-speech tags (https://universaldependencies.org/u/pos/); a tag's
 # position here is its id.
@@ -312,11 +311,7 @@ def _fetch_verified(url: str, target: pathlib.Path, digest: str) -> None:
 
 def sha256_file(path: str | os.PathLike) -> str:
   """The hex sha256 of a file's bytes."""
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
+  return file_digest(path, "sha256")
 
 
 def verify_sha256(path: str | os.PathLike, expected: str,

@@ -19,7 +19,6 @@ Shape names: B batch, T time (window length), L stream length, N number of windo
 
 import dataclasses
 import functools
-import hashlib
 import operator
 import os
 import pathlib
@@ -30,7 +29,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from birnn_jax.data.common import CACHE_DIR, DataError, resolve_data_dir
+from birnn_jax.data.common import CACHE_DIR, DataError, file_digest, resolve_data_dir
 from birnn_jax.data.vocab import UNK, Vocab
 
 SUBDIR = "time_machine"
@@ -129,11 +128,7 @@ def read_time_machine(data_dir: str | None = None, *, download: bool = True) -> 
 
 def file_sha1(path: str | os.PathLike) -> str:
   """Hex sha1 of a file's bytes."""
-  digest = hashlib.sha1()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
+  return file_digest(path, "sha1")
 
 
 def verify_sha1(path: str | os.PathLike, expected: str = TIME_MACHINE_SHA1) -> None:
