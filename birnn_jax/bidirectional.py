@@ -88,6 +88,11 @@ def initial_carry(cell: nn.Module, x_BxTxD: Array, carry=None):
   return cell.initialize_carry(jax.random.key(0), x_BxTxD[:, 0].shape)
 
 
+def compute_dtype(cell: nn.Module, x: Array):
+  """The cell's compute dtype; a Flax cell with dtype None computes in x's dtype."""
+  return getattr(cell, "dtype", None) or x.dtype
+
+
 def run_chain(impl: str, cell, params, x, lengths, carry, reverse: bool, unroll: int):
   if impl == "scan":
     return recurrence.scan(cell, params, x, lengths, carry, reverse, unroll=unroll)
@@ -114,7 +119,7 @@ class Recurrent(nn.Module):
     params = cell_params(self, "backward" if self.reverse else "forward", self.cell, x)
     y, carry = run_chain(impl, self.cell, params, x, lengths,
                          initial_carry(self.cell, x, carry), self.reverse, self.unroll)
-    return y.astype(x.dtype if self.cell.dtype is None else self.cell.dtype), carry
+    return y.astype(compute_dtype(self.cell, x)), carry
 
 
 class Bidirectional(nn.Module):
@@ -148,6 +153,6 @@ class Bidirectional(nn.Module):
                                carry_f, False, self.unroll)
       y_b, carry_b = run_chain(self.impl, self.backward_cell, params_b, x, lengths,
                                carry_b, True, self.unroll)
-    dtype = self.forward_cell.dtype
+    dtype = compute_dtype(self.forward_cell, x)
     y = merge_directions(self.merge, y_f.astype(dtype), y_b.astype(dtype))
     return y, (carry_f, carry_b)

@@ -145,10 +145,7 @@ class BiRNN(nn.Module):
             remat=self.remat, name=f"layer_{layer}",
         )(y, lengths, None if pair[0] is None else tuple(pair))
         carries_out.extend(carries)
-      if self.residual and layer > 0:
-        if layer_in.shape != y.shape:
-          raise ValueError(f"residual=True needs layer {layer}'s input and output to "
-                           f"match, got {layer_in.shape} and {y.shape}.")
+      if self.residual and layer > 0:  # Layers after the first map H_merged -> H_merged.
         y = y + layer_in
     return y, stack_carries(carries_out)
 
