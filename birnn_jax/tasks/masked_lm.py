@@ -1,0 +1,271 @@
+"""Masked-token fill-in on The Time Machine ("i am ___ hungry").
+
+Random tokens of each training window are chosen as targets (`config.data.mask_rate`) and
+corrupted BERT-style (`config.data.mask_probs`: [MASK] / random token / unchanged, see
+`text.mask_tokens`); an encoder plus a per-token softmax predicts the original token, with the
+loss on the targets only. `variants` trains the same model three ways on the same data:
+- 'bidirectional': H_t = [H->_t, H<-_t] reads the whole sentence;
+- 'forward': a forward-only stack, H_t reads x_<=t (the masked position and its left);
+- 'backward': the same forward-only stack run on each sequence reversed within its length and
+  the outputs reversed back (`Reversed`), so H_t reads x_>=t.
+
+Held-out evaluation (valid during training, test at the end) scores fixed masks: the split is
+cut into rows of seq_len, and `config.data.eval_copies` copies of it are masked at rate
+`mask_rate` with every target replaced by [MASK] (the fill-in question `predict` asks), from
+an rng seeded by (config.seed, split, copy) only, so all three variants see the same blanks.
+Metrics: `masked_accuracy` (top-1 on the targets) and `perplexity` (exp of the mean target
+cross-entropy). PAD and UNK are never targets (an unknown word has nothing to predict).
+"""
+
+import flax.linen as nn
+from flax.linen.recurrent import flip_sequences
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from birnn_jax import losses
+from birnn_jax import models
+from birnn_jax.data import text
+from birnn_jax.data.vocab import PAD, UNK
+from birnn_jax.tasks import base
+from birnn_jax.tasks import lm
+
+VARIANTS = ("bidirectional", "forward", "backward")
+EVAL_PROBS = (1.0, 0.0, 0.0)   # held-out targets are always [MASK]
+
+
+class Reversed(nn.Module):
+  """Runs `encoder` on each sequence reversed within its length and reverses its outputs
+  back, so a forward-only encoder becomes a backward-only one (padding stays padding)."""
+  encoder: nn.Module
+
+  def __call__(self, x, lengths, deterministic: bool = True):
+    flip = lambda a: flip_sequences(a, lengths, num_batch_dims=1, time_major=False)
+    y, final = self.encoder(flip(x), lengths, deterministic=deterministic)
+    return flip(y), final
+
+
+class MaskedLM(nn.Module):
+  """Token ids [B, T] -> logits [B, M, V] at the M target positions of each row.
+
+  Embedding, encoder (a `BiRNN`, possibly `Reversed`), then the per-token softmax head
+  O_t = H_t W_hq + b_q applied only where a prediction is scored: with a word vocabulary the
+  head is most of the cost and only ~mask_rate of the positions are targets.
+  """
+  vocab_size: int
+  embed_size: int
+  encoder: nn.Module
+  embed_dropout: float = 0.0
+  output_dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, tokens, lengths, positions, deterministic: bool = True):
+    x = nn.Embed(self.vocab_size, self.embed_size, name="embed")(tokens)
+    x = nn.Dropout(self.embed_dropout)(x, deterministic=deterministic)
+    h, _ = self.encoder(x, lengths, deterministic=deterministic)
+    h = jnp.take_along_axis(h, positions[..., None].astype(jnp.int32), axis=1)
+    h = nn.Dropout(self.output_dropout)(h, deterministic=deterministic)
+    return nn.Dense(self.vocab_size, name="head")(h).astype(jnp.float32)
+
+
+def target_positions(target_mask: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+  """<bool>[B, T] -> (positions <int32>[B, width] of each row's targets in order, padded with
+  0, and <bool>[B, width] marking the real ones). ValueError if a row has more than width."""
+  most = int(target_mask.sum(axis=1).max(initial=0))
+  if most > width:
+    raise ValueError(f"a row has {most} targets, more than the {width} slots.")
+  order = np.argsort(~target_mask, axis=1, kind="stable")[:, :width]
+  valid = np.take_along_axis(target_mask, order, axis=1)
+  return np.where(valid, order, 0).astype(np.int32), valid
+
+
+def max_targets(rate: float, seq_len: int) -> int:
+  """The most targets `text.mask_tokens` picks in a row of seq_len: max(1, round(rate * T))."""
+  return max(1, int(np.floor(rate * seq_len + 0.5)))
+
+
+def encoder_from_config(model_config) -> nn.Module:
+  """The BiRNN of `config.model`, wrapped in `Reversed` when `model.reverse` (backward-only)."""
+  encoder = models.birnn_from_config(model_config)
+  return Reversed(encoder) if model_config.reverse else encoder
+
+
+def sentence_tokens(sentence: str, level: str) -> list[str | None]:
+  """The tokens `text.blank_sentence` reads from `sentence`, None at each blank."""
+  pieces = [text.preprocess(p) for p in sentence.split(text.BLANK)]
+  if level == "char":
+    pieces[0], pieces[-1] = pieces[0].lstrip(), pieces[-1].rstrip()
+  out = []
+  for i, piece in enumerate(pieces):
+    out.extend([None] if i else [])
+    out.extend(text.tokenize(piece, level))
+  return out
+
+
+class Task(base.Task):
+  """Masked-token prediction with a bidirectional, forward-only or backward-only encoder."""
+
+  eval_splits = ("valid", "test")
+
+  def __init__(self, config, workdir):
+    super().__init__(config, workdir)
+    d, m = config.data, config.model
+    lm.check(d.level in text.LEVELS, "data.level", d.level, f"one of {text.LEVELS}")
+    lm.check(d.seq_len >= 2, "data.seq_len", d.seq_len, ">= 2")
+    lm.check(1 <= d.min_length <= d.seq_len, "data.min_length", d.min_length,
+             f"in [1, data.seq_len={d.seq_len}]")
+    lm.check(d.stride >= 1, "data.stride", d.stride, ">= 1")
+    lm.check(d.min_freq >= 1, "data.min_freq", d.min_freq, ">= 1")
+    lm.check(0.0 < d.mask_rate <= 1.0, "data.mask_rate", d.mask_rate, "a rate in (0, 1]")
+    probs = tuple(float(p) for p in d.mask_probs)
+    lm.check(len(probs) == 3 and min(probs) >= 0 and abs(sum(probs) - 1) < 1e-6,
+             "data.mask_probs", d.mask_probs,
+             "(mask, random, keep) probabilities summing to 1")
+    lm.check(d.eval_copies >= 1, "data.eval_copies", d.eval_copies, ">= 1")
+    for key in ("embed_dropout", "output_dropout"):
+      lm.check(0.0 <= m[key] < 1.0, f"model.{key}", m[key], "a rate in [0, 1)")
+    lm.check(not (m.reverse and m.bidirectional), "model.reverse", m.reverse,
+             "False when model.bidirectional (reverse makes a backward-only encoder)")
+    lm.check(config.predict.top_k >= 1, "predict.top_k", config.predict.top_k, ">= 1")
+    self.corpus = lm.load_corpus(config, workdir)
+    self.vocab = self.corpus.vocab
+    self.mask_id = text.mask_id(self.vocab)
+    self.special_ids = tuple(range(self.vocab.num_reserved))   # PAD, UNK, <mask>
+    self.train_windows = text.windows(self.corpus.train, d.seq_len, d.stride)
+    self.num_slots = max_targets(d.mask_rate, d.seq_len)
+    self.heldout = {split: self._fixed_masks(split) for split in lm.HELDOUT_SPLITS}
+    self._model = None
+
+  def _fixed_masks(self, split: str) -> dict[str, np.ndarray]:
+    """`eval_copies` maskings of the split's rows, every target a [MASK]; the masks depend
+    on (config.seed, split, copy) only, never on the model."""
+    d = self.config.data
+    tokens, lengths = lm.chunk_stream(self.corpus.split(split), d.seq_len)
+    parts = []
+    for copy in range(d.eval_copies):
+      rng = np.random.default_rng([self.config.seed, 7, text.SPLIT_NAMES.index(split), copy])
+      parts.append(self._mask(tokens, lengths, rng, EVAL_PROBS))
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+  def _mask(self, tokens, lengths, rng, probs) -> dict[str, np.ndarray]:
+    inputs, targets, target_mask = text.mask_tokens(
+        tokens, lengths, self.config.data.mask_rate, rng, self.mask_id, len(self.vocab),
+        special_ids=self.special_ids, probs=probs)
+    positions, valid = target_positions(target_mask, self.num_slots)
+    return {"tokens": inputs, "lengths": lengths.astype(np.int32), "targets": targets,
+            "mask": target_mask, "positions": positions,
+            "position_targets": np.take_along_axis(targets, positions, axis=1),
+            "position_mask": valid}
+
+  def model(self):
+    if self._model is None:
+      m = self.config.model
+      self._model = MaskedLM(vocab_size=len(self.vocab), embed_size=m.embed_size,
+                             encoder=encoder_from_config(m), embed_dropout=m.embed_dropout,
+                             output_dropout=m.output_dropout)
+    return self._model
+
+  def model_inputs(self, batch):
+    return batch["tokens"], batch["lengths"], batch["positions"]
+
+  def train_batch(self, step):
+    d, seed = self.config.data, self.config.seed
+    w = text.batch_for_step(self.train_windows, self.config.train.batch_size, seed, step)
+    rng = np.random.default_rng([seed, 5, step])
+    lengths = rng.integers(d.min_length, d.seq_len + 1, size=len(w)).astype(np.int32)
+    w = np.where(np.arange(d.seq_len)[None, :] < lengths[:, None], w, PAD).astype(np.int32)
+    return self._mask(w, lengths, rng, tuple(d.mask_probs))
+
+  def eval_batches(self, split):
+    return lm.batches(self.heldout[split], self.config.train.batch_size)
+
+  def metric_sums(self, logits, batch):
+    sums = losses.token_classification_sums(logits, batch["position_targets"],
+                                            batch["position_mask"])
+    return {"loss": sums["loss"], "masked_accuracy": sums["accuracy"], "count": sums["count"]}
+
+  def derived_metrics(self, means):
+    return {**means, "perplexity": float(np.exp(means["loss"]))}
+
+  def extra_results(self, params, evaluate):
+    mask = self.heldout["test"]["mask"]
+    per_copy = mask.reshape(self.config.data.eval_copies, -1, mask.shape[1])
+    return {"num_params": lm.num_params(params), "test_num_targets": int(mask.sum()),
+            "test_distinct_targets": int(per_copy.any(axis=0).sum())}
+
+  def fill_blanks(self, params, sentence: str) -> list[list[tuple[str, float]]]:
+    """For each `___` in `sentence`, the top-k (token, probability) fillers, all blanks
+    masked at once. Uses the vocabulary saved in the workdir. ValueError (from
+    `text.blank_sentence`) for a sentence with no blank or no known word."""
+    vocab = lm.load_saved_vocab(self.config, self.workdir, params["embed"]["embedding"].shape[0])
+    ids, positions = text.blank_sentence(sentence, vocab, level=self.config.data.level)
+    logits = self.model().apply({"params": params}, ids[None, :],
+                                np.asarray([len(ids)], np.int32), positions[None, :],
+                                deterministic=True)
+    logp = np.asarray(jax.nn.log_softmax(logits[0], axis=-1), np.float64)
+    logp[:, list(self.special_ids)] = -np.inf   # never offer PAD, UNK or <mask> as a word
+    top = np.argsort(-logp, axis=-1, kind="stable")[:, :self.config.predict.top_k]
+    return [[(vocab.tokens[i], float(np.exp(row[i]))) for i in order]
+            for row, order in zip(logp, top)]
+
+  def predict(self, params, sentence):
+    fillers = self.fill_blanks(params, sentence)
+    level = self.config.data.level
+    tokens = sentence_tokens(sentence, level)
+    vocab = lm.load_saved_vocab(self.config, self.workdir)
+    unknown = [t for t in dict.fromkeys(tokens)
+               if t not in (None, " ") and vocab.token_to_id(t) == UNK]
+    best = iter(options[0][0] for options in fillers)
+    filled = text.detokenize([f"[{next(best)}]" if t is None else t for t in tokens], level)
+    lines = [sentence, f"  best: {filled}"]
+    if unknown:
+      lines.append(f"  unknown to the vocabulary (read as <unk>): {', '.join(unknown)}")
+    for k, options in enumerate(fillers, 1):
+      lines.append(f"  blank {k}: " + "  ".join(f"{tok} {p:.1%}" for tok, p in options))
+    return "\n".join(lines)
+
+  # Experiment level -----------------------------------------------------------------------
+
+  @classmethod
+  def variants(cls, config):
+    out = {}
+    for name in VARIANTS:
+      cfg = config.copy_and_resolve_references()
+      cfg.model.bidirectional = name == "bidirectional"
+      cfg.model.reverse = name == "backward"
+      out[name] = cfg
+    return out
+
+  @classmethod
+  def summarize(cls, config, results):
+    summary = {}
+    for name, r in results.items():
+      summary[name] = {"masked_accuracy": r["test_masked_accuracy"],
+                       "perplexity": r["test_perplexity"],
+                       "valid_masked_accuracy": r["valid_masked_accuracy"],
+                       "valid_perplexity": r["valid_perplexity"],
+                       "num_targets": r["test_num_targets"],
+                       "distinct_targets": r["test_distinct_targets"],
+                       "num_params": r["num_params"], "train_seconds": r["train_seconds"]}
+    bi = summary["bidirectional"]
+    best_uni_name = max(("forward", "backward"), key=lambda n: summary[n]["masked_accuracy"])
+    uni = summary[best_uni_name]
+    n = bi["distinct_targets"]
+    # A conservative standard error of the difference: the unpaired one, counting only the
+    # distinct blanked positions (the copies re-mask some of the same words).
+    stderr = float(np.sqrt((bi["masked_accuracy"] * (1 - bi["masked_accuracy"]) +
+                            uni["masked_accuracy"] * (1 - uni["masked_accuracy"])) / max(n, 1)))
+    margin = bi["masked_accuracy"] - uni["masked_accuracy"]
+    wins = margin > 3 * stderr and bi["perplexity"] < uni["perplexity"]
+    summary["verdict_pass"] = bool(wins)
+    summary["bidirectional_margin"] = margin
+    verdict = (
+        f"VERDICT: {'PASS' if wins else 'FAIL'} - bidirectional fills "
+        f"{bi['masked_accuracy']:.2%} of {bi['num_targets']} held-out blanks (perplexity "
+        f"{bi['perplexity']:.1f}) vs forward-only {summary['forward']['masked_accuracy']:.2%} "
+        f"({summary['forward']['perplexity']:.1f}) and backward-only "
+        f"{summary['backward']['masked_accuracy']:.2%} "
+        f"({summary['backward']['perplexity']:.1f}): "
+        f"{'+' if margin >= 0 else ''}{margin:.2%} over the best one-directional model "
+        f"({best_uni_name}; 3 standard errors = {3 * stderr:.2%}).")
+    return summary, verdict

@@ -1,0 +1,210 @@
+"""Tests for the masked-token fill-in task (birnn_jax/tasks/masked_lm.py) and its config."""
+
+import json
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from birnn_jax import train
+from birnn_jax.data.vocab import PAD, Vocab
+from birnn_jax.tasks import lm
+from birnn_jax.tasks import masked_lm
+from experiments import masked_time_machine
+
+DATA_ROOT = pathlib.Path(os.environ.get("BIRNN_DATA_DIR") or "/work/shared/data").resolve()
+pytestmark = [
+    pytest.mark.usefixtures("fast_compile"),
+    pytest.mark.skipif(not (DATA_ROOT / "time_machine" / "timemachine.txt").exists(),
+                       reason=f"no Time Machine under {DATA_ROOT}"),
+]
+
+
+def smoke_config(**data):
+  c = masked_time_machine.get_config("smoke")
+  c.data.dir = str(DATA_ROOT)
+  for k, v in data.items():
+    c.data[k] = v
+  return c
+
+
+def variant(name, config=None):
+  return masked_lm.Task.variants(config or smoke_config())[name]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """The bidirectional smoke variant trained for 2 steps: (task, params, workdir)."""
+  workdir = tmp_path_factory.mktemp("masked") / "bidirectional"
+  cfg = variant("bidirectional")
+  cfg.train.num_steps = 2
+  results = train.train_and_evaluate(cfg, workdir)
+  assert np.isfinite(results["test_loss"]) and 0 <= results["test_masked_accuracy"] <= 1
+  trainer, params = train.load_trained(cfg, workdir)
+  return trainer.task, params, workdir
+
+
+# ------------------------------------------------------------------------------------------------
+# Data.
+
+
+def test_training_masks_never_touch_padding(tmp_path):
+  task = masked_lm.Task(smoke_config(min_length=2), tmp_path)
+  for step in range(5):
+    batch = task.train_batch(step)
+    padding = np.arange(batch["tokens"].shape[1])[None, :] >= batch["lengths"][:, None]
+    assert padding.any(), "the smoke config should produce padded rows"
+    assert not (batch["mask"] & padding).any()
+    assert (batch["tokens"][padding] == PAD).all()
+    assert batch["mask"].sum(axis=1).min() >= 1   # every row has a target
+    # Targets are never special tokens; corrupted inputs are only at targets.
+    assert not np.isin(batch["targets"][batch["mask"]], task.special_ids).any()
+    assert (batch["tokens"][~batch["mask"]] == batch["targets"][~batch["mask"]]).all()
+
+
+def test_train_batches_are_a_function_of_step(tmp_path):
+  a = masked_lm.Task(smoke_config(), tmp_path / "a")
+  b = masked_lm.Task(smoke_config(), tmp_path / "b")
+  for k in ("tokens", "lengths", "targets", "mask"):
+    np.testing.assert_array_equal(a.train_batch(3)[k], b.train_batch(3)[k])
+  assert not np.array_equal(a.train_batch(3)["mask"], a.train_batch(4)["mask"])
+
+
+def test_eval_masks_are_fixed_and_shared_by_all_variants(tmp_path):
+  tasks = {name: masked_lm.Task(cfg, tmp_path / name)
+           for name, cfg in masked_lm.Task.variants(smoke_config(eval_copies=2)).items()}
+  assert list(tasks) == ["bidirectional", "forward", "backward"]
+  ref = tasks["bidirectional"].heldout
+  for task in tasks.values():
+    for split in ("valid", "test"):
+      for k in ("tokens", "lengths", "targets", "mask"):
+        np.testing.assert_array_equal(task.heldout[split][k], ref[split][k])
+  test = ref["test"]
+  # Every held-out target is a [MASK]; padding is never a target; the copies differ.
+  assert (test["tokens"][test["mask"]] == tasks["forward"].mask_id).all()
+  padding = np.arange(test["tokens"].shape[1])[None, :] >= test["lengths"][:, None]
+  assert not (test["mask"] & padding).any()
+  half = len(test["mask"]) // 2
+  assert not np.array_equal(test["mask"][:half], test["mask"][half:])
+  # The rows cover the whole test split once per copy.
+  np.testing.assert_array_equal(test["targets"][:half][~padding[:half]],
+                                tasks["forward"].corpus.test)
+
+
+def test_vocab_is_saved_in_the_workdir(tmp_path):
+  cfg = smoke_config()
+  task = masked_lm.Task(cfg, tmp_path)
+  assert lm.vocab_path(cfg, tmp_path).exists()
+  assert lm.load_saved_vocab(cfg, tmp_path, len(task.vocab)) == task.vocab
+  with pytest.raises(ValueError, match="workdir mixes runs"):
+    lm.load_saved_vocab(cfg, tmp_path, len(task.vocab) + 1)
+  # Another level in the same workdir gets its own file and never clobbers this one.
+  char_cfg = smoke_config(level="char")
+  masked_lm.Task(char_cfg, tmp_path)
+  assert lm.load_saved_vocab(cfg, tmp_path) == task.vocab
+  assert lm.vocab_path(char_cfg, tmp_path) != lm.vocab_path(cfg, tmp_path)
+
+
+def test_a_changed_saved_vocab_is_refused(tmp_path):
+  cfg = smoke_config()
+  task = masked_lm.Task(cfg, tmp_path)
+  tokens = list(task.vocab.tokens)
+  tokens[3], tokens[4] = tokens[4], tokens[3]
+  Vocab(tokens, task.vocab.num_reserved).save(lm.vocab_path(cfg, tmp_path))
+  with pytest.raises(ValueError, match="differs from the vocabulary built"):
+    masked_lm.Task(cfg, tmp_path)
+
+
+@pytest.mark.parametrize("key,value", [("mask_rate", 0.0), ("min_length", 99),
+                                       ("level", "byte"), ("eval_copies", 0)])
+def test_invalid_config_names_the_key(tmp_path, key, value):
+  with pytest.raises(ValueError, match=f"config.data.{key}="):
+    masked_lm.Task(smoke_config(**{key: value}), tmp_path)
+
+
+def test_reverse_needs_a_unidirectional_encoder(tmp_path):
+  cfg = smoke_config()
+  cfg.model.reverse = True
+  with pytest.raises(ValueError, match="config.model.reverse="):
+    masked_lm.Task(cfg, tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Which context each variant reads.
+
+
+@pytest.mark.parametrize("name,left,right", [("bidirectional", True, True),
+                                             ("forward", True, False),
+                                             ("backward", False, True)])
+def test_each_variant_reads_its_side(tmp_path, name, left, right):
+  task = masked_lm.Task(variant(name), tmp_path)
+  model = task.model()
+  tokens = jnp.asarray(np.random.default_rng(0).integers(3, len(task.vocab), (2, 8)), jnp.int32)
+  lengths = jnp.asarray([8, 6], jnp.int32)
+  everywhere = jnp.tile(jnp.arange(8, dtype=jnp.int32), (2, 1))
+  params = model.init(jax.random.key(0), tokens, lengths, everywhere)["params"]
+  t = 3
+
+  def out_at_t(tokens):
+    return model.apply({"params": params}, tokens, lengths, everywhere)[:, t]
+
+  base = out_at_t(tokens)
+  changed_left = not np.allclose(out_at_t(tokens.at[:, t - 1].set(3)), base, atol=1e-6)
+  changed_right = not np.allclose(out_at_t(tokens.at[:, t + 1].set(3)), base, atol=1e-6)
+  assert (changed_left, changed_right) == (left, right)
+  # Padding never leaks in: changing row 1's padded tail changes nothing.
+  padded = model.apply({"params": params}, tokens.at[1, 6:].set(4), lengths, everywhere)
+  np.testing.assert_allclose(
+      padded, model.apply({"params": params}, tokens, lengths, everywhere), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# Training and predict.
+
+
+def test_fill_blanks_gives_top_k_per_blank(trained):
+  task, params, _ = trained
+  fillers = task.fill_blanks(params, "the time ___ was ___ to us")
+  assert len(fillers) == 2
+  for options in fillers:
+    assert len(options) == task.config.predict.top_k
+    probs = [p for _, p in options]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+    assert all(tok not in ("<pad>", "<unk>", "<mask>") for tok, _ in options)
+  out = task.predict(params, "the time ___ was ___ to us")
+  assert "blank 1:" in out and "blank 2:" in out and "best: the time [" in out
+
+
+def test_predict_reports_unknown_words(trained):
+  task, params, _ = trained
+  assert "unknown to the vocabulary" in task.predict(params, "the zzzq ___ time")
+
+
+@pytest.mark.parametrize("sentence,message", [("the time traveller", "no blank"),
+                                              ("zzzq ___ qqqz", "no known context")])
+def test_predict_rejects_bad_sentences(trained, sentence, message):
+  task, params, _ = trained
+  with pytest.raises(ValueError, match=message):
+    task.predict(params, sentence)
+
+
+def test_predict_uses_the_saved_vocab(trained, tmp_path):
+  _, params, workdir = trained
+  assert lm.vocab_path(smoke_config(), workdir).exists()
+  # Through train.predict (the first variant, bidirectional) from the experiment's workdir.
+  out = train.predict(smoke_config(), workdir.parent, "the ___ machine")
+  assert out.startswith("the ___ machine\n  best: the [")
+
+
+@pytest.mark.slow
+def test_smoke_experiment_end_to_end(tmp_path):
+  summary = train.run_experiment(smoke_config(), tmp_path)
+  saved = json.loads((tmp_path / "results.json").read_text())
+  for name in ("bidirectional", "forward", "backward"):
+    assert set(saved[name]) >= {"masked_accuracy", "perplexity"}
+    assert 0 <= saved[name]["masked_accuracy"] <= 1 and saved[name]["perplexity"] > 1
+    assert lm.vocab_path(smoke_config(), tmp_path / name).exists()
+  assert saved["verdict_pass"] == summary["verdict_pass"]
