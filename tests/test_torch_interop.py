@@ -15,7 +15,7 @@ import pytest
 import birnn_jax
 
 torch = pytest.importorskip("torch")
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # pylint: disable=g-import-not-at-top
+from torch.nn.utils import rnn as rnn_utils  # pylint: disable=g-import-not-at-top
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -77,10 +77,12 @@ def run_torch(rnn, x, lengths, initial=None):
   """Torch's padded [B, T, out] outputs and final state for batch-major x."""
   xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
   seq = xt if rnn.batch_first else xt.transpose(0, 1)
-  packed = pack_padded_sequence(seq, torch.as_tensor(lengths, dtype=torch.int64),
-                                batch_first=rnn.batch_first, enforce_sorted=False)
+  packed = rnn_utils.pack_padded_sequence(
+      seq, torch.as_tensor(lengths, dtype=torch.int64), batch_first=rnn.batch_first,
+      enforce_sorted=False)
   out, final = rnn(packed, initial)
-  out, _ = pad_packed_sequence(out, batch_first=rnn.batch_first, total_length=x.shape[1])
+  out, _ = rnn_utils.pad_packed_sequence(out, batch_first=rnn.batch_first,
+                                         total_length=x.shape[1])
   if not rnn.batch_first:
     out = out.transpose(0, 1)
   return xt, out, final
