@@ -1,0 +1,354 @@
+"""Part-of-speech tagging (UPOS) on UD English-EWT with a word + character BiLSTM tagger.
+
+The model (Plank et al. 2016 style), for the words of a sentence x_1..x_T:
+- each word's characters (case kept) go through a one-layer character BiLSTM
+  (`models.CharBiRNNEmbedder`); its two final states are the word's character vector;
+- the word itself (lowercased by default) is looked up in a word embedding. During training
+  word ids are replaced by UNK ("word dropout"), so the UNK embedding is trained and the
+  tagger learns to read unknown words from their characters: a word seen c times in train
+  is dropped with probability alpha / (alpha + c) (`data.word_dropout_alpha`; Kiperwasser &
+  Goldberg 2016), so rare words, which are like the unseen words of test, are dropped most;
+  this is done when the training batch is made, from (seed, step). On top of it
+  `model.word_dropout` drops any word with one probability inside the model;
+- [word embedding; character vector] (dropout `model.embed_dropout`) feeds a stacked BiLSTM
+  over the sentence (`models.BiRNN`, `config.model` keys; `model.bidirectional=False` gives
+  the forward-only baseline, whose tag at t can only use x_1..x_t);
+- per token O_t = H_t W_hq + b_q (dropout `model.output_dropout` on H_t), softmax
+  cross-entropy on the real tokens only.
+
+Data: vocabularies come from train only (words with `data.min_freq`, all characters) and are
+saved in the workdir as vocab_words.json / vocab_chars.json; when they exist there they are
+loaded instead, so `eval` and `predict` read the ids the checkpoint was trained with.
+Words longer than `data.max_chars` characters keep their first and last `max_chars // 2`
+characters (prefix and suffix carry the morphology). Batches are length-bucketed and padded
+(`data.pad_to` words, exactly `data.max_chars` characters) so jit sees few shapes. The
+character BiLSTM runs once per distinct word form of a batch, not once per position
+(`dedup_chars`: about 0.4 distinct forms per padded position), which halves its cost.
+
+Results (results.json): `dev_accuracy`, `test_accuracy` (fractions of tokens), and from
+`extra_results` the test accuracy per gold tag and on words unseen in training (a test word
+whose form, lowercased when `data.lowercase`, never occurs in the training file).
+
+Predict: `--mode=predict --text="..."` tokenises on whitespace, then splits off punctuation
+at a word's edges and English clitics (n't, 's, 're, 've, 'll, 'm, 'd), roughly as EWT is
+tokenised, and prints `word/TAG` pairs.
+"""
+
+import collections
+import pathlib
+import re
+
+from absl import logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from birnn_jax import losses
+from birnn_jax import models
+from birnn_jax.data import batching
+from birnn_jax.data import conllu_data
+from birnn_jax.data.vocab import PAD, UNK, Vocab
+from birnn_jax.tasks import base
+
+WORD_VOCAB_FILE = "vocab_words.json"
+CHAR_VOCAB_FILE = "vocab_chars.json"
+TAGS = conllu_data.UPOS
+
+
+def _check(ok: bool, key: str, value, expected: str) -> None:
+  if not ok:
+    raise ValueError(f"config.{key}={value!r} is invalid: expected {expected}.")
+
+
+# Tokenising user text -------------------------------------------------------------------------
+
+_CLITIC = re.compile(r"(?i)^(.+?)(n't|'s|'re|'ve|'ll|'m|'d)$")
+_EDGE_PUNCT = "\"'`()[]{}<>,;:!?.\u201c\u201d\u2018\u2019\u2026"
+
+
+def tokenize(text: str, is_word=lambda token: False) -> list[str]:
+  """Whitespace tokens with edge punctuation and English clitics split off, EWT-style:
+  "Don't stop, (please)!" -> Do n't stop , ( please ) !. A run of '.', '!' or '?' is one
+  token ("..."). A final '.' stays on a token that
+  `is_word` knows with it ("Mr.", "Inc.") or that has another '.' inside ("U.S.", "e.g.")."""
+  out = []
+  for chunk in text.split():
+    if len(set(chunk)) == 1 and chunk[0] in _EDGE_PUNCT:   # "...", "!!", "--"
+      out.append(chunk)
+      continue
+    lead, tail = [], []
+    while len(chunk) > 1 and chunk[0] in _EDGE_PUNCT:
+      lead.append(chunk[0])
+      chunk = chunk[1:]
+    while len(chunk) > 1 and chunk[-1] in _EDGE_PUNCT:
+      if chunk[-1] == "." and chunk[-2] not in _EDGE_PUNCT and (
+          is_word(chunk) or "." in chunk[:-1]):
+        break
+      run = len(chunk) - len(chunk.rstrip(chunk[-1])) if chunk[-1] in ".!?" else 1
+      run = min(run, len(chunk) - 1)   # "..." stays one token, as in EWT
+      tail.insert(0, chunk[-run:])
+      chunk = chunk[:-run]
+    match = _CLITIC.match(chunk)
+    middle = [match[1], match[2]] if match and match[1].isalpha() else [chunk]
+    out.extend(lead + middle + tail)
+  return out
+
+
+# Encoding -------------------------------------------------------------------------------------
+
+class CharEncoder:
+  """A word -> its character ids; words longer than `max_chars` keep their first and last
+  `max_chars // 2` characters (so no real character is cut off by the batcher)."""
+
+  def __init__(self, vocab: Vocab, max_chars: int):
+    self.vocab, self.max_chars = vocab, max_chars
+
+  def clip(self, word: str) -> str:
+    if len(word) <= self.max_chars:
+      return word
+    head = self.max_chars // 2
+    return word[:head] + word[len(word) - (self.max_chars - head):]
+
+  def encode(self, word: str) -> np.ndarray:
+    return self.vocab.encode(self.clip(word))
+
+
+def dedup_chars(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Replaces `chars` [B, T, C] by the batch's distinct character rows and an index.
+
+  Returns the batch with `chars` int32 [B, K, C] (the B * K distinct rows in sorted order,
+  the all-PAD row first, then zero rows), and `char_index` int32 [B, T], the row of
+  `chars.reshape(B * K, C)` holding position (b, t)'s characters. K = ceil(T / 2), or T
+  when a batch has more than B * ceil(T / 2) distinct rows (then a second shape).
+  """
+  chars = batch["chars"]
+  size, steps, width = chars.shape
+  rows, index = np.unique(chars.reshape(-1, width), axis=0, return_inverse=True)
+  per_row = -(-steps // 2)
+  if len(rows) > size * per_row:
+    per_row = steps
+  table = np.zeros((size * per_row, width), np.int32)
+  table[:len(rows)] = rows
+  return {**batch, "chars": table.reshape(size, per_row, width),
+          "char_index": index.reshape(size, steps).astype(np.int32)}
+
+
+def rare_word_drop_probs(vocab: Vocab, counts: collections.Counter,
+                         alpha: float) -> np.ndarray:
+  """float [len(vocab)]: alpha / (alpha + count) for each word id; 0 for PAD and UNK."""
+  probs = np.array([alpha / (alpha + counts[t]) if counts[t] else 0.0 for t in vocab.tokens])
+  probs[:vocab.num_reserved] = 0.0
+  return probs
+
+
+def drop_words(words: np.ndarray, probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """Word ids with each replaced by UNK with probability probs[id] (PAD keeps p = 0)."""
+  drop = rng.random(words.shape) < probs[words]
+  return np.where(drop, UNK, words).astype(words.dtype)
+
+
+def load_or_build_vocab(path: pathlib.Path, built: Vocab) -> Vocab:
+  """The vocabulary saved at `path` if there is one (the ids a checkpoint in this workdir
+  was trained with), else `built`, saved there."""
+  if path.exists():
+    saved = Vocab.load(path)
+    if saved != built:
+      logging.warning("%s differs from the vocabulary built from train with this config; "
+                      "using the saved one (the ids of this workdir's checkpoints).", path)
+    return saved
+  if jax.process_index() == 0:
+    built.save(path)
+  return built
+
+
+# Model ----------------------------------------------------------------------------------------
+
+class WordDropout(nn.Module):
+  """Replaces each real word id by UNK with probability `rate` (training only); PAD stays."""
+  rate: float
+
+  @nn.compact
+  def __call__(self, words: jax.Array, deterministic: bool = True) -> jax.Array:
+    if deterministic or self.rate == 0.0:
+      return words
+    drop = jax.random.bernoulli(self.make_rng("dropout"), self.rate, words.shape)
+    return jnp.where(drop & (words != PAD), UNK, words)
+
+
+class PosTagger(nn.Module):
+  """(words [B, T], chars, char_index, lengths [B]) -> logits [B, T, num_tags].
+
+  x_t = [E w_t ; char_embedder(chars_t)], H = encoder(x, lengths), O_t = H_t W_hq + b_q.
+  `chars` is [B, T, C] with `char_index` None, or the deduplicated [B, K, C] with
+  `char_index` [B, T] (see `dedup_chars`); both give the same logits.
+  """
+  num_words: int
+  word_embed_size: int
+  char_embedder: nn.Module
+  encoder: nn.Module
+  num_tags: int
+  word_dropout: float = 0.0
+  embed_dropout: float = 0.0
+  output_dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, words, chars, char_index, lengths, deterministic: bool = True):
+    words = WordDropout(self.word_dropout, name="word_dropout")(words, deterministic)
+    w = nn.Embed(self.num_words, self.word_embed_size, name="embed")(words)
+    c = self.char_embedder(chars)
+    if char_index is not None:
+      c = jnp.take(c.reshape(-1, c.shape[-1]), char_index, axis=0)
+    x = jnp.concatenate([w, c.astype(w.dtype)], axis=-1)
+    x = nn.Dropout(self.embed_dropout)(x, deterministic=deterministic)
+    h, _ = self.encoder(x, lengths, deterministic=deterministic)
+    h = nn.Dropout(self.output_dropout)(h, deterministic=deterministic)
+    return nn.Dense(self.num_tags, name="head")(h).astype(jnp.float32)
+
+
+def model_from_config(model_config, num_words: int, num_chars: int) -> PosTagger:
+  m = model_config
+  dtype = jnp.dtype(m.dtype)
+  char_embedder = models.CharBiRNNEmbedder(
+      num_chars=num_chars, embed_size=m.char_embed_size, hidden_size=m.char_hidden_size,
+      cell=m.cell, impl=m.impl, dtype=dtype)
+  return PosTagger(num_words=num_words, word_embed_size=m.embed_size,
+                   char_embedder=char_embedder, encoder=models.birnn_from_config(m),
+                   num_tags=len(TAGS), word_dropout=m.word_dropout,
+                   embed_dropout=m.embed_dropout, output_dropout=m.output_dropout)
+
+
+# Task -----------------------------------------------------------------------------------------
+
+class Task(base.Task):
+  """UPOS tagging on UD English-EWT; dev is evaluated during training, dev and test at the end."""
+
+  eval_splits = ("dev", "test")
+
+  def __init__(self, config, workdir):
+    super().__init__(config, workdir)
+    d, m = config.data, config.model
+    _check(d.max_length >= 1, "data.max_length", d.max_length, ">= 1")
+    _check(d.min_freq >= 1, "data.min_freq", d.min_freq, ">= 1")
+    _check(d.max_chars >= 2, "data.max_chars", d.max_chars, ">= 2")
+    _check(d.pad_to >= 1, "data.pad_to", d.pad_to, ">= 1")
+    _check(d.eval_batch_size >= 1, "data.eval_batch_size", d.eval_batch_size, ">= 1")
+    _check(d.word_dropout_alpha >= 0, "data.word_dropout_alpha", d.word_dropout_alpha,
+           ">= 0 (0 disables)")
+    for key in ("word_dropout", "embed_dropout", "output_dropout"):
+      _check(0.0 <= m[key] < 1.0, f"model.{key}", m[key], "a rate in [0, 1)")
+    for key in ("char_embed_size", "char_hidden_size"):
+      _check(m[key] > 0, f"model.{key}", m[key], "a positive integer")
+
+    splits = conllu_data.load_ewt(d.dir or None, d.max_length)
+    norm = self.normalize
+    counts = collections.Counter(norm(w) for s in splits.train for w, _ in s)
+    built_words = Vocab.build([[norm(w) for w, _ in s] for s in splits.train],
+                              min_freq=d.min_freq)
+    built_chars = Vocab.build(w for s in splits.train for w, _ in s)
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    self.word_vocab = load_or_build_vocab(self.workdir / WORD_VOCAB_FILE, built_words)
+    self.char_vocab = load_or_build_vocab(self.workdir / CHAR_VOCAB_FILE, built_chars)
+    self.char_encoder = CharEncoder(self.char_vocab, d.max_chars)
+    self.sentences = splits._asdict()
+    self.examples = {name: self.encode(sentences, tagged=True)
+                     for name, sentences in self.sentences.items()}
+    self.train_forms = frozenset(counts)
+    self.word_drop_probs = rare_word_drop_probs(self.word_vocab, counts, d.word_dropout_alpha)
+    self._pad = dict(pad_to=d.pad_to, max_chars=d.max_chars, char_pad_to=d.max_chars)
+    self.batcher = batching.StepBatcher(self.examples["train"], config.train.batch_size,
+                                        config.seed, **self._pad)
+    self._eval_cache: dict[str, list] = {}
+    self._model = None
+    self._tag_fn = None
+
+  def normalize(self, form: str) -> str:
+    """The key a word form is looked up by in the word vocabulary."""
+    return form.lower() if self.config.data.lowercase else form
+
+  def encode(self, sentences, tagged: bool) -> list[batching.Example]:
+    """Sentences of (form, tag) pairs (tag ignored unless `tagged`) -> Examples."""
+    examples = batching.encode_tagged(sentences, self.word_vocab,
+                                      conllu_data.UPOS_IDS if tagged else None,
+                                      self.char_encoder, lowercase=self.config.data.lowercase)
+    return examples
+
+  # Trainer interface ------------------------------------------------------------------------
+
+  def model(self):
+    if self._model is None:
+      self._model = model_from_config(self.config.model, len(self.word_vocab),
+                                      len(self.char_vocab))
+    return self._model
+
+  def model_inputs(self, batch):
+    return batch["words"], batch["chars"], batch["char_index"], batch["lengths"]
+
+  def train_batch(self, step):
+    batch = self.batcher(step)
+    if self.config.data.word_dropout_alpha > 0:
+      rng = np.random.default_rng([self.config.seed, 17, step])
+      batch["words"] = drop_words(batch["words"], self.word_drop_probs, rng)
+    return dedup_chars(batch)
+
+  def eval_batches(self, split):
+    if split not in self._eval_cache:
+      self._eval_cache[split] = [dedup_chars(b) for b in batching.eval_batches(
+          self.examples[split], self.config.data.eval_batch_size, **self._pad)]
+    return self._eval_cache[split]
+
+  def metric_sums(self, logits, batch):
+    return losses.token_classification_sums(logits, batch["tags"], batch["mask"])
+
+  # Predictions ------------------------------------------------------------------------------
+
+  def tag_examples(self, params, examples, batch_size: int | None = None
+                   ) -> list[np.ndarray]:
+    """The predicted tag ids of each example (in the given order)."""
+    if self._tag_fn is None:
+      model = self.model()
+      self._tag_fn = jax.jit(lambda p, w, c, i, l: jnp.argmax(
+          model.apply({"params": p}, w, c, i, l, deterministic=True), axis=-1))
+    batch_size = batch_size or self.config.data.eval_batch_size
+    lengths = [len(ex.words) for ex in examples]
+    out: list[np.ndarray | None] = [None] * len(examples)
+    for idx in batching.eval_plan(lengths, batch_size):
+      batch = dedup_chars(batching.make_batch(examples, idx, batch_size, **self._pad))
+      tags = np.asarray(self._tag_fn(params, *self.model_inputs(batch)))
+      for row, i in enumerate(idx):
+        out[i] = tags[row, :lengths[i]]
+    return out
+
+  def extra_results(self, params, evaluate):
+    """Test accuracy per gold tag and on words unseen in training; vocabulary sizes."""
+    del evaluate
+    sentences = self.sentences["test"]
+    predicted = self.tag_examples(params, self.examples["test"])
+    correct, count = collections.Counter(), collections.Counter()
+    unseen_correct = unseen_count = 0
+    for sentence, tags in zip(sentences, predicted):
+      for (form, gold), tag_id in zip(sentence, tags):
+        ok = TAGS[int(tag_id)] == gold
+        correct[gold] += ok
+        count[gold] += 1
+        if self.normalize(form) not in self.train_forms:
+          unseen_correct += ok
+          unseen_count += 1
+    return {
+        "test_per_tag_accuracy": {t: correct[t] / count[t] for t in TAGS if count[t]},
+        "test_per_tag_count": {t: count[t] for t in TAGS if count[t]},
+        "test_unseen_accuracy": unseen_correct / max(unseen_count, 1),
+        "test_unseen_count": unseen_count,
+        "word_vocab_size": len(self.word_vocab),
+        "char_vocab_size": len(self.char_vocab),
+        "num_params": int(sum(np.size(x) for x in jax.tree.leaves(params))),
+    }
+
+  def predict(self, params, text):
+    """`word/TAG` for each token of `text` (see `tokenize`), one line."""
+    words = tokenize(text, lambda w: self.normalize(w) in self.word_vocab)
+    if not words:
+      raise ValueError("--text has no words to tag.")
+    examples = self.encode([[(w, TAGS[0]) for w in words]], tagged=False)
+    tags = self.tag_examples(params, examples, batch_size=1)[0]
+    return " ".join(f"{w}/{TAGS[int(t)]}" for w, t in zip(words, tags))

@@ -1,0 +1,243 @@
+"""POS tagging on UD English-EWT (birnn_jax/tasks/pos.py, experiments/pos_ewt.py).
+
+Fast tests check the pieces (tokeniser, character clipping, the character embedder's padding
+invariance, word dropout only in training, the forward-only encoder's causality); the slow
+ones train the :smoke config end to end on the real files (BIRNN_DATA_DIR) and use its
+checkpoint for predict and its vocabularies.
+"""
+
+import collections
+import functools
+import importlib.util
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from birnn_jax import models
+from birnn_jax import train
+from birnn_jax.data import conllu_data
+from birnn_jax.data.vocab import PAD, UNK, Vocab
+from birnn_jax.tasks import pos
+
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_config(arg="smoke"):
+  spec = importlib.util.spec_from_file_location("pos_ewt", ROOT / "experiments" / "pos_ewt.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+# Fast: the pieces ------------------------------------------------------------------------------
+
+def test_tokenize_splits_punctuation_and_clitics():
+  known = {"mr."}
+  tokens = pos.tokenize("\"I can't go,\" said Mr. Smith (in the U.S.)... OK?",
+                        lambda w: w.lower() in known)
+  assert tokens == ['"', "I", "ca", "n't", "go", ",", '"', "said", "Mr.", "Smith", "(", "in",
+                    "the", "U.S.", ")", "...", "OK", "?"]
+  assert pos.tokenize("  ") == []
+
+
+def test_char_encoder_keeps_prefix_and_suffix_of_long_words():
+  vocab = Vocab.build(["internationalization"])
+  enc = pos.CharEncoder(vocab, max_chars=8)
+  assert enc.clip("internationalization") == "intetion"
+  assert enc.clip("short") == "short"
+  np.testing.assert_array_equal(vocab.decode(enc.encode("internationalization")),
+                                list("intetion"))
+
+
+def test_char_embedder_ignores_padding():
+  """A word's vector is the same whatever its character padding and its place in the batch;
+  a word with no characters (a padding position) gets zeros."""
+  embedder = models.CharBiRNNEmbedder(num_chars=12, embed_size=4, hidden_size=5)
+  word = [3, 7, 2, 9]
+  short = np.zeros((1, 1, 4), np.int32)
+  short[0, 0] = word
+  wide = np.zeros((2, 3, 11), np.int32)
+  wide[1, 2, :4] = word
+  wide[0, 0, :2] = [5, 5]
+  variables = embedder.init(jax.random.key(0), wide)
+  v_short = embedder.apply(variables, short)
+  v_wide = embedder.apply(variables, wide)
+  assert v_short.shape == (1, 1, 10) and v_wide.shape == (2, 3, 10)
+  np.testing.assert_allclose(v_short[0, 0], v_wide[1, 2], rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(v_wide[0, 1], np.zeros(10))
+  assert np.abs(v_short).sum() > 0
+
+
+def test_rare_words_are_dropped_more_and_padding_never():
+  vocab = Vocab(["<pad>", "<unk>", "the", "rare"])
+  counts = {"the": 999, "rare": 1}
+  probs = pos.rare_word_drop_probs(vocab, collections.Counter(counts), alpha=1.0)
+  np.testing.assert_allclose(probs, [0.0, 0.0, 1 / 1000, 0.5])
+  words = np.tile(np.array([[2, 3, 1, 0]], np.int32), (2000, 1))
+  dropped = pos.drop_words(words, probs, np.random.default_rng(0))
+  assert np.all(dropped[:, 3] == PAD) and np.all(dropped[:, 2] == UNK)
+  assert np.mean(dropped[:, 0] == UNK) < 0.01
+  assert 0.45 < np.mean(dropped[:, 1] == UNK) < 0.55
+  assert set(np.unique(dropped[:, 1])) == {UNK, 3}
+
+
+def tiny_model(word_dropout=0.0, bidirectional=True):
+  config = load_config()
+  config.model.word_dropout = word_dropout
+  config.model.embed_dropout = config.model.output_dropout = config.model.dropout = 0.0
+  config.model.bidirectional = bidirectional
+  return pos.model_from_config(config.model, num_words=30, num_chars=20)
+
+
+def tiny_inputs(seed=0, batch=3, steps=8, chars=6):
+  rng = np.random.default_rng(seed)
+  lengths = np.array([8, 5, 1][:batch], np.int32)
+  mask = np.arange(steps)[None, :] < lengths[:, None]
+  words = np.where(mask, rng.integers(2, 30, (batch, steps)), PAD).astype(np.int32)
+  char_ids = rng.integers(1, 20, (batch, steps, chars)) * mask[..., None]
+  char_ids[..., 4:] = 0
+  return words, char_ids.astype(np.int32), lengths
+
+
+def test_word_dropout_only_in_training():
+  words, chars, lengths = tiny_inputs()
+  drop = pos.WordDropout(rate=0.5)
+  same = drop.apply({}, words, deterministic=True)
+  np.testing.assert_array_equal(same, words)
+  dropped = np.asarray(drop.apply({}, words, deterministic=False,
+                                  rngs={"dropout": jax.random.key(1)}))
+  real = words != PAD
+  assert np.all(dropped[~real] == PAD)                       # padding stays padding
+  assert np.all((dropped[real] == words[real]) | (dropped[real] == UNK))
+  assert 0 < np.mean(dropped[real] == UNK) < 1
+
+  with_dropout, without = tiny_model(word_dropout=0.9), tiny_model(word_dropout=0.0)
+  variables = without.init(jax.random.key(0), words, chars, None, lengths)
+  eval_a = with_dropout.apply(variables, words, chars, None, lengths, deterministic=True)
+  eval_b = without.apply(variables, words, chars, None, lengths, deterministic=True)
+  np.testing.assert_array_equal(eval_a, eval_b)             # no dropout at evaluation
+  train_a = with_dropout.apply(variables, words, chars, None, lengths, deterministic=False,
+                               rngs={"dropout": jax.random.key(2)})
+  train_b = without.apply(variables, words, chars, None, lengths, deterministic=False,
+                          rngs={"dropout": jax.random.key(2)})
+  np.testing.assert_array_equal(train_b, eval_b)             # all other dropouts are 0 here
+  assert not np.allclose(train_a, eval_a)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_forward_only_tagger_reads_only_the_left_context(bidirectional):
+  """With model.bidirectional=False the tag at t depends on words <= t only."""
+  model = tiny_model(bidirectional=bidirectional)
+  words, chars, lengths = tiny_inputs()
+  variables = model.init(jax.random.key(0), words, chars, None, lengths)
+  changed_words, changed_chars = words.copy(), chars.copy()
+  changed_words[0, 5] = 3 if words[0, 5] != 3 else 4
+  changed_chars[0, 5, :4] = (chars[0, 5, :4] % 19) + 1
+  a = model.apply(variables, words, chars, None, lengths)
+  b = model.apply(variables, changed_words, changed_chars, None, lengths)
+  left_same = np.allclose(a[0, :5], b[0, :5], atol=1e-6)
+  assert left_same != bidirectional
+  np.testing.assert_allclose(a[1:], b[1:], atol=1e-6)        # other sentences untouched
+  encoder_params = jax.tree.map(lambda x: 0, variables["params"]["encoder"])
+  has_backward = "backward" in json.dumps(encoder_params)
+  assert has_backward == bidirectional
+
+
+def test_dedup_chars_gives_the_same_logits():
+  words, chars, lengths = tiny_inputs()
+  chars[1, :5], chars[2, 0] = chars[0, :5], chars[0, 7]     # repeated word forms
+  batch = pos.dedup_chars({"words": words, "chars": chars, "lengths": lengths})
+  size, steps = words.shape
+  assert batch["chars"].shape[:2] == (size, steps // 2)
+  table = batch["chars"].reshape(-1, chars.shape[-1])
+  np.testing.assert_array_equal(table[batch["char_index"]], chars)
+  model = tiny_model()
+  variables = model.init(jax.random.key(0), words, chars, None, lengths)
+  np.testing.assert_allclose(
+      model.apply(variables, words, batch["chars"], batch["char_index"], lengths),
+      model.apply(variables, words, chars, None, lengths), rtol=1e-5, atol=1e-6)
+
+
+# Slow: the smoke config on the real files ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cached_ewt():
+  """Reads EWT once for this module (every Task would otherwise parse the files again)."""
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(conllu_data, "load_ewt", functools.lru_cache(conllu_data.load_ewt))
+    yield
+
+
+@pytest.fixture(scope="module")
+def smoke_run(cached_ewt, tmp_path_factory):
+  config = load_config()
+  assert config.train.batch_size % 8 == 0
+  workdir = tmp_path_factory.mktemp("pos_smoke")
+  results = train.run_experiment(config, workdir)
+  return config, workdir, results
+
+
+@pytest.mark.slow
+def test_smoke_trains_end_to_end(smoke_run):
+  config, workdir, results = smoke_run
+  saved = json.loads((workdir / "results.json").read_text())
+  for key in ("dev_accuracy", "test_accuracy", "test_unseen_accuracy"):
+    assert 0.0 <= saved[key] <= 1.0, key
+  assert saved["steps"] == config.train.num_steps
+  assert set(saved["test_per_tag_accuracy"]) <= set(conllu_data.UPOS)
+  assert sum(saved["test_per_tag_count"].values()) == 25094   # every EWT test word
+  assert 0 < saved["test_unseen_count"] < 25094
+  lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  assert "eval_accuracy" in json.loads(lines[-1])
+
+
+@pytest.mark.slow
+def test_word_dropout_only_in_training_batches(smoke_run):
+  config, workdir, _ = smoke_run
+  task = pos.Task(config, workdir)
+  undropped = task.batcher(0)["words"]
+  train_words = task.train_batch(0)["words"]
+  assert np.array_equal(train_words, task.train_batch(0)["words"])   # a function of step
+  changed = train_words != undropped
+  assert changed.any() and np.all(train_words[changed] == UNK)
+  for split in task.eval_splits:
+    batches = task.eval_batches(split)
+    plain = pos.batching.eval_batches(task.examples[split], config.data.eval_batch_size,
+                                      **task._pad)
+    for a, b in zip(batches, plain):
+      np.testing.assert_array_equal(a["words"], b["words"])
+
+
+@pytest.mark.slow
+def test_predict_gives_one_tag_per_word(smoke_run):
+  config, workdir, _ = smoke_run
+  text = "The quick brown fox can't jump over the lazy dog, said Mr. Smith."
+  out = train.predict(config, workdir, text)
+  pairs = out.split()
+  assert [p.rsplit("/", 1)[0] for p in pairs] == pos.tokenize(
+      text, lambda w: w.lower() in Vocab.load(workdir / pos.WORD_VOCAB_FILE))
+  assert all(p.rsplit("/", 1)[1] in conllu_data.UPOS for p in pairs)
+
+
+@pytest.mark.slow
+def test_vocabularies_are_saved_and_reused(smoke_run, tmp_path):
+  config, workdir, _ = smoke_run
+  words = Vocab.load(workdir / pos.WORD_VOCAB_FILE)
+  chars = Vocab.load(workdir / pos.CHAR_VOCAB_FILE)
+  assert "the" in words and "The" not in words                # lowercased words
+  assert "T" in chars and "t" in chars                        # characters keep case
+  train_words = {w.lower() for s in conllu_data.load_ewt().train for w, _ in s}
+  assert set(words.tokens[2:]) == train_words                 # train only, min_freq 1
+  # A workdir that already holds vocabularies is read, not rebuilt: ids stay those saved.
+  shuffled = Vocab(list(words.tokens[:2]) + list(reversed(words.tokens[2:])))
+  shuffled.save(tmp_path / pos.WORD_VOCAB_FILE)
+  task = pos.Task(config, tmp_path)
+  assert task.word_vocab == shuffled
+  assert task.char_vocab == chars
+  assert Vocab.load(tmp_path / pos.WORD_VOCAB_FILE) == shuffled
