@@ -66,7 +66,8 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _check(ok: bool, key: str, value, expected: str) -> None:
+def check(ok: bool, key: str, value, expected: str) -> None:
+  """Raises ValueError naming `config.<key>` unless `ok` (tasks use it for their keys)."""
   if not ok:
     raise ValueError(f"config.{key}={value!r} is invalid: expected {expected}.")
 
@@ -74,32 +75,32 @@ def _check(ok: bool, key: str, value, expected: str) -> None:
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming `config.<key>` for any impossible shared value."""
   m, t, o = config.model, config.train, config.optim
-  _check(bool(config.task), "task", config.task, "a task module name")
-  _check(m.cell in cells.CELLS, "model.cell", m.cell, f"one of {sorted(cells.CELLS)}")
-  _check(m.activation in cells.ACTIVATIONS, "model.activation", m.activation,
+  check(bool(config.task), "task", config.task, "a task module name")
+  check(m.cell in cells.CELLS, "model.cell", m.cell, f"one of {sorted(cells.CELLS)}")
+  check(m.activation in cells.ACTIVATIONS, "model.activation", m.activation,
          f"one of {sorted(cells.ACTIVATIONS)}")
   for key in ("hidden_size", "num_layers", "embed_size", "unroll"):
-    _check(m[key] > 0, f"model.{key}", m[key], "a positive integer")
-  _check(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "a rate in [0, 1)")
-  _check(m.merge in bidirectional.MERGES, "model.merge", m.merge,
+    check(m[key] > 0, f"model.{key}", m[key], "a positive integer")
+  check(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "a rate in [0, 1)")
+  check(m.merge in bidirectional.MERGES, "model.merge", m.merge,
          f"one of {bidirectional.MERGES}")
-  _check(m.merge != "none" or not m.bidirectional, "model.merge", m.merge,
+  check(m.merge != "none" or not m.bidirectional, "model.merge", m.merge,
          "a merge that gives one array ('none' returns a pair, which a head cannot read)")
-  _check(m.impl in bidirectional.impl_names(), "model.impl", m.impl,
+  check(m.impl in bidirectional.impl_names(), "model.impl", m.impl,
          f"one of {bidirectional.impl_names()}")
-  _check(m.dtype in DTYPES, "model.dtype", m.dtype, f"one of {DTYPES}")
-  _check(o.name in optim_lib.OPTIMIZERS, "optim.name", o.name,
+  check(m.dtype in DTYPES, "model.dtype", m.dtype, f"one of {DTYPES}")
+  check(o.name in optim_lib.OPTIMIZERS, "optim.name", o.name,
          f"one of {optim_lib.OPTIMIZERS}")
-  _check(o.schedule in optim_lib.SCHEDULES, "optim.schedule", o.schedule,
+  check(o.schedule in optim_lib.SCHEDULES, "optim.schedule", o.schedule,
          f"one of {optim_lib.SCHEDULES}")
-  _check(o.learning_rate > 0, "optim.learning_rate", o.learning_rate, "> 0")
-  _check(o.clip_norm >= 0, "optim.clip_norm", o.clip_norm, ">= 0 (0 disables)")
-  _check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, ">= 0")
+  check(o.learning_rate > 0, "optim.learning_rate", o.learning_rate, "> 0")
+  check(o.clip_norm >= 0, "optim.clip_norm", o.clip_norm, ">= 0 (0 disables)")
+  check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, ">= 0")
   for key in ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
               "keep_checkpoints"):
-    _check(t[key] > 0, f"train.{key}", t[key], "a positive integer")
-  _check(t.best_mode in ("min", "max"), "train.best_mode", t.best_mode, "'min' or 'max'")
-  _check(t.nan_policy in ("stop", "skip"), "train.nan_policy", t.nan_policy,
+    check(t[key] > 0, f"train.{key}", t[key], "a positive integer")
+  check(t.best_mode in ("min", "max"), "train.best_mode", t.best_mode, "'min' or 'max'")
+  check(t.nan_policy in ("stop", "skip"), "train.nan_policy", t.nan_policy,
          "'stop' or 'skip'")
-  _check(config.mesh.data == -1 or config.mesh.data > 0, "mesh.data", config.mesh.data,
+  check(config.mesh.data == -1 or config.mesh.data > 0, "mesh.data", config.mesh.data,
          "-1 (all devices) or a positive count")

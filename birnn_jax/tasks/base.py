@@ -25,6 +25,18 @@ import numpy as np
 Batch = dict[str, np.ndarray]
 
 
+def override_variants(config: ml_collections.ConfigDict,
+                      overrides: dict[str, dict[str, object]]) -> dict:
+  """{name: copy of config with `model.<key> = value` for each of that name's overrides}."""
+  out = {}
+  for name, model_values in overrides.items():
+    cfg = config.copy_and_resolve_references()
+    for key, value in model_values.items():
+      cfg.model[key] = value
+    out[name] = cfg
+  return out
+
+
 class Task(abc.ABC):
   """Base class; subclasses set `eval_splits` (the first one is evaluated during training)."""
 

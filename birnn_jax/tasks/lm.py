@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from birnn_jax import config_lib
 from birnn_jax import losses
 from birnn_jax import models
 from birnn_jax.data import text
@@ -37,12 +38,6 @@ HELDOUT_SPLITS = ("valid", "test")
 
 # ------------------------------------------------------------------------------------------------
 # Shared helpers (masked LM, LM, biLM).
-
-
-def check(ok: bool, key: str, value, expected: str) -> None:
-  """Raises ValueError naming `config.<key>` unless `ok`."""
-  if not ok:
-    raise ValueError(f"config.{key}={value!r} is invalid: expected {expected}.")
 
 
 def vocab_path(config, workdir: str | pathlib.Path) -> pathlib.Path:
@@ -217,16 +212,16 @@ class Task(base.Task):
   def __init__(self, config, workdir):
     super().__init__(config, workdir)
     d, p = config.data, config.predict
-    check(d.level in text.LEVELS, "data.level", d.level, f"one of {text.LEVELS}")
-    check(d.seq_len >= 2, "data.seq_len", d.seq_len, ">= 2")
-    check(d.stride >= 1, "data.stride", d.stride, ">= 1")
-    check(d.min_freq >= 1, "data.min_freq", d.min_freq, ">= 1")
-    check(d.train_eval_windows >= 1, "data.train_eval_windows", d.train_eval_windows, ">= 1")
-    check(d.future_hidden_rows >= 0, "data.future_hidden_rows", d.future_hidden_rows,
+    config_lib.check(d.level in text.LEVELS, "data.level", d.level, f"one of {text.LEVELS}")
+    config_lib.check(d.seq_len >= 2, "data.seq_len", d.seq_len, ">= 2")
+    config_lib.check(d.stride >= 1, "data.stride", d.stride, ">= 1")
+    config_lib.check(d.min_freq >= 1, "data.min_freq", d.min_freq, ">= 1")
+    config_lib.check(d.train_eval_windows >= 1, "data.train_eval_windows", d.train_eval_windows, ">= 1")
+    config_lib.check(d.future_hidden_rows >= 0, "data.future_hidden_rows", d.future_hidden_rows,
           ">= 0 (0 = all of the test split)")
-    check(p.num_tokens >= 1, "predict.num_tokens", p.num_tokens, ">= 1")
-    check(p.temperature >= 0, "predict.temperature", p.temperature, ">= 0 (0 = greedy)")
-    check(p.word_rate_tokens >= 1, "predict.word_rate_tokens", p.word_rate_tokens, ">= 1")
+    config_lib.check(p.num_tokens >= 1, "predict.num_tokens", p.num_tokens, ">= 1")
+    config_lib.check(p.temperature >= 0, "predict.temperature", p.temperature, ">= 0 (0 = greedy)")
+    config_lib.check(p.word_rate_tokens >= 1, "predict.word_rate_tokens", p.word_rate_tokens, ">= 1")
     self.corpus = load_corpus(config, workdir)
     self.vocab = self.corpus.vocab
     # Training windows of seq_len + 1: inputs w[:, :-1], targets w[:, 1:].
@@ -322,12 +317,8 @@ class Task(base.Task):
 
   @classmethod
   def variants(cls, config):
-    out = {}
-    for name, bidirectional in (("forward", False), ("bidirectional", True)):
-      cfg = config.copy_and_resolve_references()
-      cfg.model.bidirectional = bidirectional
-      out[name] = cfg
-    return out
+    return base.override_variants(config, {"forward": {"bidirectional": False},
+                                           "bidirectional": {"bidirectional": True}})
 
   @classmethod
   def summarize(cls, config, results):

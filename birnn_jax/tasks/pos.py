@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from birnn_jax import config_lib
 from birnn_jax import losses
 from birnn_jax import models
 from birnn_jax.data import batching
@@ -54,11 +55,6 @@ from birnn_jax.tasks import base
 WORD_VOCAB_FILE = "vocab_words.json"
 CHAR_VOCAB_FILE = "vocab_chars.json"
 TAGS = conllu_data.UPOS
-
-
-def _check(ok: bool, key: str, value, expected: str) -> None:
-  if not ok:
-    raise ValueError(f"config.{key}={value!r} is invalid: expected {expected}.")
 
 
 # Tokenising user text -------------------------------------------------------------------------
@@ -228,17 +224,17 @@ class Task(base.Task):
   def __init__(self, config, workdir):
     super().__init__(config, workdir)
     d, m = config.data, config.model
-    _check(d.max_length >= 1, "data.max_length", d.max_length, ">= 1")
-    _check(d.min_freq >= 1, "data.min_freq", d.min_freq, ">= 1")
-    _check(d.max_chars >= 2, "data.max_chars", d.max_chars, ">= 2")
-    _check(d.pad_to >= 1, "data.pad_to", d.pad_to, ">= 1")
-    _check(d.eval_batch_size >= 1, "data.eval_batch_size", d.eval_batch_size, ">= 1")
-    _check(d.word_dropout_alpha >= 0, "data.word_dropout_alpha", d.word_dropout_alpha,
+    config_lib.check(d.max_length >= 1, "data.max_length", d.max_length, ">= 1")
+    config_lib.check(d.min_freq >= 1, "data.min_freq", d.min_freq, ">= 1")
+    config_lib.check(d.max_chars >= 2, "data.max_chars", d.max_chars, ">= 2")
+    config_lib.check(d.pad_to >= 1, "data.pad_to", d.pad_to, ">= 1")
+    config_lib.check(d.eval_batch_size >= 1, "data.eval_batch_size", d.eval_batch_size, ">= 1")
+    config_lib.check(d.word_dropout_alpha >= 0, "data.word_dropout_alpha", d.word_dropout_alpha,
            ">= 0 (0 disables)")
     for key in ("word_dropout", "embed_dropout", "output_dropout"):
-      _check(0.0 <= m[key] < 1.0, f"model.{key}", m[key], "a rate in [0, 1)")
+      config_lib.check(0.0 <= m[key] < 1.0, f"model.{key}", m[key], "a rate in [0, 1)")
     for key in ("char_embed_size", "char_hidden_size"):
-      _check(m[key] > 0, f"model.{key}", m[key], "a positive integer")
+      config_lib.check(m[key] > 0, f"model.{key}", m[key], "a positive integer")
 
     splits = conllu_data.load_ewt(d.dir or None, d.max_length)
     norm = self.normalize

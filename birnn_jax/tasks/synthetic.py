@@ -58,12 +58,8 @@ class Task(base.Task):
 
   @classmethod
   def variants(cls, config):
-    out = {}
-    for name, bidirectional in (("bidirectional", True), ("unidirectional", False)):
-      cfg = config.copy_and_resolve_references()
-      cfg.model.bidirectional = bidirectional
-      out[name] = cfg
-    return out
+    return base.override_variants(config, {"bidirectional": {"bidirectional": True},
+                                           "unidirectional": {"bidirectional": False}})
 
   @classmethod
   def summarize(cls, config, results):
