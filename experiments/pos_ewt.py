@@ -6,7 +6,14 @@
     python launch.py --config=experiments/pos_ewt.py --workdir=/tmp/pos_fwd \
         --config.model.bidirectional=False          # the forward-only baseline
 
-Gold tokenisation, no pretrained embeddings. results.json: dev_accuracy, test_accuracy,
+Does biLM pretraining help? (ELMo features from experiments/bilm_time_machine.py; the
+three variants no_bilm / context_free / elmo on the first 1,000 training sentences):
+
+    python launch.py --config=experiments/bilm_time_machine.py --workdir=/tmp/bilm
+    python launch.py --config=experiments/pos_ewt.py:bilm --workdir=/tmp/pos_bilm \
+        --config.model.bilm_workdir=/tmp/bilm
+
+Gold tokenisation, no pretrained embeddings (by default). results.json: dev_accuracy, test_accuracy,
 test_per_tag_accuracy, test_unseen_accuracy (see birnn_jax/tasks/pos.py).
 `:smoke` runs the same code on the real files with a tiny model in seconds.
 """
@@ -23,14 +30,18 @@ def get_config(arg=None):
   c.model.dropout = 0.33            # between the two sentence-level layers
   c.model.impl = "fused"
   c.model.embed_size = 100          # word embedding (lowercased words)
-  c.model.char_embed_size = 32
-  c.model.char_hidden_size = 64     # per direction; the character vector has 128 features
+  c.model.char_embed_size = 50
+  c.model.char_hidden_size = 100    # per direction; the character vector has 200 features
   c.model.word_dropout = 0.1        # any word id -> UNK during training, in the model
   c.model.embed_dropout = 0.33
   c.model.output_dropout = 0.33
+  c.model.bilm_workdir = ""         # a trained bilm_time_machine run: ELMo features; '' = none
+  c.model.bilm_layers = "all"       # 'all': ELMo's learned mix of h_0..h_L; 'context_free': h_0
+  c.compare_bilm = False            # train no_bilm / context_free / elmo variants and compare
 
   c.data.max_length = 256           # a guard: the longest EWT sentence has 159 words
   c.data.min_freq = 1
+  c.data.train_sentences = 0        # keep the first N training sentences; 0 = all 12,544
   c.data.word_dropout_alpha = 1.0   # a word seen c times in train -> UNK w.p. 1 / (1 + c)
   c.data.lowercase = True
   c.data.max_chars = 16             # longer words keep their first 8 + last 8 characters
@@ -50,7 +61,26 @@ def get_config(arg=None):
   c.train.checkpoint_every = epoch
   c.train.best_metric = "eval_accuracy"
   c.train.best_mode = "max"
-  if arg == "smoke":
+  args = set(arg.split(",")) if arg else set()
+  if args - {"smoke", "bilm"}:
+    raise ValueError(f"experiments/pos_ewt.py: unknown config arg {arg!r}; expected "
+                     "nothing, 'smoke', 'bilm' or 'bilm,smoke'.")
+  if "bilm" in args:
+    # Low resource, where pretraining matters most: 1,000 sentences (8% of train), a smaller
+    # tagger, 30 epochs of 32 steps; every variant is evaluated on the full dev and test.
+    c.compare_bilm = True
+    c.data.train_sentences = 1000
+    c.model.hidden_size = 64
+    c.model.num_layers = 1
+    c.model.embed_size = 64
+    c.model.char_embed_size = 32
+    c.model.char_hidden_size = 32
+    epoch = 32
+    c.train.num_steps = 30 * epoch
+    c.train.log_every = 2 * epoch
+    c.train.eval_every = 5 * epoch
+    c.train.checkpoint_every = 5 * epoch
+  if "smoke" in args:
     c.model.hidden_size = 16
     c.model.embed_size = 16
     c.model.char_embed_size = 8
@@ -64,7 +94,4 @@ def get_config(arg=None):
     c.train.log_every = 4
     c.train.eval_every = 12
     c.train.checkpoint_every = 12
-  elif arg:
-    raise ValueError(f"experiments/pos_ewt.py: unknown config arg {arg!r}; "
-                     "expected nothing or 'smoke'.")
   return c

@@ -134,6 +134,11 @@ def test_step_maps_to_the_epoch_batches():
     for b in (got, batcher(step)):
       assert b.keys() == want.keys()
       assert all(np.array_equal(b[k], want[k]) for k in want)
+    rows = batcher.indices(step)    # which example each real row holds
+    assert len(rows) == int((want["lengths"] > 0).sum())
+    for row, i in enumerate(rows):
+      np.testing.assert_array_equal(want["words"][row, :len(EXAMPLES[i].words)],
+                                    EXAMPLES[i].words)
 
 
 def test_resumed_run_sees_the_same_batches():

@@ -165,6 +165,42 @@ def test_stream_states_match_windows(setup):
   np.testing.assert_allclose(states[:, :core], direct[0][1][:, :core], rtol=1e-5, atol=1e-5)
 
 
+def test_book_token_reads_other_corpora_like_the_book():
+  assert [bilm.book_token(f) for f in ("Don't", "U.S.", "3.5", ",", "e-mail", "Time")] == [
+      "dont", "us", "", "", "email", "time"]
+
+
+def test_frozen_features_are_the_sentence_read_without_punctuation(setup):
+  """Each token's features are the biLM's layer states of the sentence as the book would
+  have it (letters only); tokens without letters and padding get zeros."""
+  config, task, _, params = setup
+  features = bilm.FrozenFeatures(task, params)
+  forms = ["The", "light", ",", "I", "said", "42", "."]
+  ids, positions = features.encode(forms)
+  np.testing.assert_array_equal(positions, [0, 1, -1, 2, 3, -1, -1])
+  np.testing.assert_array_equal(ids, task.vocab.encode(["the", "light", "i", "said"]))
+  other = features.encode(["well", "well"])
+  out = features([(ids, positions), other], batch_size=3, num_steps=9)
+  width = 2 * config.model.hidden_size
+  assert out.shape == (3, 9, config.model.num_layers + 1, width) and out.dtype == np.float32
+  direct = task.embed_layers(params, ["the light i said"])[0][1]      # [L + 1, 4, 2H]
+  np.testing.assert_allclose(out[0, [0, 1, 3, 4]], direct.transpose(1, 0, 2), rtol=1e-5,
+                             atol=1e-6)
+  assert np.all(out[0, [2, 5, 6, 7, 8]] == 0) and np.all(out[2] == 0)
+  assert np.all(out[1, 2:] == 0) and np.abs(out[1, :2, 1:]).sum() > 0
+  # A row's features do not depend on the other rows or on the padding.
+  alone = features([other], batch_size=1, num_steps=2)
+  np.testing.assert_allclose(alone[0], out[1, :2], rtol=1e-5, atol=1e-6)
+
+
+def test_load_pretrained_names_the_problem(tmp_path):
+  with pytest.raises(FileNotFoundError, match="config.json does not exist"):
+    bilm.load_pretrained(tmp_path)
+  (tmp_path / "config.json").write_text(json.dumps({"task": "pos"}))
+  with pytest.raises(ValueError, match="'pos' run, not a biLM"):
+    bilm.load_pretrained(tmp_path)
+
+
 def test_punctuation_labels_align_with_d2l_words():
   raw = "The Time-Machine, he said. 'Well?' It's--\nthere;"
   words, labels = bilm.punctuation_labels(raw)

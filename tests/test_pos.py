@@ -149,6 +149,60 @@ def test_forward_only_tagger_reads_only_the_left_context(bidirectional):
   assert has_backward == bidirectional
 
 
+def test_bilm_features_enter_through_a_learned_mix():
+  """ELMo's use: frozen layer states [B, T, K, F] mixed by softmax(w) and gamma (learned
+  here, from equal weights and 1), then concatenated to the word's other features."""
+  model = tiny_model()
+  words, chars, lengths = tiny_inputs()
+  bilm = np.random.default_rng(1).normal(size=words.shape + (3, 10)).astype(np.float32)
+  variables = model.init(jax.random.key(0), words, chars, None, lengths, bilm)
+  params = variables["params"]
+  np.testing.assert_array_equal(params["bilm_mix"], np.zeros(3))
+  assert float(params["bilm_gamma"]) == 1.0
+  assert "bilm_mix" not in model.init(jax.random.key(0), words, chars, None, lengths)["params"]
+
+  def logits(p, features):
+    return model.apply({"params": p}, words, chars, None, lengths, features)
+
+  # The mix is what the tagger reads: features with the same mix give the same logits.
+  shuffled = bilm[:, :, ::-1]
+  np.testing.assert_allclose(logits(params, bilm), logits(params, shuffled), rtol=1e-5,
+                             atol=1e-6)
+  changed = bilm.copy()
+  changed[0, 2] += 1.0
+  a, b = logits(params, bilm), logits(params, changed)
+  assert not np.allclose(a[0, 2], b[0, 2]) and np.allclose(a[1:], b[1:], atol=1e-6)
+  grads = jax.grad(lambda p: logits(p, bilm).sum())(params)
+  assert np.abs(grads["bilm_gamma"]) > 0 and np.abs(grads["bilm_mix"]).sum() > 0
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("model.bilm_layers", "some", "config.model.bilm_layers"),
+    ("data.train_sentences", -1, "config.data.train_sentences"),
+    ("model.bilm_workdir", "/nonexistent/bilm", "config.model.bilm_workdir='/nonexistent")])
+def test_invalid_bilm_config_names_the_key(cached_ewt, tmp_path, key, value, match):
+  config = load_config()
+  group, name = key.split(".")
+  config[group][name] = value
+  with pytest.raises(ValueError, match=match):
+    pos.Task(config, tmp_path)
+
+
+def test_bilm_variants_need_a_bilm():
+  config = load_config("bilm,smoke")
+  assert config.compare_bilm and config.data.train_sentences == 1000
+  with pytest.raises(ValueError, match="config.model.bilm_workdir"):
+    pos.Task.variants(config)
+  config.model.bilm_workdir = "/some/bilm"
+  variants = pos.Task.variants(config)
+  assert list(variants) == ["elmo", "context_free", "no_bilm"]
+  assert not any(v.compare_bilm for v in variants.values())
+  assert variants["no_bilm"].model.bilm_workdir == ""
+  assert variants["context_free"].model.bilm_layers == "context_free"
+  assert variants["elmo"].model.bilm_layers == "all"
+  assert list(pos.Task.variants(load_config())) == [""]
+
+
 def test_dedup_chars_gives_the_same_logits():
   words, chars, lengths = tiny_inputs()
   chars[1, :5], chars[2, 0] = chars[0, :5], chars[0, 7]     # repeated word forms
@@ -223,6 +277,40 @@ def test_predict_gives_one_tag_per_word(smoke_run):
   assert [p.rsplit("/", 1)[0] for p in pairs] == pos.tokenize(
       text, lambda w: w.lower() in Vocab.load(workdir / pos.WORD_VOCAB_FILE))
   assert all(p.rsplit("/", 1)[1] in conllu_data.UPOS for p in pairs)
+
+
+@pytest.mark.slow
+def test_bilm_comparison_end_to_end(cached_ewt, tmp_path):
+  """A biLM pretrained on The Time Machine feeds the tagger's three variants; every variant
+  trains, is scored, and predict reads the biLM too."""
+  spec = importlib.util.spec_from_file_location(
+      "bilm_time_machine", ROOT / "experiments" / "bilm_time_machine.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  bilm_config = module.get_config("smoke")
+  bilm_config.train.num_steps = 2
+  train.run_experiment(bilm_config, tmp_path / "bilm")
+  config = load_config("bilm,smoke")
+  config.model.bilm_workdir = str(tmp_path / "bilm")
+  config.data.train_sentences = 100
+  summary = train.run_experiment(config, tmp_path / "pos")
+  saved = json.loads((tmp_path / "pos" / "results.json").read_text())
+  assert saved == summary
+  for name in ("no_bilm", "context_free", "elmo"):
+    assert 0.0 <= saved[name]["test_accuracy"] <= 1.0, name
+  assert saved["elmo_gain"] == pytest.approx(
+      saved["elmo"]["test_accuracy"] - saved["no_bilm"]["test_accuracy"])
+  assert saved["elmo"]["num_params"] == saved["context_free"]["num_params"] + 2
+  variants = pos.Task.variants(config)
+  elmo = pos.Task(variants["elmo"], tmp_path / "pos" / "elmo")
+  assert elmo.train_batch(0)["bilm"].shape[2] == bilm_config.model.num_layers + 1
+  context_free = pos.Task(variants["context_free"], tmp_path / "pos" / "context_free")
+  np.testing.assert_array_equal(context_free.eval_batches("dev")[0]["bilm"],
+                                elmo.eval_batches("dev")[0]["bilm"][:, :, :1])
+  assert "bilm" not in pos.Task(variants["no_bilm"], tmp_path / "x").train_batch(0)
+  assert len(Vocab.load(tmp_path / "pos" / "elmo" / pos.WORD_VOCAB_FILE)) < 3000
+  out = train.predict(config, tmp_path / "pos", "The light is on.")   # the elmo variant
+  assert len(out.split()) == 5
 
 
 @pytest.mark.slow

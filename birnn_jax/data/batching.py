@@ -249,13 +249,17 @@ class StepBatcher:
     self.steps_per_epoch = steps_per_epoch(len(examples), batch_size)
     self._epoch, self._plan = None, []
 
-  def __call__(self, step: int) -> Batch:
+  def indices(self, step: int) -> np.ndarray:
+    """The example indices of the rows of step `step`'s batch (its real rows, in order)."""
     epoch, index = step_to_epoch_index(step, len(self.examples), self.batch_size)
     if epoch != self._epoch:
       self._plan = epoch_plan(self._lengths, self.batch_size, self.seed, epoch,
                               self._pad["pad_to"])
       self._epoch = epoch
-    return make_batch(self.examples, self._plan[index], self.batch_size, **self._pad)
+    return self._plan[index]
+
+  def __call__(self, step: int) -> Batch:
+    return make_batch(self.examples, self.indices(step), self.batch_size, **self._pad)
 
 
 def eval_batches(examples: Sequence[Example], batch_size: int, pad_to: int = 8,

@@ -25,6 +25,15 @@ characters (prefix and suffix carry the morphology). Batches are length-bucketed
 character BiLSTM runs once per distinct word form of a batch, not once per position
 (`dedup_chars`: about 0.4 distinct forms per padded position), which halves its cost.
 
+Pretrained contextual features (ELMo's use of a biLM, Peters et al. 2018): with
+`model.bilm_workdir` set to a trained `experiments/bilm_time_machine.py` run, each token also
+gets the frozen biLM's layer states h_0..h_L (`bilm.FrozenFeatures`), mixed by learned
+softmax weights and a learned scale as ELMo does, and concatenated to [word; chars].
+`model.bilm_layers='context_free'` gives only h_0 (the biLM's context-free embedding: the
+control for "is it the context that helps?"). `compare_bilm=True` trains the three variants
+no_bilm / context_free / elmo; `data.train_sentences` keeps only the first N training
+sentences (a low-resource setting, where pretraining matters most).
+
 Results (results.json): `dev_accuracy`, `test_accuracy` (fractions of tokens), and from
 `extra_results` the test accuracy per gold tag and on words unseen in training (a test word
 whose form, lowercased when `data.lowercase`, never occurs in the training file).
@@ -51,10 +60,15 @@ from birnn_jax.data import batching
 from birnn_jax.data import conllu_data
 from birnn_jax.data.vocab import PAD, UNK, Vocab
 from birnn_jax.tasks import base
+from birnn_jax.tasks import bilm as bilm_lib
 
 WORD_VOCAB_FILE = "vocab_words.json"
 CHAR_VOCAB_FILE = "vocab_chars.json"
 TAGS = conllu_data.UPOS
+BILM_LAYERS = ("all", "context_free")
+# compare_bilm's variants; the first one is what --mode=predict uses.
+BILM_VARIANTS = {"elmo": {"bilm_layers": "all"}, "context_free": {"bilm_layers": "context_free"},
+                 "no_bilm": {"bilm_workdir": ""}}
 
 
 # Tokenising user text -------------------------------------------------------------------------
@@ -158,6 +172,14 @@ def load_or_build_vocab(path: pathlib.Path, built: Vocab) -> Vocab:
   return built
 
 
+def load_bilm(workdir: str) -> bilm_lib.FrozenFeatures:
+  """The frozen biLM of a trained bilm_time_machine run, or a ValueError naming the key."""
+  try:
+    return bilm_lib.FrozenFeatures.from_workdir(workdir)
+  except (FileNotFoundError, ValueError) as e:
+    raise ValueError(f"config.model.bilm_workdir={workdir!r} is invalid: {e}") from e
+
+
 # Model ----------------------------------------------------------------------------------------
 
 class WordDropout(nn.Module):
@@ -173,11 +195,13 @@ class WordDropout(nn.Module):
 
 
 class PosTagger(nn.Module):
-  """(words [B, T], chars, char_index, lengths [B]) -> logits [B, T, num_tags].
+  """(words [B, T], chars, char_index, lengths [B], bilm) -> logits [B, T, num_tags].
 
   x_t = [E w_t ; char_embedder(chars_t)], H = encoder(x, lengths), O_t = H_t W_hq + b_q.
   `chars` is [B, T, C] with `char_index` None, or the deduplicated [B, K, C] with
   `char_index` [B, T] (see `dedup_chars`); both give the same logits.
+  `bilm` is None or frozen biLM layer states [B, T, K, F]; then x_t also holds ELMo's
+  gamma * sum_k softmax(w)_k bilm_{t,k} with w and gamma learned here.
   """
   num_words: int
   word_embed_size: int
@@ -189,13 +213,20 @@ class PosTagger(nn.Module):
   output_dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, words, chars, char_index, lengths, deterministic: bool = True):
+  def __call__(self, words, chars, char_index, lengths, bilm=None,
+               deterministic: bool = True):
     words = WordDropout(self.word_dropout, name="word_dropout")(words, deterministic)
     w = nn.Embed(self.num_words, self.word_embed_size, name="embed")(words)
     c = self.char_embedder(chars)
     if char_index is not None:
       c = jnp.take(c.reshape(-1, c.shape[-1]), char_index, axis=0)
-    x = jnp.concatenate([w, c.astype(w.dtype)], axis=-1)
+    features = [w, c.astype(w.dtype)]
+    if bilm is not None:
+      mix = self.param("bilm_mix", nn.initializers.zeros, (bilm.shape[2],))
+      gamma = self.param("bilm_gamma", nn.initializers.ones, ())
+      elmo = gamma * jnp.einsum("k,btkf->btf", jax.nn.softmax(mix), bilm)
+      features.append(elmo.astype(w.dtype))
+    x = jnp.concatenate(features, axis=-1)
     x = nn.Dropout(self.embed_dropout)(x, deterministic=deterministic)
     h, _ = self.encoder(x, lengths, deterministic=deterministic)
     h = nn.Dropout(self.output_dropout)(h, deterministic=deterministic)
@@ -235,8 +266,14 @@ class Task(base.Task):
       config_lib.check(0.0 <= m[key] < 1.0, f"model.{key}", m[key], "a rate in [0, 1)")
     for key in ("char_embed_size", "char_hidden_size"):
       config_lib.check(m[key] > 0, f"model.{key}", m[key], "a positive integer")
+    config_lib.check(d.train_sentences >= 0, "data.train_sentences", d.train_sentences,
+                     ">= 0 (0 = all of train)")
+    config_lib.check(m.bilm_layers in BILM_LAYERS, "model.bilm_layers", m.bilm_layers,
+                     f"one of {BILM_LAYERS}")
 
     splits = conllu_data.load_ewt(d.dir or None, d.max_length)
+    if d.train_sentences:
+      splits = splits._replace(train=splits.train[:d.train_sentences])
     norm = self.normalize
     counts = collections.Counter(norm(w) for s in splits.train for w, _ in s)
     built_words = Vocab.build([[norm(w) for w, _ in s] for s in splits.train],
@@ -254,6 +291,10 @@ class Task(base.Task):
     self._pad = dict(pad_to=d.pad_to, max_chars=d.max_chars, char_pad_to=d.max_chars)
     self.batcher = batching.StepBatcher(self.examples["train"], config.train.batch_size,
                                         config.seed, **self._pad)
+    self.bilm = load_bilm(m.bilm_workdir) if m.bilm_workdir else None
+    self._bilm_inputs = {} if self.bilm is None else {
+        name: [self.bilm.encode([f for f, _ in s]) for s in sentences]
+        for name, sentences in self.sentences.items()}
     self._eval_cache: dict[str, list] = {}
     self._model = None
     self._tag_fn = None
@@ -278,19 +319,40 @@ class Task(base.Task):
     return self._model
 
   def model_inputs(self, batch):
-    return batch["words"], batch["chars"], batch["char_index"], batch["lengths"]
+    return (batch["words"], batch["chars"], batch["char_index"], batch["lengths"],
+            batch.get("bilm"))
+
+  def with_bilm(self, batch, bilm_inputs) -> dict:
+    """The batch plus its rows' frozen biLM features "bilm" [B, T, K, 2H] (K = L + 1, or 1
+    for 'context_free'); unchanged without a biLM. `bilm_inputs`: each real row's
+    `FrozenFeatures.encode` output."""
+    if self.bilm is None:
+      return batch
+    size, steps = batch["words"].shape
+    features = self.bilm(bilm_inputs, size, steps)
+    if self.config.model.bilm_layers == "context_free":
+      features = features[:, :, :1]
+    return {**batch, "bilm": features}
 
   def train_batch(self, step):
     batch = self.batcher(step)
     if self.config.data.word_dropout_alpha > 0:
       rng = np.random.default_rng([self.config.seed, 17, step])
       batch["words"] = drop_words(batch["words"], self.word_drop_probs, rng)
+    if self.bilm is not None:
+      batch = self.with_bilm(batch, [self._bilm_inputs["train"][i]
+                                     for i in self.batcher.indices(step)])
     return dedup_chars(batch)
 
   def eval_batches(self, split):
     if split not in self._eval_cache:
-      self._eval_cache[split] = [dedup_chars(b) for b in batching.eval_batches(
-          self.examples[split], self.config.data.eval_batch_size, **self._pad)]
+      size, examples = self.config.data.eval_batch_size, self.examples[split]
+      plan = batching.eval_plan([len(ex.words) for ex in examples], size)
+      self._eval_cache[split] = [
+          dedup_chars(self.with_bilm(
+              batching.make_batch(examples, idx, size, **self._pad),
+              [self._bilm_inputs[split][i] for i in idx] if self.bilm else None))
+          for idx in plan]
     return self._eval_cache[split]
 
   def metric_sums(self, logits, batch):
@@ -298,18 +360,23 @@ class Task(base.Task):
 
   # Predictions ------------------------------------------------------------------------------
 
-  def tag_examples(self, params, examples, batch_size: int | None = None
+  def tag_examples(self, params, examples, sentences, batch_size: int | None = None
                    ) -> list[np.ndarray]:
-    """The predicted tag ids of each example (in the given order)."""
+    """The predicted tag ids of each example (in the given order); `sentences` are their
+    (form, tag) lists, read by the biLM if there is one."""
     if self._tag_fn is None:
       model = self.model()
-      self._tag_fn = jax.jit(lambda p, w, c, i, l: jnp.argmax(
-          model.apply({"params": p}, w, c, i, l, deterministic=True), axis=-1))
+      self._tag_fn = jax.jit(lambda p, *inputs: jnp.argmax(
+          model.apply({"params": p}, *inputs, deterministic=True), axis=-1))
     batch_size = batch_size or self.config.data.eval_batch_size
     lengths = [len(ex.words) for ex in examples]
     out: list[np.ndarray | None] = [None] * len(examples)
     for idx in batching.eval_plan(lengths, batch_size):
-      batch = dedup_chars(batching.make_batch(examples, idx, batch_size, **self._pad))
+      batch = batching.make_batch(examples, idx, batch_size, **self._pad)
+      if self.bilm is not None:
+        batch = self.with_bilm(batch, [self.bilm.encode([f for f, _ in sentences[i]])
+                                       for i in idx])
+      batch = dedup_chars(batch)
       tags = np.asarray(self._tag_fn(params, *self.model_inputs(batch)))
       for row, i in enumerate(idx):
         out[i] = tags[row, :lengths[i]]
@@ -319,7 +386,7 @@ class Task(base.Task):
     """Test accuracy per gold tag and on words unseen in training; vocabulary sizes."""
     del evaluate
     sentences = self.sentences["test"]
-    predicted = self.tag_examples(params, self.examples["test"])
+    predicted = self.tag_examples(params, self.examples["test"], sentences)
     correct, count = collections.Counter(), collections.Counter()
     unseen_correct = unseen_count = 0
     for sentence, tags in zip(sentences, predicted):
@@ -340,11 +407,52 @@ class Task(base.Task):
         "num_params": int(sum(np.size(x) for x in jax.tree.leaves(params))),
     }
 
+  # Experiment level -------------------------------------------------------------------------
+
+  @classmethod
+  def variants(cls, config):
+    if not config.compare_bilm:
+      return {"": config}
+    config_lib.check(bool(config.model.bilm_workdir), "model.bilm_workdir",
+                     config.model.bilm_workdir, "a trained biLM's workdir when compare_bilm")
+    variants = base.override_variants(config, BILM_VARIANTS)
+    for variant in variants.values():
+      variant.compare_bilm = False    # each variant is one model in its own workdir
+    return variants
+
+  @classmethod
+  def summarize(cls, config, results):
+    if list(results) == [""]:
+      return results[""], ""
+    keys = ("test_accuracy", "dev_accuracy", "test_unseen_accuracy", "test_unseen_count",
+            "train_seconds", "num_params")
+    summary = {name: {k: r[k] for k in keys} for name, r in results.items()}
+    base_acc = summary["no_bilm"]["test_accuracy"]
+    n = sum(results["no_bilm"]["test_per_tag_count"].values())
+    # Unpaired (conservative) standard error of a difference of two test accuracies.
+    stderr = float(np.sqrt(2 * base_acc * (1 - base_acc) / n))
+    for name in ("context_free", "elmo"):
+      summary[f"{name}_gain"] = summary[name]["test_accuracy"] - base_acc
+    summary["gain_stderr"] = stderr
+    summary["train_sentences"] = config.data.train_sentences or "all"
+    helps = summary["elmo_gain"] > 2 * stderr
+    summary["elmo_helps"] = bool(helps)
+    verdict = (
+        f"{'ELMo features help' if helps else 'No clear gain from ELMo features'}: test UPOS "
+        f"{summary['elmo']['test_accuracy']:.2%} with the biLM's contextual vectors vs "
+        f"{base_acc:.2%} without ({summary['elmo_gain']:+.2%}, stderr {stderr:.2%}) and "
+        f"{summary['context_free']['test_accuracy']:.2%} with its context-free embedding "
+        f"only ({summary['context_free_gain']:+.2%}); unseen words "
+        f"{summary['elmo']['test_unseen_accuracy']:.1%} vs "
+        f"{summary['no_bilm']['test_unseen_accuracy']:.1%}.")
+    return summary, verdict
+
   def predict(self, params, text):
     """`word/TAG` for each token of `text` (see `tokenize`), one line."""
     words = tokenize(text, lambda w: self.normalize(w) in self.word_vocab)
     if not words:
       raise ValueError("--text has no words to tag.")
-    examples = self.encode([[(w, TAGS[0]) for w in words]], tagged=False)
-    tags = self.tag_examples(params, examples, batch_size=1)[0]
+    sentences = [[(w, TAGS[0]) for w in words]]
+    tags = self.tag_examples(params, self.encode(sentences, tagged=False), sentences,
+                             batch_size=1)[0]
     return " ".join(f"{w}/{TAGS[int(t)]}" for w, t in zip(words, tags))
