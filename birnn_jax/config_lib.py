@@ -4,6 +4,9 @@ Experiment files (`experiments/*.py`) start from `base_config()` and add their o
 `validate(config)` runs before any compute and names the offending key.
 """
 
+import importlib.util
+import os
+
 import ml_collections
 
 from birnn_jax import bidirectional
@@ -64,6 +67,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.num_processes = 0
   c.mesh.process_id = -1
   return c
+
+
+def load_experiment(path: str | os.PathLike, arg: str | None = None
+                    ) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of an experiment file, as `--config=<path>:<arg>` loads it (for
+  notebooks and tests; launch.py uses ml_collections' config_flags)."""
+  path = os.fspath(path)
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0],
+                                                path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
 
 
 def check(ok: bool, key: str, value, expected: str) -> None:

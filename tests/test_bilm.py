@@ -3,7 +3,6 @@ the embedding and softmax are one parameter each shared by both directions, `emb
 one 2H-wide vector per token that depends on context, the punctuation labels align with the
 d2l word tokens, and the :smoke config trains, writes results.json and predicts."""
 
-import importlib.util
 import json
 import pathlib
 
@@ -13,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 
+from birnn_jax import config_lib
 from birnn_jax import checkpoint as ckpt_lib
 from birnn_jax import train
 from birnn_jax.tasks import bilm
@@ -23,11 +23,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_config(arg="smoke"):
-  spec = importlib.util.spec_from_file_location(
-      "bilm_time_machine", ROOT / "experiments" / "bilm_time_machine.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_lib.load_experiment(ROOT / "experiments" / "bilm_time_machine.py", arg)
 
 
 @pytest.fixture(scope="module")

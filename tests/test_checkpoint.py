@@ -1,7 +1,6 @@
 """Checkpoints: the config guard, orbax save/restore, the keep-latest-plus-best policy, and
 the Trainer refusing to resume a workdir of another config (unless told to start over)."""
 
-import importlib.util
 import json
 import pathlib
 
@@ -20,11 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def smoke_config(num_steps: int = 2) -> ml_collections.ConfigDict:
-  spec = importlib.util.spec_from_file_location(
-      "synthetic_tagging", ROOT / "experiments" / "synthetic_tagging.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("smoke")
+  config = config_lib.load_experiment(ROOT / "experiments" / "synthetic_tagging.py", "smoke")
   config.train.num_steps = num_steps
   return config
 

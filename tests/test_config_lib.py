@@ -1,7 +1,6 @@
 """Config validation: every experiment config loads (default and :smoke) and is valid; an
 impossible value fails before any compute with a message naming its key."""
 
-import importlib.util
 import os
 import pathlib
 
@@ -18,15 +17,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.py"))
 
 
-def load_module(path: pathlib.Path):
-  spec = importlib.util.spec_from_file_location(path.stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def smoke_config() -> ml_collections.ConfigDict:
-  return load_module(ROOT / "experiments" / "synthetic_tagging.py").get_config("smoke")
+  return config_lib.load_experiment(ROOT / "experiments" / "synthetic_tagging.py", "smoke")
 
 
 def test_there_are_experiments():
@@ -36,7 +28,7 @@ def test_there_are_experiments():
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
 @pytest.mark.parametrize("arg", [None, "smoke"])
 def test_every_experiment_config_is_valid(path, arg):
-  config = load_module(path).get_config(arg)
+  config = config_lib.load_experiment(path, arg)
   assert isinstance(config, ml_collections.ConfigDict)
   config_lib.validate(config)
   assert tasks.get_task_class(config.task) is not None
@@ -48,8 +40,7 @@ def test_every_experiment_config_is_valid(path, arg):
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
 def test_smoke_is_small(path):
-  module = load_module(path)
-  full, smoke = module.get_config(), module.get_config("smoke")
+  full, smoke = config_lib.load_experiment(path), config_lib.load_experiment(path, "smoke")
   assert smoke.train.num_steps <= 100 and smoke.train.num_steps < full.train.num_steps
   assert smoke.model.hidden_size <= full.model.hidden_size
 
@@ -57,7 +48,7 @@ def test_smoke_is_small(path):
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
 def test_unknown_config_arg_is_an_error(path):
   with pytest.raises(ValueError, match="bogus"):
-    load_module(path).get_config("bogus")
+    config_lib.load_experiment(path, "bogus")
 
 
 def test_base_config_is_valid_once_a_task_is_named():

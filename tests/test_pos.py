@@ -8,7 +8,6 @@ checkpoint for predict and its vocabularies.
 
 import collections
 import functools
-import importlib.util
 import json
 import pathlib
 
@@ -17,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from birnn_jax import config_lib
 from birnn_jax import models
 from birnn_jax import train
 from birnn_jax.data import conllu_data
@@ -29,10 +29,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_config(arg="smoke"):
-  spec = importlib.util.spec_from_file_location("pos_ewt", ROOT / "experiments" / "pos_ewt.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_lib.load_experiment(ROOT / "experiments" / "pos_ewt.py", arg)
 
 
 # Fast: the pieces ------------------------------------------------------------------------------
@@ -283,11 +280,8 @@ def test_predict_gives_one_tag_per_word(smoke_run):
 def test_bilm_comparison_end_to_end(cached_ewt, tmp_path):
   """A biLM pretrained on The Time Machine feeds the tagger's three variants; every variant
   trains, is scored, and predict reads the biLM too."""
-  spec = importlib.util.spec_from_file_location(
-      "bilm_time_machine", ROOT / "experiments" / "bilm_time_machine.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  bilm_config = module.get_config("smoke")
+  bilm_config = config_lib.load_experiment(ROOT / "experiments" / "bilm_time_machine.py",
+                                           "smoke")
   bilm_config.train.num_steps = 2
   train.run_experiment(bilm_config, tmp_path / "bilm")
   config = load_config("bilm,smoke")

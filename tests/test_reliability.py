@@ -351,12 +351,7 @@ def test_nan_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, env):
 
 
 def smoke_config(**train_overrides):
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(
-      "synthetic_tagging", ROOT / "experiments" / "synthetic_tagging.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("smoke")
+  config = config_lib.load_experiment(ROOT / "experiments" / "synthetic_tagging.py", "smoke")
   config.train.log_every = 3
   config.train.checkpoint_every = 3
   for k, v in train_overrides.items():

@@ -6,7 +6,6 @@ also the worker those subprocesses run: `python tests/test_sharding.py '<json sp
 """
 
 import contextlib
-import importlib.util
 import json
 import os
 import pathlib
@@ -30,11 +29,10 @@ TOLERANCE = 1e-5   # float32: a different device count changes the order of the 
 
 def smoke_config(overrides: dict):
   """The 'bidirectional' variant of synthetic_tagging.py:smoke, logged every step."""
+  from birnn_jax import config_lib  # pylint: disable=g-import-not-at-top
   from birnn_jax.tasks import synthetic  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location("synthetic_tagging", EXPERIMENT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = synthetic.Task.variants(module.get_config("smoke"))["bidirectional"]
+  config = synthetic.Task.variants(config_lib.load_experiment(EXPERIMENT, "smoke"))[
+      "bidirectional"]
   config.train.log_every = 1
   for key, value in overrides.items():
     group, name = key.split(".")

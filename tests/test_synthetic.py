@@ -2,12 +2,12 @@
 what the Bayes-optimal left-to-right tagger really scores, the task's batching and verdict
 are right, and (slow) the full experiment shows bidirectional > ceiling >= forward-only."""
 
-import importlib.util
 import pathlib
 
 import numpy as np
 import pytest
 
+from birnn_jax import config_lib
 from birnn_jax import train
 from birnn_jax.data.synthetic import SyntheticTagging
 from birnn_jax.tasks import synthetic as synthetic_task
@@ -16,11 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_config(arg=None):
-  spec = importlib.util.spec_from_file_location(
-      "synthetic_tagging", ROOT / "experiments" / "synthetic_tagging.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_lib.load_experiment(ROOT / "experiments" / "synthetic_tagging.py", arg)
 
 
 GEN = SyntheticTagging(vocab_size=24, num_classes=3, num_ambiguous=6, min_length=6,

@@ -2,7 +2,6 @@
 first-step loss is pinned, the loss falls, runs are deterministic, and resuming from a
 checkpoint reproduces an uninterrupted run exactly."""
 
-import importlib.util
 import json
 import pathlib
 
@@ -10,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from birnn_jax import config_lib
 from birnn_jax import checkpoint as ckpt_lib
 from birnn_jax import metrics as metrics_lib
 from birnn_jax import sharding
@@ -27,10 +27,7 @@ GOLDEN_FIRST_STEP_COUNT = 85  # real (unmasked) tokens in the smoke config's bat
 
 
 def load_config(name: str = "synthetic_tagging", arg: str | None = "smoke"):
-  spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_lib.load_experiment(ROOT / "experiments" / f"{name}.py", arg)
 
 
 def smoke_config(num_steps: int):
