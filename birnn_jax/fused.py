@@ -3,24 +3,32 @@
 Registered as `bidirectional.FUSED['fused']`, so `Bidirectional(..., impl='fused')` and
 `BiRNN(impl='fused')` use it. It computes exactly the contract of `recurrence` (design.md §2).
 
-Notation: T = time, K = 2 directions, B = batch, D = input features, H = hidden size,
-G = gates (1 simple, 3 GRU, 4 LSTM), O = output size of a step (H, or P for a projected LSTM).
-Inside the loop everything is time-major and stacked on a direction axis, in *scan order*:
-scan step s is time t = s for the forward direction and t = T-1-s for the backward one.
+Notation: T = time, B = batch, D = input features, H = hidden size, G = gates (1 simple,
+3 GRU, 4 LSTM), O = output size of a step (H, or P for a projected LSTM). Directions are
+kept as pairs of arrays (forward, backward), never stacked, and every per-step array is
+*time-major in time order* [T, B, ...]: scan step s is time s for the forward direction and
+T-1-s for the backward one, and each step reads and writes its own time row of each
+direction's arrays (dynamic slices of contiguous [B, ...] blocks). So nothing is reversed,
+stacked or transposed around the loop, and the matmuls after it see contiguous [T*B, ...]
+operands.
 
 Forward pass:
-- the input projections of every step and both directions are one matmul,
-  `x [B, T, D] @ concat(W_ih_f, W_ih_b) [D, 2*G*H]` (with b_ih, and b_hh where it is additive);
-- the scan body is only the recurrent matmul batched over directions,
-  `einsum('kbo,kog->kbg', h [K, B, O], W_hh [K, O, G*H])`, the gate non-linearities and the
-  padding select (carry frozen where the step is not real).
+- the input projections of every step are one matmul per direction,
+  `x [T, B, D] @ W_ih [D, G*H]` (b_ih, and b_hh where it is additive, are added per step
+  inside the gate fusion); when the activations are saved, step t writes them over its
+  own row of this projection, so they need no buffer of their own;
+- the scan body is, per direction, the recurrent matmul `h [B, O] @ W_hh [O, G*H]`, the gate
+  non-linearities and the padding select (carry frozen where the step is not real). The
+  two directions are independent chains inside the body (plain 2-D dots on separate
+  arrays, so nothing is stacked per step), which XLA:CPU may run concurrently.
 
 Backward pass (a `jax.custom_vjp`, as cuDNN does it):
-- a reverse-time scan carries only the sequential part (dh, dc) and emits the per-step gate
-  gradients (one recurrent matmul `dgates @ W_hh^T` per step);
-- after it, every weight gradient and the input gradient are large matmuls over all steps
-  at once: dW_hh = einsum(h_prev [T, K, B, O], dgates [T, K, B, G*H]), dW_ih = x^T @ dxp,
-  dx = dxp @ W_ih^T, biases are sums, dW_hr = einsum(hr, dh) for a projected LSTM.
+- a reverse scan carries only the sequential part (dh, dc) and writes the per-step gate
+  gradients dxp [T, B, G*H] (one recurrent matmul `dgates @ W_hh^T` per step and direction,
+  with W_hh^T made once before the loop);
+- after it, every weight gradient and the input gradient are 2-D matmuls over all steps
+  at once: dW_hh = h_prev^T @ dgates, dW_ih = x^T @ dxp, dx = sum over directions of
+  dxp @ W_ih^T, biases are sums, dW_hr = hr^T @ d_out for a projected LSTM.
 - saved for it: the carries of every step (the outputs themselves) and, unless `remat`, the
   gate activations. With `remat=True` only the carries are kept between the forward and the
   backward pass; the activations are recomputed at the start of the backward pass from the
@@ -85,6 +93,9 @@ def fusable_spec(forward_cell, backward_cell, unroll: int = 1,
 
 # ----------------------------------------------------------------------------- helpers
 
+_PARAM_NAMES = ("w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
+_DIRECTIONS = (0, 1)  # forward, backward
+
 
 def _mm(spec: Spec, subscripts: str, a: Array, b: Array) -> Array:
   """einsum in the compute dtype, accumulated and returned in float32 (as `cells.dot`)."""
@@ -92,34 +103,48 @@ def _mm(spec: Spec, subscripts: str, a: Array, b: Array) -> Array:
                     preferred_element_type=jnp.float32)
 
 
-def _additive_hh_bias(spec: Spec, b_hh_KxG: Array) -> Array:
-  """The part of b_hh that adds to the gates directly (all but GRU's n gate)."""
+def _step_time(direction: int, s: Array, num_steps: int) -> Array:
+  """The time index that scan step s processes in a direction."""
+  return s if direction == 0 else num_steps - 1 - s
+
+
+def _row(a_TxX: Array, t: Array) -> Array:
+  """a[t] for a traced t: one contiguous [B, ...] block of a time-major array."""
+  return jax.lax.dynamic_index_in_dim(a_TxX, t, keepdims=False)
+
+
+def _set_row(a_TxX: Array, t: Array, row: Array) -> Array:
+  """a.at[t].set(row) for a traced t (in place on a loop carry)."""
+  return jax.lax.dynamic_update_index_in_dim(a_TxX, row.astype(a_TxX.dtype), t, 0)
+
+
+def _project(spec: Spec, p: dict, x_TxBxD: Array) -> Array:
+  """One direction's input projections of all steps, without bias: -> [T, B, G*H] float32."""
+  return _mm(spec, "tbd,dg->tbg", x_TxBxD, p["w_ih"])
+
+
+def _in_bias(spec: Spec, p: dict) -> Array | float:
+  """b_ih plus the part of b_hh that adds to the gates directly (all but GRU's n gate).
+
+  Added per step inside the gate fusion rather than to the projection: adding it there
+  would be one more pass over a [T, B, G*H] array.
+  """
+  if not spec.use_bias:
+    return 0.0
+  b_hh = p["b_hh"].astype(jnp.float32)
   if spec.kind == "gru":
-    return b_hh_KxG.at[:, 2 * spec.features:].set(0.0)
-  return b_hh_KxG
+    b_hh = b_hh.at[2 * spec.features:].set(0.0)
+  return p["b_ih"].astype(jnp.float32) + b_hh
 
 
-def _project(spec: Spec, p: dict, x_BxTxD: Array) -> Array:
-  """All input projections, both directions: -> xp [T, K, B, G*H] float32 in scan order."""
-  batch, num_steps, _ = x_BxTxD.shape
-  gh = p["w_hh"].shape[-1]
-  xp_BxTxKG = _mm(spec, "btd,dg->btg", x_BxTxD, p["w_ih"])
-  if spec.use_bias:
-    bias_KxG = (p["b_ih"].astype(jnp.float32).reshape(2, gh)
-                + _additive_hh_bias(spec, p["b_hh"].astype(jnp.float32)))
-    xp_BxTxKG = xp_BxTxKG + bias_KxG.reshape(2 * gh)
-  xp_TxKxBxG = jnp.transpose(xp_BxTxKG.reshape(batch, num_steps, 2, gh), (1, 2, 0, 3))
-  return _to_scan_order(xp_TxKxBxG)
+def _prev(direction: int, first_BxX: Array, all_TxBxX: Array) -> Array:
+  """The carry before each time step, in time order: [T, B, ...].
 
-
-def _to_scan_order(a_TxK: Array) -> Array:
-  """Reverses the time axis of the backward direction (index 1 of axis 1); an involution."""
-  return jnp.stack([a_TxK[:, 0], a_TxK[::-1, 1]], axis=1)
-
-
-def _shift(first_Kx: Array, all_TxKx: Array) -> Array:
-  """The carry before each step: [first, all[0], ..., all[T-2]]."""
-  return jnp.concatenate([first_Kx[None], all_TxKx[:-1]], axis=0)
+  Forward: [first, all[0], ..., all[T-2]]; backward: [all[1], ..., all[T-1], first].
+  """
+  if direction == 0:
+    return jnp.concatenate([first_BxX[None], all_TxBxX[:-1]], axis=0)
+  return jnp.concatenate([all_TxBxX[1:], first_BxX[None]], axis=0)
 
 
 def _act(spec: Spec, a: Array) -> Array:
@@ -128,27 +153,31 @@ def _act(spec: Spec, a: Array) -> Array:
 
 def _b_hn(spec: Spec, p: dict) -> Array:
   if not spec.use_bias:
-    return jnp.zeros((2, 1, spec.features), jnp.float32)
-  return p["b_hh"][:, None, 2 * spec.features:].astype(jnp.float32)
+    return jnp.zeros((spec.features,), jnp.float32)
+  return p["b_hh"][2 * spec.features:].astype(jnp.float32)
 
 
-def _gates(spec: Spec, p: dict, xp: Array, hp: Array, h: Array, c: Array | None):
-  """One step of the cell from xp (with additive biases) and hp = h_prev W_hh.
+def _gates(spec: Spec, p: dict, xp: Array, hp: Array, h: Array, c: Array | None,
+           in_loop: bool):
+  """One step of a direction's cell from xp = x W_ih and hp = h_prev W_hh.
 
-  Works on any leading shape ([K, B] in the loop, [T, K, B] for the batched recompute).
-  Returns (h_new, c_new, acts): acts are what the backward pass needs (None for 'rnn').
+  Works on any leading shape ([B] in the loop, [T, B] for the batched recompute).
+  Returns (h_new, c_new, acts): acts are what the backward pass needs, a pair
+  (gates [..., G*H], extra [..., H] | None): LSTM (i|f|g|o, None), GRU (r|z|n, h W_hn + b_hn);
+  None for 'rnn'. The gates part has xp's shape, so it can take xp's place in memory.
   """
   hsz = spec.features
+  xp = xp + _in_bias(spec, p)
   if spec.kind == "rnn":
     h_new = _act(spec, xp + hp)
     return h_new, None, None
   if spec.kind == "gru":
-    hn = hp[..., 2 * hsz:] + _b_hn(spec, p).reshape((1,) * (hp.ndim - 3) + (2, 1, hsz))
+    hn = hp[..., 2 * hsz:] + _b_hn(spec, p)
     r = jax.nn.sigmoid(xp[..., :hsz] + hp[..., :hsz])
     z = jax.nn.sigmoid(xp[..., hsz:2 * hsz] + hp[..., hsz:2 * hsz])
     n = jnp.tanh(xp[..., 2 * hsz:] + r * hn)
     h_new = n + z * (h - n)
-    return h_new, None, jnp.concatenate([r, z, n, hn], axis=-1)
+    return h_new, None, (jnp.concatenate([r, z, n], axis=-1), hn)
   gates = xp + hp
   i = jax.nn.sigmoid(gates[..., :hsz])
   f = jax.nn.sigmoid(gates[..., hsz:2 * hsz])
@@ -156,159 +185,193 @@ def _gates(spec: Spec, p: dict, xp: Array, hp: Array, h: Array, c: Array | None)
   o = jax.nn.sigmoid(gates[..., 3 * hsz:])
   c_new = f * c + i * g
   h_new = o * jnp.tanh(c_new)
-  if spec.proj and h_new.ndim == 3:  # In the loop; the batched recompute needs only acts.
-    h_new = _mm(spec, "kbh,khp->kbp", h_new, p["w_hr"])
-  return h_new, c_new, jnp.concatenate([i, f, g, o], axis=-1)
+  if spec.proj and in_loop:  # The batched recompute needs only acts.
+    h_new = _mm(spec, "bh,hp->bp", h_new, p["w_hr"])
+  return h_new, c_new, (jnp.concatenate([i, f, g, o], axis=-1), None)
 
 
 # ----------------------------------------------------------------------------- forward
 
 
-def _forward(spec: Spec, p: dict, x_BxTxD: Array, real_TxKxB: Array, h0_KxBxO: Array,
-             c0_KxBxH: Array | None, save: bool):
-  """The fused scan. Returns (h_all [T, K, B, O], c_all | None, c_last | None, acts | None)."""
-  xp_TxKxBxG = _project(spec, p, x_BxTxD)
-  w_hh = p["w_hh"]
+def _forward(spec: Spec, params: tuple, x_TxBxD: Array, real_TxB: Array, h0s: tuple,
+             c0s: tuple | None, save: bool):
+  """The fused scan over both directions; every result is a (forward, backward) pair.
+
+  Returns (h_all [T, B, O] each, c_all [T, B, H] each | None, c_last [B, H] each | None,
+  acts (see `_gates`) each | None), all in time order.
+  """
+  num_steps, batch, _ = x_TxBxD.shape
+  xps = tuple(_project(spec, p, x_TxBxD) for p in params)
   lstm = spec.kind == "lstm"
   keep_acts = save and not spec.remat and spec.kind != "rnn"
+  zeros = lambda size: jnp.zeros((num_steps, batch, size), jnp.float32)
+  # Step t's gate activations overwrite its row of xp, which no other step reads: the
+  # loop carries xp itself as the activations' buffer (no second [T, B, G*H] array to
+  # allocate and zero-fill).
+  outs = tuple({"h": zeros(spec.out_features),
+                "c": zeros(spec.features) if (lstm and save) else None,
+                "acts": xp if keep_acts else None,
+                "hn": zeros(spec.features) if (keep_acts and spec.kind == "gru") else None}
+               for xp in xps)
 
-  def body(carry, inputs):
-    xp_KxBxG, real_KxB = inputs
-    h, c = carry
-    hp_KxBxG = _mm(spec, "kbo,kog->kbg", h, w_hh)
-    h_new, c_new, acts = _gates(spec, p, xp_KxBxG, hp_KxBxG, h, c)
-    real = real_KxB[..., None]
-    h = jnp.where(real, h_new, h)
-    if lstm:
-      c = jnp.where(real, c_new, c)
-    ys = (h, c if (lstm and save) else None, acts if keep_acts else None)
-    return (h, c), ys
+  def body(carry, s):
+    hs, cs, outs = carry
+    new_hs, new_cs, new_outs = [], [], []
+    for k in _DIRECTIONS:  # Two independent chains: nothing crosses directions.
+      p, t, h, c = params[k], _step_time(k, s, num_steps), hs[k], cs[k] if lstm else None
+      hp_BxG = _mm(spec, "bo,og->bg", h, p["w_hh"])
+      xp_BxG = _row(outs[k]["acts"] if keep_acts else xps[k], t)
+      h_new, c_new, acts = _gates(spec, p, xp_BxG, hp_BxG, h, c, in_loop=True)
+      real = _row(real_TxB, t)[:, None]
+      h = jnp.where(real, h_new, h)
+      out = dict(outs[k], h=_set_row(outs[k]["h"], t, h))
+      if lstm:
+        c = jnp.where(real, c_new, c)
+        if save:
+          out["c"] = _set_row(out["c"], t, c)
+      if keep_acts:
+        out["acts"] = _set_row(out["acts"], t, acts[0])
+        if acts[1] is not None:
+          out["hn"] = _set_row(out["hn"], t, acts[1])
+      new_hs.append(h)
+      new_cs.append(c)
+      new_outs.append(out)
+    return (tuple(new_hs), tuple(new_cs) if lstm else None, tuple(new_outs)), None
 
-  (_, c_last), (h_all, c_all, acts) = jax.lax.scan(
-      body, (h0_KxBxO, c0_KxBxH), (xp_TxKxBxG, real_TxKxB), unroll=spec.unroll)
-  return h_all, c_all, c_last, acts
+  (_, c_last, outs), _ = jax.lax.scan(
+      body, (h0s, c0s, outs), jnp.arange(num_steps), unroll=spec.unroll)
+  pick = lambda name: tuple(o[name] for o in outs) if outs[0][name] is not None else None
+  acts = tuple((o["acts"], o["hn"]) for o in outs) if keep_acts else None
+  return pick("h"), pick("c"), c_last, acts
 
 
-def _recompute_acts(spec: Spec, p: dict, x_BxTxD: Array, h0, c0, h_all, c_all) -> Array:
-  """Gate activations of every step from the saved carries, as batched big matmuls."""
-  xp = _project(spec, p, x_BxTxD)
-  h_prev = _shift(h0, h_all)
-  c_prev = _shift(c0, c_all) if spec.kind == "lstm" else None
-  hp = _mm(spec, "tkbo,kog->tkbg", h_prev, p["w_hh"])
-  return _gates(spec, p, xp, hp, h_prev, c_prev)[2]
+def _recompute_acts(spec: Spec, p: dict, x_TxBxD: Array, h_prev: Array,
+                    c_prev: Array | None) -> tuple:
+  """One direction's gate activations of every step from the saved carries, as big matmuls."""
+  hp = _mm(spec, "tbo,og->tbg", h_prev, p["w_hh"])
+  return _gates(spec, p, _project(spec, p, x_TxBxD), hp, h_prev, c_prev, in_loop=False)[2]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def fused_scan(spec: Spec, p: dict, x_BxTxD: Array, real_TxKxB: Array, h0_KxBxO: Array,
-               c0_KxBxH: Array | None):
-  """Carries of every step h_all [T, K, B, O] (scan order) and the last cell state c."""
-  h_all, _, c_last, _ = _forward(spec, p, x_BxTxD, real_TxKxB, h0_KxBxO, c0_KxBxH, False)
+def fused_scan(spec: Spec, params: tuple, x_TxBxD: Array, real_TxB: Array, h0s: tuple,
+               c0s: tuple | None):
+  """Carries of every step, h_all [T, B, O] per direction (time order), and the last c."""
+  h_all, _, c_last, _ = _forward(spec, params, x_TxBxD, real_TxB, h0s, c0s, False)
   return h_all, c_last
 
 
-def _fused_scan_fwd(spec, p, x, real, h0, c0):
-  h_all, c_all, c_last, acts = _forward(spec, p, x, real, h0, c0, True)
-  return (h_all, c_last), (p, x, real, h0, c0, h_all, c_all, acts)
+def _fused_scan_fwd(spec, params, x, real, h0s, c0s):
+  h_all, c_all, c_last, acts = _forward(spec, params, x, real, h0s, c0s, True)
+  return (h_all, c_last), (params, x, real, h0s, c0s, h_all, c_all, acts)
 
 
 def _fused_scan_bwd(spec, residuals, cotangents):
-  p, x, real_TxKxB, h0, c0, h_all, c_all, acts = residuals
+  params, x_TxBxD, real_TxB, h0s, c0s, h_all, c_all, acts = residuals
   dh_all, dc_last = cotangents
+  num_steps, batch, _ = x_TxBxD.shape
   hsz = spec.features
   lstm = spec.kind == "lstm"
+  h_prev = tuple(_prev(k, h0s[k], h_all[k]) for k in _DIRECTIONS)
+  c_prev = tuple(_prev(k, c0s[k], c_all[k]) for k in _DIRECTIONS) if lstm else None
   if acts is None and spec.kind != "rnn":
-    acts = _recompute_acts(spec, p, x, h0, c0, h_all, c_all)
-  h_prev = _shift(h0, h_all)
-  c_prev = _shift(c0, c_all) if lstm else None
-  w_hh = p["w_hh"]
-  w_hr = p.get("w_hr")
+    acts = tuple(_recompute_acts(spec, params[k], x_TxBxD, h_prev[k],
+                                 c_prev[k] if lstm else None) for k in _DIRECTIONS)
+  # dgates @ W_hh^T with W_hh^T materialised once, outside the loop: contracting the
+  # minor axis of an untransposed W_hh in every step is ~2x slower on XLA:CPU (the
+  # barrier keeps XLA from folding the transpose back into the per-step dot).
+  w_hh_t = jax.lax.optimization_barrier(tuple(p["w_hh"].T for p in params))  # [G*H, O]
 
-  def body(carry, inputs):
-    """Gradient w.r.t. the carry after step s -> the one before it, and step s's dgates."""
-    g_h, g_c = carry
-    dh_ext, real_KxB, h_new, h_before, c_before, c_after, act = inputs
-    real = real_KxB[..., None]
-    g_h = g_h + dh_ext
+  gh = params[0]["w_hh"].shape[-1]
+  zeros = lambda size: jnp.zeros((num_steps, batch, size), jnp.float32)
+  # (Writing dxp over the activations' rows, as the forward pass does with xp, makes
+  # XLA:CPU copy the whole buffer in every step here: fresh buffers instead.)
+  outs = tuple({"dxp": zeros(gh), "d_out": zeros(spec.out_features) if spec.proj else None}
+               for _ in _DIRECTIONS)
+
+  def step(k, t, g_h, g_c, out):
+    """Direction k's gradient w.r.t. the carry after time t -> the one before it; writes dxp."""
+    p = params[k]
+    real = _row(real_TxB, t)[:, None]
+    g_h = g_h + _row(dh_all[k], t)
     dh = jnp.where(real, g_h, 0.0)
-    d_out = None
+    out = dict(out)
     if spec.kind == "rnn":
+      h_new = _row(h_all[k], t)
       if spec.activation == "tanh":
         dgates = dh * (1.0 - h_new * h_new)
       else:
         dgates = jnp.where(h_new > 0, dh, 0.0)
       dxp = dgates
-      dh_prev = _mm(spec, "kbg,kog->kbo", dgates, w_hh)
+      dh_prev = _mm(spec, "bg,go->bo", dgates, w_hh_t[k])
     elif spec.kind == "gru":
-      r, z, n, hn = (act[..., j * hsz:(j + 1) * hsz] for j in range(4))
+      act, hn = _row(acts[k][0], t), _row(acts[k][1], t)
+      r, z, n = (act[..., j * hsz:(j + 1) * hsz] for j in range(3))
       dn = dh * (1.0 - z) * (1.0 - n * n)
-      dz = dh * (h_before - n) * z * (1.0 - z)
+      dz = dh * (_row(h_prev[k], t) - n) * z * (1.0 - z)
       dr = dn * hn * r * (1.0 - r)
       dxp = jnp.concatenate([dr, dz, dn], axis=-1)
-      dgates = jnp.concatenate([dr, dz, dn * r], axis=-1)
-      dh_prev = _mm(spec, "kbg,kog->kbo", dgates, w_hh) + dh * z
+      dgates = jnp.concatenate([dr, dz, dn * r], axis=-1)  # The n gate sees r * (h W_hn).
+      dh_prev = _mm(spec, "bg,go->bo", dgates, w_hh_t[k]) + dh * z
     else:
+      act = _row(acts[k][0], t)
       i, f, g, o = (act[..., j * hsz:(j + 1) * hsz] for j in range(4))
       if spec.proj:
-        d_out = dh
-        dh = _mm(spec, "kbp,khp->kbh", dh, w_hr)
-      tc = jnp.tanh(c_after)
+        out["d_out"] = _set_row(out["d_out"], t, dh)
+        dh = _mm(spec, "bp,hp->bh", dh, p["w_hr"])
+      tc = jnp.tanh(_row(c_all[k], t))
       dc = jnp.where(real, g_c, 0.0) + dh * o * (1.0 - tc * tc)
-      dgates = jnp.concatenate([dc * g * i * (1.0 - i), dc * c_before * f * (1.0 - f),
+      dgates = jnp.concatenate([dc * g * i * (1.0 - i), dc * _row(c_prev[k], t) * f * (1.0 - f),
                                 dc * i * (1.0 - g * g), dh * tc * o * (1.0 - o)], axis=-1)
       dxp = dgates
-      dh_prev = _mm(spec, "kbg,kog->kbo", dgates, w_hh)
+      dh_prev = _mm(spec, "bg,go->bo", dgates, w_hh_t[k])
       g_c = jnp.where(real, dc * f, g_c)
     g_h = jnp.where(real, dh_prev, g_h)
-    return (g_h, g_c), (dxp, dgates if spec.kind == "gru" else None, d_out)
+    out["dxp"] = _set_row(out["dxp"], t, dxp)
+    return g_h, g_c, out
 
-  # Per-step inputs of the backward scan: rnn needs h after the step, GRU h before it,
-  # LSTM the cell state before and after it.
-  xs = (dh_all, real_TxKxB, h_all if spec.kind == "rnn" else None,
-        h_prev if spec.kind == "gru" else None, c_prev, c_all if lstm else None, acts)
-  g_c0 = dc_last if lstm else None
-  (dh0, dc0), (dxp, dgates, d_out) = jax.lax.scan(
-      body, (jnp.zeros_like(h0), g_c0), xs, reverse=True, unroll=spec.unroll)
-  if dgates is None:
+  def body(carry, s):
+    g_hs, g_cs, outs = carry
+    new = [step(k, _step_time(k, s, num_steps), g_hs[k], g_cs[k] if lstm else None, outs[k])
+           for k in _DIRECTIONS]  # Two independent chains, as in the forward pass.
+    g_hs, g_cs, outs = zip(*new)
+    return (g_hs, g_cs if lstm else None, outs), None
+
+  g_h0 = tuple(jnp.zeros_like(h) for h in h0s)
+  g_c0 = tuple(dc_last) if lstm else None
+  (dh0s, dc0s, outs), _ = jax.lax.scan(
+      body, (g_h0, g_c0, outs), jnp.arange(num_steps), reverse=True, unroll=spec.unroll)
+
+  # Weight and input gradients: 2-D matmuls over all steps at once (contiguous [T*B, ...]
+  # operands), after the loop.
+  grads, dx = [], 0.0
+  for k in _DIRECTIONS:
+    p, dxp = params[k], outs[k]["dxp"]
     dgates = dxp
-
-  # Weight and input gradients: big matmuls over all steps at once, after the loop.
-  batch, num_steps, _ = x.shape
-  gh = w_hh.shape[-1]
-  grads = {"w_hh": _mm(spec, "tkbo,tkbg->kog", h_prev, dgates).astype(w_hh.dtype)}
-  dxp_BxTxKG = jnp.transpose(_to_scan_order(dxp), (2, 0, 1, 3)).reshape(
-      batch, num_steps, 2 * gh)
-  grads["w_ih"] = _mm(spec, "btd,btg->dg", x, dxp_BxTxKG).astype(p["w_ih"].dtype)
-  dx = _mm(spec, "btg,dg->btd", dxp_BxTxKG, p["w_ih"]).astype(x.dtype)
-  if spec.use_bias:
-    grads["b_ih"] = jnp.sum(dxp, axis=(0, 2)).reshape(2 * gh).astype(p["b_ih"].dtype)
-    grads["b_hh"] = jnp.sum(dgates, axis=(0, 2)).astype(p["b_hh"].dtype)
-  if spec.proj:
-    hr = acts[..., 3 * hsz:] * jnp.tanh(c_all)
-    grads["w_hr"] = _mm(spec, "tkbh,tkbp->khp", hr, d_out).astype(w_hr.dtype)
-  dc0 = dc0.astype(c0.dtype) if lstm else None
-  return grads, dx, None, dh0.astype(h0.dtype), dc0
+    if spec.kind == "gru":
+      # GRU's recurrent gradient differs from dxp only in the n gate (scaled by r); building
+      # it here, fused into the matmul's operand, saves a [T, B, 3H] output of the loop.
+      # (One multiply by [1, 1, r], so XLA makes it in one pass over dxp.)
+      r = acts[k][0][..., :hsz]
+      dgates = dxp * jnp.concatenate([jnp.ones_like(r), jnp.ones_like(r), r], axis=-1)
+    g = {"w_hh": _mm(spec, "tbo,tbg->og", h_prev[k], dgates).astype(p["w_hh"].dtype),
+         "w_ih": _mm(spec, "tbd,tbg->dg", x_TxBxD, dxp).astype(p["w_ih"].dtype)}
+    dx = dx + _mm(spec, "tbg,dg->tbd", dxp, p["w_ih"])
+    if spec.use_bias:
+      g["b_ih"] = jnp.sum(dxp, axis=(0, 1)).astype(p["b_ih"].dtype)
+      g["b_hh"] = jnp.sum(dgates, axis=(0, 1)).astype(p["b_hh"].dtype)
+    if spec.proj:
+      hr = acts[k][0][..., 3 * hsz:] * jnp.tanh(c_all[k])
+      g["w_hr"] = _mm(spec, "tbh,tbp->hp", hr, outs[k]["d_out"]).astype(p["w_hr"].dtype)
+    grads.append(g)
+  dh0s = tuple(d.astype(h.dtype) for d, h in zip(dh0s, h0s))
+  dc0s = tuple(d.astype(c.dtype) for d, c in zip(dc0s, c0s)) if lstm else None
+  return tuple(grads), dx.astype(x_TxBxD.dtype), None, dh0s, dc0s
 
 
 fused_scan.defvjp(_fused_scan_fwd, _fused_scan_bwd)
 
 
 # ----------------------------------------------------------------------------- public
-
-
-def stack_params(spec: Spec, params_f: dict, params_b: dict) -> dict:
-  """Both directions' parameters in the fused layout (differentiable by autodiff).
-
-  w_ih: [D, 2*G*H] (forward then backward along the output axis); b_ih: [2*G*H];
-  w_hh: [K, O, G*H]; b_hh: [K, G*H]; w_hr: [K, H, P].
-  """
-  p = {"w_ih": jnp.concatenate([params_f["w_ih"], params_b["w_ih"]], axis=1),
-       "w_hh": jnp.stack([params_f["w_hh"], params_b["w_hh"]])}
-  if spec.use_bias:
-    p["b_ih"] = jnp.concatenate([params_f["b_ih"], params_b["b_ih"]])
-    p["b_hh"] = jnp.stack([params_f["b_hh"], params_b["b_hh"]])
-  if spec.proj:
-    p["w_hr"] = jnp.stack([params_f["w_hr"], params_b["w_hr"]])
-  return p
 
 
 def two_scans(forward_cell, backward_cell, params_f, params_b, x, lengths, carry_f, carry_b,
@@ -341,29 +404,29 @@ def fused_bidirectional(forward_cell, backward_cell, params_f, params_b, x_BxTxD
                      carry_f, carry_b, unroll)
 
   num_steps = x_BxTxD.shape[1]
-  p = stack_params(spec, params_f, params_b)
-  steps_T = jnp.arange(num_steps)
-  real_TxKxB = jnp.stack([steps_T[:, None] < lengths_B[None, :],
-                          steps_T[::-1, None] < lengths_B[None, :]], axis=1)
+  names = [n for n in _PARAM_NAMES if n in params_f]
+  params = tuple({n: jnp.asarray(q[n]) for n in names} for q in (params_f, params_b))
+  x_TxBxD = jnp.swapaxes(x_BxTxD, 0, 1)  # Time-major once: D is usually the narrowest.
+  # In time order both directions' step t is real when t < length.
+  real_TxB = jnp.arange(num_steps)[:, None] < lengths_B[None, :]
   if lstm:
-    h0 = jnp.stack([carry_f[0], carry_b[0]]).astype(jnp.float32)
-    c0 = jnp.stack([carry_f[1], carry_b[1]]).astype(jnp.float32)
+    h0s = tuple(carry[0].astype(jnp.float32) for carry in (carry_f, carry_b))
+    c0s = tuple(carry[1].astype(jnp.float32) for carry in (carry_f, carry_b))
   else:
-    h0 = jnp.stack([carry_f, carry_b]).astype(jnp.float32)
-    c0 = None
+    h0s = tuple(carry.astype(jnp.float32) for carry in (carry_f, carry_b))
+    c0s = None
   if custom_vjp:
-    h_all, c_last = fused_scan(spec, p, x_BxTxD, real_TxKxB, h0, c0)
+    h_all, c_last = fused_scan(spec, params, x_TxBxD, real_TxB, h0s, c0s)
   else:
-    h_all, _, c_last, _ = _forward(spec, p, x_BxTxD, real_TxKxB, h0, c0, False)
+    h_all, _, c_last, _ = _forward(spec, params, x_TxBxD, real_TxB, h0s, c0s, False)
 
-  y_TxKxBxO = jnp.where(real_TxKxB[..., None], h_all, 0.0)
-  y_f = jnp.swapaxes(y_TxKxBxO[:, 0], 0, 1)
-  y_b = jnp.swapaxes(y_TxKxBxO[::-1, 1], 0, 1)
-  h_last = h_all[-1]
+  y_f, y_b = (jnp.swapaxes(jnp.where(real_TxB[..., None], h, 0.0), 0, 1) for h in h_all)
+  # The last carry: after time T-1 going forward, after time 0 going backward.
+  h_last = (h_all[0][-1], h_all[1][0])
   if lstm:
     carry_f, carry_b = (h_last[0], c_last[0]), (h_last[1], c_last[1])
   else:
-    carry_f, carry_b = h_last[0], h_last[1]
+    carry_f, carry_b = h_last
   return y_f, y_b, carry_f, carry_b
 
 
