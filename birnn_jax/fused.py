@@ -4,28 +4,32 @@ Registered as `bidirectional.FUSED['fused']`, so `Bidirectional(..., impl='fused
 `BiRNN(impl='fused')` use it. It computes exactly the contract of `recurrence` (design.md §2).
 
 Notation: T = time, B = batch, D = input features, H = hidden size, G = gates (1 simple,
-3 GRU, 4 LSTM), O = output size of a step (H, or P for a projected LSTM). Directions are
-kept as pairs of arrays (forward, backward), never stacked, and every per-step array is
-*time-major in time order* [T, B, ...]: scan step s is time s for the forward direction and
-T-1-s for the backward one, and each step reads and writes its own time row of each
-direction's arrays (dynamic slices of contiguous [B, ...] blocks). So nothing is reversed,
-stacked or transposed around the loop, and the matmuls after it see contiguous [T*B, ...]
-operands.
+3 GRU, 4 LSTM), O = output size of a step (H, or P for a projected LSTM).
+
+Layout. Inside the scan body the carries are stacked on a leading direction axis
+([2, B, O] for h, [2, B, H] for c; index 0 forward, 1 backward) and the recurrent matmul is
+one einsum batched over directions, `h [2, B, O] @ W_hh [2, O, G*H]` (stacked W_hh built
+once, outside the loop): on XLA:CPU that is faster than two 2-D dots. Every per-step array
+(projections, activations, outputs, gradients) is instead kept as a pair of arrays, one
+per direction, *time-major in time order* [T, B, ...]: scan step s is time s for the forward
+direction and T-1-s for the backward one. Each step reads its two rows (dynamic slices of
+contiguous [B, ...] blocks, stacked into one [2, B, ...] block) and writes them back
+separately. So nothing is reversed or transposed around the loop, only [2, B, ...] blocks
+are stacked per step, and the matmuls after the loop see contiguous [T*B, ...] operands.
 
 Forward pass:
 - the input projections of every step are one matmul per direction,
   `x [T, B, D] @ W_ih [D, G*H]` (b_ih, and b_hh where it is additive, are added per step
   inside the gate fusion); when the activations are saved, step t writes them over its
   own row of this projection, so they need no buffer of their own;
-- the scan body is, per direction, the recurrent matmul `h [B, O] @ W_hh [O, G*H]`, the gate
-  non-linearities and the padding select (carry frozen where the step is not real). The
-  two directions are independent chains inside the body (plain 2-D dots on separate
-  arrays, so nothing is stacked per step), which XLA:CPU may run concurrently.
+- the scan body is the direction-batched recurrent matmul, the gate non-linearities and
+  the padding select (carry frozen where the step is not real), all on [2, B, ...] blocks.
 
 Backward pass (a `jax.custom_vjp`, as cuDNN does it):
 - a reverse scan carries only the sequential part (dh, dc) and writes the per-step gate
-  gradients dxp [T, B, G*H] (one recurrent matmul `dgates @ W_hh^T` per step and direction,
-  with W_hh^T made once before the loop);
+  gradients dxp [T, B, G*H] per direction; its carries are stacked [2, B, ...] as in the
+  forward pass, and each step does one direction-batched recurrent matmul
+  `dgates [2, B, G*H] @ W_hh^T [2, G*H, O]` (the stacked W_hh^T made once before the loop);
 - after it, every weight gradient and the input gradient are 2-D matmuls over all steps
   at once: dW_hh = h_prev^T @ dgates, dW_ih = x^T @ dxp, dx = sum over directions of
   dxp @ W_ih^T, biases are sums, dW_hr = hr^T @ d_out for a projected LSTM.
@@ -103,11 +107,6 @@ def _mm(spec: Spec, subscripts: str, a: Array, b: Array) -> Array:
                     preferred_element_type=jnp.float32)
 
 
-def _step_time(direction: int, s: Array, num_steps: int) -> Array:
-  """The time index that scan step s processes in a direction."""
-  return s if direction == 0 else num_steps - 1 - s
-
-
 def _row(a_TxX: Array, t: Array) -> Array:
   """a[t] for a traced t: one contiguous [B, ...] block of a time-major array."""
   return jax.lax.dynamic_index_in_dim(a_TxX, t, keepdims=False)
@@ -151,28 +150,59 @@ def _act(spec: Spec, a: Array) -> Array:
   return cells_lib.ACTIVATIONS[spec.activation](a)
 
 
+def _times(s: Array, num_steps: int) -> tuple:
+  """The time index that scan step s processes in each direction: (s, T-1-s)."""
+  return (s, num_steps - 1 - s)
+
+
+def _rows(pair: tuple, ts: tuple) -> Array:
+  """Row ts[k] of direction k's [T, B, X] array, both directions stacked: -> [2, B, X].
+
+  A stack of two dynamic slices: keeping one [2, T, B, X] array instead and gathering a
+  different row per direction is ~2x slower on XLA:CPU at B=8, H=128.
+  """
+  return jnp.stack([_row(pair[k], ts[k]) for k in _DIRECTIONS])
+
+
+def _set_rows(pair: tuple, ts: tuple, rows_2xBxX: Array) -> tuple:
+  """Writes rows[k] at row ts[k] of direction k's [T, B, X] array (in place on a carry)."""
+  return tuple(_set_row(pair[k], ts[k], rows_2xBxX[k]) for k in _DIRECTIONS)
+
+
 def _b_hn(spec: Spec, p: dict) -> Array:
   if not spec.use_bias:
     return jnp.zeros((spec.features,), jnp.float32)
   return p["b_hh"][2 * spec.features:].astype(jnp.float32)
 
 
-def _gates(spec: Spec, p: dict, xp: Array, hp: Array, h: Array, c: Array | None,
-           in_loop: bool):
-  """One step of a direction's cell from xp = x W_ih and hp = h_prev W_hh.
+def _stack_params(spec: Spec, params: tuple) -> dict:
+  """Both directions' recurrent parameters on a leading direction axis (built once)."""
+  sp = {"w_hh": jnp.stack([p["w_hh"] for p in params]),                 # [2, O, G*H]
+        "b_in": jnp.stack([jnp.broadcast_to(_in_bias(spec, p), (p["w_hh"].shape[-1],))
+                           for p in params])[:, None],                   # [2, 1, G*H]
+        "b_hn": jnp.stack([_b_hn(spec, p) for p in params])[:, None]}    # [2, 1, H]
+  if spec.proj:
+    sp["w_hr"] = jnp.stack([p["w_hr"] for p in params])                 # [2, H, P]
+  return sp
 
-  Works on any leading shape ([B] in the loop, [T, B] for the batched recompute).
+
+def _gates(spec: Spec, xp: Array, hp: Array, h: Array, c: Array | None, b_in, b_hn,
+           w_hr=None):
+  """One step of the cell from xp = x W_ih and hp = h_prev W_hh.
+
+  Works on any leading shape ([2, B] in the loop, [T, B] for the batched recompute);
+  b_in, b_hn broadcast against it. `w_hr` [2, H, P] projects h (in the loop only).
   Returns (h_new, c_new, acts): acts are what the backward pass needs, a pair
   (gates [..., G*H], extra [..., H] | None): LSTM (i|f|g|o, None), GRU (r|z|n, h W_hn + b_hn);
   None for 'rnn'. The gates part has xp's shape, so it can take xp's place in memory.
   """
   hsz = spec.features
-  xp = xp + _in_bias(spec, p)
+  xp = xp + b_in
   if spec.kind == "rnn":
     h_new = _act(spec, xp + hp)
     return h_new, None, None
   if spec.kind == "gru":
-    hn = hp[..., 2 * hsz:] + _b_hn(spec, p)
+    hn = hp[..., 2 * hsz:] + b_hn
     r = jax.nn.sigmoid(xp[..., :hsz] + hp[..., :hsz])
     z = jax.nn.sigmoid(xp[..., hsz:2 * hsz] + hp[..., hsz:2 * hsz])
     n = jnp.tanh(xp[..., 2 * hsz:] + r * hn)
@@ -185,8 +215,8 @@ def _gates(spec: Spec, p: dict, xp: Array, hp: Array, h: Array, c: Array | None,
   o = jax.nn.sigmoid(gates[..., 3 * hsz:])
   c_new = f * c + i * g
   h_new = o * jnp.tanh(c_new)
-  if spec.proj and in_loop:  # The batched recompute needs only acts.
-    h_new = _mm(spec, "bh,hp->bp", h_new, p["w_hr"])
+  if w_hr is not None:
+    h_new = _mm(spec, "kbh,khp->kbp", h_new, w_hr)
   return h_new, c_new, (jnp.concatenate([i, f, g, o], axis=-1), None)
 
 
@@ -195,74 +225,77 @@ def _gates(spec: Spec, p: dict, xp: Array, hp: Array, h: Array, c: Array | None,
 
 def _forward(spec: Spec, params: tuple, x_TxBxD: Array, real_TxB: Array, h0s: tuple,
              c0s: tuple | None, save: bool):
-  """The fused scan over both directions; every result is a (forward, backward) pair.
+  """The fused scan over both directions.
 
-  Returns (h_all [T, B, O] each, c_all [T, B, H] each | None, c_last [B, H] each | None,
-  acts (see `_gates`) each | None), all in time order.
+  Returns (h_all, c_all | None, c_last [2, B, H] | None, acts | None): h_all is a
+  (forward, backward) pair of [T, B, O], c_all of [T, B, H]; acts is (gates, extra) with
+  each a pair of [T, B, G*H] / [T, B, H] (see `_gates`), extra None but for GRU; all in
+  time order.
   """
   num_steps, batch, _ = x_TxBxD.shape
   xps = tuple(_project(spec, p, x_TxBxD) for p in params)
+  sp = _stack_params(spec, params)
   lstm = spec.kind == "lstm"
   keep_acts = save and not spec.remat and spec.kind != "rnn"
-  zeros = lambda size: jnp.zeros((num_steps, batch, size), jnp.float32)
+  zeros = lambda size: tuple(jnp.zeros((num_steps, batch, size), jnp.float32)
+                               for _ in _DIRECTIONS)
   # Step t's gate activations overwrite its row of xp, which no other step reads: the
   # loop carries xp itself as the activations' buffer (no second [T, B, G*H] array to
   # allocate and zero-fill).
-  outs = tuple({"h": zeros(spec.out_features),
-                "c": zeros(spec.features) if (lstm and save) else None,
-                "acts": xp if keep_acts else None,
-                "hn": zeros(spec.features) if (keep_acts and spec.kind == "gru") else None}
-               for xp in xps)
+  outs = {"h": zeros(spec.out_features),
+          "c": zeros(spec.features) if (lstm and save) else None,
+          "acts": xps if keep_acts else None,
+          "hn": zeros(spec.features) if (keep_acts and spec.kind == "gru") else None}
 
   def body(carry, s):
-    hs, cs, outs = carry
-    new_hs, new_cs, new_outs = [], [], []
-    for k in _DIRECTIONS:  # Two independent chains: nothing crosses directions.
-      p, t, h, c = params[k], _step_time(k, s, num_steps), hs[k], cs[k] if lstm else None
-      hp_BxG = _mm(spec, "bo,og->bg", h, p["w_hh"])
-      xp_BxG = _row(outs[k]["acts"] if keep_acts else xps[k], t)
-      h_new, c_new, acts = _gates(spec, p, xp_BxG, hp_BxG, h, c, in_loop=True)
-      real = _row(real_TxB, t)[:, None]
-      h = jnp.where(real, h_new, h)
-      out = dict(outs[k], h=_set_row(outs[k]["h"], t, h))
-      if lstm:
-        c = jnp.where(real, c_new, c)
-        if save:
-          out["c"] = _set_row(out["c"], t, c)
-      if keep_acts:
-        out["acts"] = _set_row(out["acts"], t, acts[0])
-        if acts[1] is not None:
-          out["hn"] = _set_row(out["hn"], t, acts[1])
-      new_hs.append(h)
-      new_cs.append(c)
-      new_outs.append(out)
-    return (tuple(new_hs), tuple(new_cs) if lstm else None, tuple(new_outs)), None
+    h, c, outs = carry  # h [2, B, O], c [2, B, H]
+    ts = _times(s, num_steps)
+    outs = dict(outs)
+    hp = _mm(spec, "kbo,kog->kbg", h, sp["w_hh"])  # One dot for both directions.
+    xp = _rows(outs["acts"] if keep_acts else xps, ts)
+    h_new, c_new, acts = _gates(spec, xp, hp, h, c, sp["b_in"], sp["b_hn"], sp.get("w_hr"))
+    real = jnp.stack([_row(real_TxB, t) for t in ts])[..., None]  # [2, B, 1]
+    h = jnp.where(real, h_new, h)
+    outs["h"] = _set_rows(outs["h"], ts, h)
+    if lstm:
+      c = jnp.where(real, c_new, c)
+      if save:
+        outs["c"] = _set_rows(outs["c"], ts, c)
+    if keep_acts:
+      outs["acts"] = _set_rows(outs["acts"], ts, acts[0])
+      if acts[1] is not None:
+        outs["hn"] = _set_rows(outs["hn"], ts, acts[1])
+    return (h, c, outs), None
 
-  (_, c_last, outs), _ = jax.lax.scan(
-      body, (h0s, c0s, outs), jnp.arange(num_steps), unroll=spec.unroll)
-  pick = lambda name: tuple(o[name] for o in outs) if outs[0][name] is not None else None
-  acts = tuple((o["acts"], o["hn"]) for o in outs) if keep_acts else None
-  return pick("h"), pick("c"), c_last, acts
+  h0 = jnp.stack(h0s)
+  c0 = jnp.stack(c0s) if lstm else None
+  (_, c_last, outs), _ = jax.lax.scan(body, (h0, c0, outs), jnp.arange(num_steps),
+                                      unroll=spec.unroll)
+  acts = (outs["acts"], outs["hn"]) if keep_acts else None
+  return outs["h"], outs["c"], c_last, acts
 
 
 def _recompute_acts(spec: Spec, p: dict, x_TxBxD: Array, h_prev: Array,
                     c_prev: Array | None) -> tuple:
   """One direction's gate activations of every step from the saved carries, as big matmuls."""
   hp = _mm(spec, "tbo,og->tbg", h_prev, p["w_hh"])
-  return _gates(spec, p, _project(spec, p, x_TxBxD), hp, h_prev, c_prev, in_loop=False)[2]
+  return _gates(spec, _project(spec, p, x_TxBxD), hp, h_prev, c_prev, _in_bias(spec, p),
+                _b_hn(spec, p))[2]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def fused_scan(spec: Spec, params: tuple, x_TxBxD: Array, real_TxB: Array, h0s: tuple,
                c0s: tuple | None):
-  """Carries of every step, h_all [T, B, O] per direction (time order), and the last c."""
+  """Carries of every step, h_all [T, B, O] per direction (time order), and the last c
+  ([B, H] per direction, LSTM only, else None)."""
   h_all, _, c_last, _ = _forward(spec, params, x_TxBxD, real_TxB, h0s, c0s, False)
-  return h_all, c_last
+  return (h_all[0], h_all[1]), ((c_last[0], c_last[1]) if c_last is not None else None)
 
 
 def _fused_scan_fwd(spec, params, x, real, h0s, c0s):
   h_all, c_all, c_last, acts = _forward(spec, params, x, real, h0s, c0s, True)
-  return (h_all, c_last), (params, x, real, h0s, c0s, h_all, c_all, acts)
+  out = (h_all[0], h_all[1]), ((c_last[0], c_last[1]) if c_last is not None else None)
+  return out, (params, x, real, h0s, c0s, h_all, c_all, acts)
 
 
 def _fused_scan_bwd(spec, residuals, cotangents):
@@ -274,70 +307,68 @@ def _fused_scan_bwd(spec, residuals, cotangents):
   h_prev = tuple(_prev(k, h0s[k], h_all[k]) for k in _DIRECTIONS)
   c_prev = tuple(_prev(k, c0s[k], c_all[k]) for k in _DIRECTIONS) if lstm else None
   if acts is None and spec.kind != "rnn":
-    acts = tuple(_recompute_acts(spec, params[k], x_TxBxD, h_prev[k],
-                                 c_prev[k] if lstm else None) for k in _DIRECTIONS)
+    acts = [_recompute_acts(spec, params[k], x_TxBxD, h_prev[k],
+                            c_prev[k] if lstm else None) for k in _DIRECTIONS]
+    acts = (tuple(a[0] for a in acts),
+            tuple(a[1] for a in acts) if acts[0][1] is not None else None)
   # dgates @ W_hh^T with W_hh^T materialised once, outside the loop: contracting the
   # minor axis of an untransposed W_hh in every step is ~2x slower on XLA:CPU (the
   # barrier keeps XLA from folding the transpose back into the per-step dot).
-  w_hh_t = jax.lax.optimization_barrier(tuple(p["w_hh"].T for p in params))  # [G*H, O]
+  w_hh_t = jax.lax.optimization_barrier(
+      jnp.stack([p["w_hh"].T for p in params]))  # [2, G*H, O]
+  w_hr = jnp.stack([p["w_hr"] for p in params]) if spec.proj else None  # [2, H, P]
 
   gh = params[0]["w_hh"].shape[-1]
-  zeros = lambda size: jnp.zeros((num_steps, batch, size), jnp.float32)
+  zeros = lambda size: tuple(jnp.zeros((num_steps, batch, size), jnp.float32)
+                               for _ in _DIRECTIONS)
   # (Writing dxp over the activations' rows, as the forward pass does with xp, makes
   # XLA:CPU copy the whole buffer in every step here: fresh buffers instead.)
-  outs = tuple({"dxp": zeros(gh), "d_out": zeros(spec.out_features) if spec.proj else None}
-               for _ in _DIRECTIONS)
+  outs = {"dxp": zeros(gh), "d_out": zeros(spec.out_features) if spec.proj else None}
 
-  def step(k, t, g_h, g_c, out):
-    """Direction k's gradient w.r.t. the carry after time t -> the one before it; writes dxp."""
-    p = params[k]
-    real = _row(real_TxB, t)[:, None]
-    g_h = g_h + _row(dh_all[k], t)
+  def body(carry, s):
+    """Gradient w.r.t. the carries after step s -> before it ([2, B, ...]); writes dxp."""
+    g_h, g_c, outs = carry
+    ts = _times(s, num_steps)
+    outs = dict(outs)
+    real = jnp.stack([_row(real_TxB, t) for t in ts])[..., None]
+    g_h = g_h + _rows(dh_all, ts)
     dh = jnp.where(real, g_h, 0.0)
-    out = dict(out)
     if spec.kind == "rnn":
-      h_new = _row(h_all[k], t)
+      h_new = _rows(h_all, ts)
       if spec.activation == "tanh":
         dgates = dh * (1.0 - h_new * h_new)
       else:
         dgates = jnp.where(h_new > 0, dh, 0.0)
       dxp = dgates
-      dh_prev = _mm(spec, "bg,go->bo", dgates, w_hh_t[k])
+      dh_prev = _mm(spec, "kbg,kgo->kbo", dgates, w_hh_t)
     elif spec.kind == "gru":
-      act, hn = _row(acts[k][0], t), _row(acts[k][1], t)
+      act, hn = _rows(acts[0], ts), _rows(acts[1], ts)
       r, z, n = (act[..., j * hsz:(j + 1) * hsz] for j in range(3))
       dn = dh * (1.0 - z) * (1.0 - n * n)
-      dz = dh * (_row(h_prev[k], t) - n) * z * (1.0 - z)
+      dz = dh * (_rows(h_prev, ts) - n) * z * (1.0 - z)
       dr = dn * hn * r * (1.0 - r)
       dxp = jnp.concatenate([dr, dz, dn], axis=-1)
       dgates = jnp.concatenate([dr, dz, dn * r], axis=-1)  # The n gate sees r * (h W_hn).
-      dh_prev = _mm(spec, "bg,go->bo", dgates, w_hh_t[k]) + dh * z
+      dh_prev = _mm(spec, "kbg,kgo->kbo", dgates, w_hh_t) + dh * z
     else:
-      act = _row(acts[k][0], t)
+      act = _rows(acts[0], ts)
       i, f, g, o = (act[..., j * hsz:(j + 1) * hsz] for j in range(4))
       if spec.proj:
-        out["d_out"] = _set_row(out["d_out"], t, dh)
-        dh = _mm(spec, "bp,hp->bh", dh, p["w_hr"])
-      tc = jnp.tanh(_row(c_all[k], t))
+        outs["d_out"] = _set_rows(outs["d_out"], ts, dh)
+        dh = _mm(spec, "kbp,khp->kbh", dh, w_hr)
+      tc = jnp.tanh(_rows(c_all, ts))
       dc = jnp.where(real, g_c, 0.0) + dh * o * (1.0 - tc * tc)
-      dgates = jnp.concatenate([dc * g * i * (1.0 - i), dc * _row(c_prev[k], t) * f * (1.0 - f),
+      dgates = jnp.concatenate([dc * g * i * (1.0 - i), dc * _rows(c_prev, ts) * f * (1.0 - f),
                                 dc * i * (1.0 - g * g), dh * tc * o * (1.0 - o)], axis=-1)
       dxp = dgates
-      dh_prev = _mm(spec, "bg,go->bo", dgates, w_hh_t[k])
+      dh_prev = _mm(spec, "kbg,kgo->kbo", dgates, w_hh_t)
       g_c = jnp.where(real, dc * f, g_c)
     g_h = jnp.where(real, dh_prev, g_h)
-    out["dxp"] = _set_row(out["dxp"], t, dxp)
-    return g_h, g_c, out
+    outs["dxp"] = _set_rows(outs["dxp"], ts, dxp)
+    return (g_h, g_c, outs), None
 
-  def body(carry, s):
-    g_hs, g_cs, outs = carry
-    new = [step(k, _step_time(k, s, num_steps), g_hs[k], g_cs[k] if lstm else None, outs[k])
-           for k in _DIRECTIONS]  # Two independent chains, as in the forward pass.
-    g_hs, g_cs, outs = zip(*new)
-    return (g_hs, g_cs if lstm else None, outs), None
-
-  g_h0 = tuple(jnp.zeros_like(h) for h in h0s)
-  g_c0 = tuple(dc_last) if lstm else None
+  g_h0 = jnp.zeros((2,) + h0s[0].shape, jnp.float32)
+  g_c0 = jnp.stack(dc_last) if lstm else None
   (dh0s, dc0s, outs), _ = jax.lax.scan(
       body, (g_h0, g_c0, outs), jnp.arange(num_steps), reverse=True, unroll=spec.unroll)
 
@@ -345,13 +376,13 @@ def _fused_scan_bwd(spec, residuals, cotangents):
   # operands), after the loop.
   grads, dx = [], 0.0
   for k in _DIRECTIONS:
-    p, dxp = params[k], outs[k]["dxp"]
+    p, dxp = params[k], outs["dxp"][k]
     dgates = dxp
     if spec.kind == "gru":
       # GRU's recurrent gradient differs from dxp only in the n gate (scaled by r); building
       # it here, fused into the matmul's operand, saves a [T, B, 3H] output of the loop.
       # (One multiply by [1, 1, r], so XLA makes it in one pass over dxp.)
-      r = acts[k][0][..., :hsz]
+      r = acts[0][k][..., :hsz]
       dgates = dxp * jnp.concatenate([jnp.ones_like(r), jnp.ones_like(r), r], axis=-1)
     g = {"w_hh": _mm(spec, "tbo,tbg->og", h_prev[k], dgates).astype(p["w_hh"].dtype),
          "w_ih": _mm(spec, "tbd,tbg->dg", x_TxBxD, dxp).astype(p["w_ih"].dtype)}
@@ -360,11 +391,11 @@ def _fused_scan_bwd(spec, residuals, cotangents):
       g["b_ih"] = jnp.sum(dxp, axis=(0, 1)).astype(p["b_ih"].dtype)
       g["b_hh"] = jnp.sum(dgates, axis=(0, 1)).astype(p["b_hh"].dtype)
     if spec.proj:
-      hr = acts[k][0][..., 3 * hsz:] * jnp.tanh(c_all[k])
-      g["w_hr"] = _mm(spec, "tbh,tbp->hp", hr, outs[k]["d_out"]).astype(p["w_hr"].dtype)
+      hr = acts[0][k][..., 3 * hsz:] * jnp.tanh(c_all[k])
+      g["w_hr"] = _mm(spec, "tbh,tbp->hp", hr, outs["d_out"][k]).astype(p["w_hr"].dtype)
     grads.append(g)
-  dh0s = tuple(d.astype(h.dtype) for d, h in zip(dh0s, h0s))
-  dc0s = tuple(d.astype(c.dtype) for d, c in zip(dc0s, c0s)) if lstm else None
+  dh0s = tuple(dh0s[k].astype(h.dtype) for k, h in enumerate(h0s))
+  dc0s = tuple(dc0s[k].astype(c.dtype) for k, c in enumerate(c0s)) if lstm else None
   return tuple(grads), dx.astype(x_TxBxD.dtype), None, dh0s, dc0s
 
 
@@ -419,6 +450,8 @@ def fused_bidirectional(forward_cell, backward_cell, params_f, params_b, x_BxTxD
     h_all, c_last = fused_scan(spec, params, x_TxBxD, real_TxB, h0s, c0s)
   else:
     h_all, _, c_last, _ = _forward(spec, params, x_TxBxD, real_TxB, h0s, c0s, False)
+    h_all = (h_all[0], h_all[1])
+    c_last = (c_last[0], c_last[1]) if lstm else None
 
   y_f, y_b = (jnp.swapaxes(jnp.where(real_TxB[..., None], h, 0.0), 0, 1) for h in h_all)
   # The last carry: after time T-1 going forward, after time 0 going backward.
@@ -428,6 +461,8 @@ def fused_bidirectional(forward_cell, backward_cell, params_f, params_b, x_BxTxD
   else:
     carry_f, carry_b = h_last
   return y_f, y_b, carry_f, carry_b
+
+
 
 
 bidirectional.FUSED["fused"] = fused_bidirectional
