@@ -17,7 +17,7 @@ Gold tokenisation, no pretrained embeddings (by default). results.json: dev_accu
 test_per_tag_accuracy, test_unseen_accuracy (see birnn_jax/tasks/pos.py).
 `:smoke` runs the same code on the real files with a tiny model in seconds.
 
-Expected (seed 0, 2-core CPU, ~25 min): dev 95.41%, test 95.57%, unseen test words 80.9%;
+Expected (seed 0, 2-core CPU, ~18-25 min): dev 95.41%, test 95.57%, unseen test words 80.9%;
 forward-only: dev 92.73%, test 93.05%. `:bilm` (1,000 sentences): test 88.81% without the
 biLM, 89.71% with its context-free embedding, 89.95% with its ELMo mix.
 """
