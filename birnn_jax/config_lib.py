@@ -87,6 +87,14 @@ def check(ok: bool, key: str, value, expected: str) -> None:
     raise ValueError(f"config.{key}={value!r} is invalid: expected {expected}.")
 
 
+def check_at_least(config: ml_collections.ConfigDict, minimums: dict[str, float]) -> None:
+  """`check` that each 'group.name' key of `config` is >= its minimum."""
+  for key, minimum in minimums.items():
+    group, name = key.split(".")
+    value = config[group][name]
+    check(value >= minimum, key, value, f">= {minimum}")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming `config.<key>` for any impossible shared value."""
   m, t, o = config.model, config.train, config.optim

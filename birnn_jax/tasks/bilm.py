@@ -55,6 +55,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from birnn_jax import config_lib
 from birnn_jax import metrics as metrics_lib
 from birnn_jax import models
 from birnn_jax.data import text as text_lib
@@ -300,26 +301,18 @@ class Task(base.Task):
   def __init__(self, config, workdir):
     super().__init__(config, workdir)
     d, m = config.data, config.model
-    if d.level != "word":
-      raise ValueError(f"config.data.level={d.level!r} is invalid: expected 'word' (the "
-                       "biLM gives vectors to words).")
-    if m.bidirectional:
-      raise ValueError("config.model.bidirectional=True is invalid: expected False. Each LM "
-                       "of a biLM is a forward-only stack (the backward one reads reversed "
-                       "text); a bidirectional LM would see the tokens it predicts.")
-    if m.embed_size != m.hidden_size:
-      raise ValueError(f"config.model.embed_size={m.embed_size} is invalid: expected "
-                       f"model.hidden_size={m.hidden_size}, so that h_0 = [e; e] has the "
-                       "[forward; backward] width 2H of every layer.")
-    if d.seq_len < 2:
-      raise ValueError(f"config.data.seq_len={d.seq_len} is invalid: expected >= 2.")
-    if d.train_stride < 1:
-      raise ValueError(f"config.data.train_stride={d.train_stride} is invalid: expected >= 1.")
-    if config.probe.ridge < 0:
-      raise ValueError(f"config.probe.ridge={config.probe.ridge} is invalid: expected >= 0.")
-    if config.probe.train_tokens < 0:
-      raise ValueError(f"config.probe.train_tokens={config.probe.train_tokens} is invalid: "
-                       "expected >= 0 (0 = the whole train split).")
+    config_lib.check(d.level == "word", "data.level", d.level,
+                     "'word' (the biLM gives vectors to words)")
+    config_lib.check(not m.bidirectional, "model.bidirectional", m.bidirectional,
+                     "False. Each LM of a biLM is a forward-only stack (the backward one reads "
+                     "reversed text); a bidirectional LM would see the tokens it predicts")
+    config_lib.check(m.embed_size == m.hidden_size, "model.embed_size", m.embed_size,
+                     f"model.hidden_size={m.hidden_size}, so that h_0 = [e; e] has the "
+                     "[forward; backward] width 2H of every layer")
+    config_lib.check_at_least(config, {"data.seq_len": 2, "data.train_stride": 1,
+                                       "probe.ridge": 0})
+    config_lib.check(config.probe.train_tokens >= 0, "probe.train_tokens",
+                     config.probe.train_tokens, ">= 0 (0 = the whole train split)")
     mix_weights(tuple(m.mix_weights), m.num_layers)  # validates the length
     raw = raw_time_machine(d.dir)
     words, self.labels = punctuation_labels(raw)
@@ -643,9 +636,7 @@ class FrozenFeatures:
 
   def __init__(self, task: Task, params):
     self.task, self.params = task, params
-    m = task.config.model
-    self.num_layers, self.size = m.num_layers + 1, 2 * m.hidden_size
-    model = self.task.model()
+    model = task.model()
 
     def gather(params, tokens, lengths, positions):
       states = model.apply({"params": params}, tokens, lengths, method="layer_states")

@@ -213,15 +213,12 @@ class Task(base.Task):
     super().__init__(config, workdir)
     d, p = config.data, config.predict
     config_lib.check(d.level in text.LEVELS, "data.level", d.level, f"one of {text.LEVELS}")
-    config_lib.check(d.seq_len >= 2, "data.seq_len", d.seq_len, ">= 2")
-    config_lib.check(d.stride >= 1, "data.stride", d.stride, ">= 1")
-    config_lib.check(d.min_freq >= 1, "data.min_freq", d.min_freq, ">= 1")
-    config_lib.check(d.train_eval_windows >= 1, "data.train_eval_windows", d.train_eval_windows, ">= 1")
+    config_lib.check_at_least(config, {
+        "data.seq_len": 2, "data.stride": 1, "data.min_freq": 1, "data.train_eval_windows": 1,
+        "predict.num_tokens": 1, "predict.word_rate_tokens": 1})
     config_lib.check(d.future_hidden_rows >= 0, "data.future_hidden_rows", d.future_hidden_rows,
           ">= 0 (0 = all of the test split)")
-    config_lib.check(p.num_tokens >= 1, "predict.num_tokens", p.num_tokens, ">= 1")
     config_lib.check(p.temperature >= 0, "predict.temperature", p.temperature, ">= 0 (0 = greedy)")
-    config_lib.check(p.word_rate_tokens >= 1, "predict.word_rate_tokens", p.word_rate_tokens, ">= 1")
     self.corpus = load_corpus(config, workdir)
     self.vocab = self.corpus.vocab
     # Training windows of seq_len + 1: inputs w[:, :-1], targets w[:, 1:].

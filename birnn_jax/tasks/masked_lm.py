@@ -112,22 +112,19 @@ class Task(base.Task):
     super().__init__(config, workdir)
     d, m = config.data, config.model
     config_lib.check(d.level in text.LEVELS, "data.level", d.level, f"one of {text.LEVELS}")
-    config_lib.check(d.seq_len >= 2, "data.seq_len", d.seq_len, ">= 2")
+    config_lib.check_at_least(config, {"data.seq_len": 2, "data.stride": 1, "data.min_freq": 1,
+                                       "data.eval_copies": 1, "predict.top_k": 1})
     config_lib.check(1 <= d.min_length <= d.seq_len, "data.min_length", d.min_length,
              f"in [1, data.seq_len={d.seq_len}]")
-    config_lib.check(d.stride >= 1, "data.stride", d.stride, ">= 1")
-    config_lib.check(d.min_freq >= 1, "data.min_freq", d.min_freq, ">= 1")
     config_lib.check(0.0 < d.mask_rate <= 1.0, "data.mask_rate", d.mask_rate, "a rate in (0, 1]")
     probs = tuple(float(p) for p in d.mask_probs)
     config_lib.check(len(probs) == 3 and min(probs) >= 0 and abs(sum(probs) - 1) < 1e-6,
              "data.mask_probs", d.mask_probs,
              "(mask, random, keep) probabilities summing to 1")
-    config_lib.check(d.eval_copies >= 1, "data.eval_copies", d.eval_copies, ">= 1")
     for key in ("embed_dropout", "output_dropout"):
       config_lib.check(0.0 <= m[key] < 1.0, f"model.{key}", m[key], "a rate in [0, 1)")
     config_lib.check(not (m.reverse and m.bidirectional), "model.reverse", m.reverse,
              "False when model.bidirectional (reverse makes a backward-only encoder)")
-    config_lib.check(config.predict.top_k >= 1, "predict.top_k", config.predict.top_k, ">= 1")
     self.corpus = lm.load_corpus(config, workdir)
     self.vocab = self.corpus.vocab
     self.mask_id = text.mask_id(self.vocab)

@@ -255,11 +255,9 @@ class Task(base.Task):
   def __init__(self, config, workdir):
     super().__init__(config, workdir)
     d, m = config.data, config.model
-    config_lib.check(d.max_length >= 1, "data.max_length", d.max_length, ">= 1")
-    config_lib.check(d.min_freq >= 1, "data.min_freq", d.min_freq, ">= 1")
-    config_lib.check(d.max_chars >= 2, "data.max_chars", d.max_chars, ">= 2")
-    config_lib.check(d.pad_to >= 1, "data.pad_to", d.pad_to, ">= 1")
-    config_lib.check(d.eval_batch_size >= 1, "data.eval_batch_size", d.eval_batch_size, ">= 1")
+    config_lib.check_at_least(config, {"data.max_length": 1, "data.min_freq": 1,
+                                       "data.max_chars": 2, "data.pad_to": 1,
+                                       "data.eval_batch_size": 1})
     config_lib.check(d.word_dropout_alpha >= 0, "data.word_dropout_alpha", d.word_dropout_alpha,
            ">= 0 (0 disables)")
     for key in ("word_dropout", "embed_dropout", "output_dropout"):
@@ -292,9 +290,8 @@ class Task(base.Task):
     self.batcher = batching.StepBatcher(self.examples["train"], config.train.batch_size,
                                         config.seed, **self._pad)
     self.bilm = load_bilm(m.bilm_workdir) if m.bilm_workdir else None
-    self._bilm_inputs = {} if self.bilm is None else {
-        name: [self.bilm.encode([f for f, _ in s]) for s in sentences]
-        for name, sentences in self.sentences.items()}
+    self._bilm_inputs = {name: self.encode_bilm(sentences)
+                         for name, sentences in self.sentences.items()}
     self._eval_cache: dict[str, list] = {}
     self._model = None
     self._tag_fn = None
@@ -322,37 +319,41 @@ class Task(base.Task):
     return (batch["words"], batch["chars"], batch["char_index"], batch["lengths"],
             batch.get("bilm"))
 
-  def with_bilm(self, batch, bilm_inputs) -> dict:
-    """The batch plus its rows' frozen biLM features "bilm" [B, T, K, 2H] (K = L + 1, or 1
-    for 'context_free'); unchanged without a biLM. `bilm_inputs`: each real row's
-    `FrozenFeatures.encode` output."""
+  def encode_bilm(self, sentences) -> list | None:
+    """Each sentence's biLM input (`FrozenFeatures.encode`), or None without a biLM."""
     if self.bilm is None:
+      return None
+    return [self.bilm.encode([form for form, _ in s]) for s in sentences]
+
+  def with_bilm(self, batch, bilm_inputs, rows) -> dict:
+    """The batch plus its rows' frozen biLM features "bilm" [B, T, K, 2H] (K = L + 1, or 1
+    for 'context_free'); unchanged when `bilm_inputs` (every example's `encode_bilm`
+    output) is None. `rows`: the example index of each real row."""
+    if bilm_inputs is None:
       return batch
-    size, steps = batch["words"].shape
-    features = self.bilm(bilm_inputs, size, steps)
+    features = self.bilm([bilm_inputs[i] for i in rows], *batch["words"].shape)
     if self.config.model.bilm_layers == "context_free":
       features = features[:, :, :1]
     return {**batch, "bilm": features}
+
+  def fixed_batches(self, examples, bilm_inputs, batch_size: int):
+    """(example indices, model-ready batch) covering `examples` once, sorted by length."""
+    for idx in batching.eval_plan([len(ex.words) for ex in examples], batch_size):
+      batch = batching.make_batch(examples, idx, batch_size, **self._pad)
+      yield idx, dedup_chars(self.with_bilm(batch, bilm_inputs, idx))
 
   def train_batch(self, step):
     batch = self.batcher(step)
     if self.config.data.word_dropout_alpha > 0:
       rng = np.random.default_rng([self.config.seed, 17, step])
       batch["words"] = drop_words(batch["words"], self.word_drop_probs, rng)
-    if self.bilm is not None:
-      batch = self.with_bilm(batch, [self._bilm_inputs["train"][i]
-                                     for i in self.batcher.indices(step)])
+    batch = self.with_bilm(batch, self._bilm_inputs["train"], self.batcher.indices(step))
     return dedup_chars(batch)
 
   def eval_batches(self, split):
     if split not in self._eval_cache:
-      size, examples = self.config.data.eval_batch_size, self.examples[split]
-      plan = batching.eval_plan([len(ex.words) for ex in examples], size)
-      self._eval_cache[split] = [
-          dedup_chars(self.with_bilm(
-              batching.make_batch(examples, idx, size, **self._pad),
-              [self._bilm_inputs[split][i] for i in idx] if self.bilm else None))
-          for idx in plan]
+      self._eval_cache[split] = [batch for _, batch in self.fixed_batches(
+          self.examples[split], self._bilm_inputs[split], self.config.data.eval_batch_size)]
     return self._eval_cache[split]
 
   def metric_sums(self, logits, batch):
@@ -360,33 +361,27 @@ class Task(base.Task):
 
   # Predictions ------------------------------------------------------------------------------
 
-  def tag_examples(self, params, examples, sentences, batch_size: int | None = None
+  def tag_examples(self, params, examples, bilm_inputs, batch_size: int | None = None
                    ) -> list[np.ndarray]:
-    """The predicted tag ids of each example (in the given order); `sentences` are their
-    (form, tag) lists, read by the biLM if there is one."""
+    """The predicted tag ids of each example (in the given order); `bilm_inputs` are their
+    `encode_bilm` outputs."""
     if self._tag_fn is None:
       model = self.model()
       self._tag_fn = jax.jit(lambda p, *inputs: jnp.argmax(
           model.apply({"params": p}, *inputs, deterministic=True), axis=-1))
     batch_size = batch_size or self.config.data.eval_batch_size
-    lengths = [len(ex.words) for ex in examples]
     out: list[np.ndarray | None] = [None] * len(examples)
-    for idx in batching.eval_plan(lengths, batch_size):
-      batch = batching.make_batch(examples, idx, batch_size, **self._pad)
-      if self.bilm is not None:
-        batch = self.with_bilm(batch, [self.bilm.encode([f for f, _ in sentences[i]])
-                                       for i in idx])
-      batch = dedup_chars(batch)
+    for idx, batch in self.fixed_batches(examples, bilm_inputs, batch_size):
       tags = np.asarray(self._tag_fn(params, *self.model_inputs(batch)))
       for row, i in enumerate(idx):
-        out[i] = tags[row, :lengths[i]]
+        out[i] = tags[row, :len(examples[i].words)]
     return out
 
   def extra_results(self, params, evaluate):
     """Test accuracy per gold tag and on words unseen in training; vocabulary sizes."""
     del evaluate
     sentences = self.sentences["test"]
-    predicted = self.tag_examples(params, self.examples["test"], sentences)
+    predicted = self.tag_examples(params, self.examples["test"], self._bilm_inputs["test"])
     correct, count = collections.Counter(), collections.Counter()
     unseen_correct = unseen_count = 0
     for sentence, tags in zip(sentences, predicted):
@@ -453,6 +448,6 @@ class Task(base.Task):
     if not words:
       raise ValueError("--text has no words to tag.")
     sentences = [[(w, TAGS[0]) for w in words]]
-    tags = self.tag_examples(params, self.encode(sentences, tagged=False), sentences,
-                             batch_size=1)[0]
+    tags = self.tag_examples(params, self.encode(sentences, tagged=False),
+                             self.encode_bilm(sentences), batch_size=1)[0]
     return " ".join(f"{w}/{TAGS[int(t)]}" for w, t in zip(words, tags))
