@@ -4,7 +4,9 @@ Experiment files (`experiments/*.py`) start from `base_config()` and add their o
 `validate(config)` runs before any compute and names the offending key.
 """
 
+import dataclasses
 import importlib.util
+import math
 import os
 
 import ml_collections
@@ -51,10 +53,16 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 1000
+  c.train.num_epochs = 0.0       # > 0: train this many passes over the training set instead
   c.train.batch_size = 32  # global, over all devices
   c.train.log_every = 50
   c.train.eval_every = 250
   c.train.checkpoint_every = 250
+  # > 0: the interval in epochs instead (0.25 = four times per epoch), so one config serves
+  # training sets of any size; see `resolve_schedule`.
+  c.train.log_every_epochs = 0.0
+  c.train.eval_every_epochs = 0.0
+  c.train.checkpoint_every_epochs = 0.0
   c.train.keep_checkpoints = 2   # the last N, plus the best by best_metric
   c.train.best_metric = "eval_loss"
   c.train.best_mode = "min"
@@ -79,6 +87,44 @@ def load_experiment(path: str | os.PathLike, arg: str | None = None
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """How long a run trains and how often it logs, evaluates and saves, in steps."""
+  num_steps: int
+  log_every: int
+  eval_every: int
+  checkpoint_every: int
+  steps_per_epoch: int | None = None   # None: the task has no notion of an epoch
+
+  @property
+  def num_epochs(self) -> float | None:
+    return None if not self.steps_per_epoch else self.num_steps / self.steps_per_epoch
+
+
+INTERVALS = ("log_every", "eval_every", "checkpoint_every")
+
+
+def resolve_schedule(train: ml_collections.ConfigDict, steps_per_epoch: int | None
+                     ) -> Schedule:
+  """The run's schedule in steps from `config.train` and the task's batches per epoch.
+
+  `num_epochs > 0` gives num_steps = ceil(num_epochs * steps_per_epoch) (it wins over
+  `num_steps`); `<name>_epochs > 0` gives that interval as max(1, round(x * steps_per_epoch))
+  steps. Raises ValueError naming the key when epochs are asked of a task without epochs.
+  """
+  wanted = {k: train[k] for k in ["num_epochs"] + [f"{n}_epochs" for n in INTERVALS]}
+  for key, value in wanted.items():
+    check(value >= 0, f"train.{key}", value, ">= 0 (0 = use the step count)")
+    check(not value or steps_per_epoch, f"train.{key}", value,
+          "0: this task has no epochs (give the count in steps)")
+  def steps(epochs: float, default: int, rounding) -> int:
+    return max(1, int(rounding(epochs * steps_per_epoch))) if epochs else default
+  return Schedule(
+      num_steps=steps(train.num_epochs, train.num_steps, math.ceil),
+      **{n: steps(train[f"{n}_epochs"], train[n], round) for n in INTERVALS},
+      steps_per_epoch=steps_per_epoch)
 
 
 def check(ok: bool, key: str, value, expected: str) -> None:

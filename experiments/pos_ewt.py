@@ -17,6 +17,11 @@ Gold tokenisation, no pretrained embeddings (by default). results.json: dev_accu
 test_per_tag_accuracy, test_unseen_accuracy (see birnn_jax/tasks/pos.py).
 `:smoke` runs the same code on the real files with a tiny model in seconds.
 
+Any UD treebank (10 epochs whatever its size; no dev file = 10% of train held out):
+
+    python launch.py --config=experiments/pos_ewt.py --workdir=/tmp/pos_el \
+        --config.data.dir=/path/to/UD_Greek-GDT
+
 Expected (seed 0, 2-core CPU, ~18-25 min): dev 95.41%, test 95.57%, unseen test words 80.9%;
 forward-only: dev 92.73%, test 93.05%. `:bilm` (1,000 sentences): test 88.81% without the
 biLM, 89.71% with its context-free embedding, 89.95% with its ELMo mix.
@@ -43,6 +48,12 @@ def get_config(arg=None):
   c.model.bilm_layers = "all"       # 'all': ELMo's learned mix of h_0..h_L; 'context_free': h_0
   c.compare_bilm = False            # train no_bilm / context_free / elmo variants and compare
 
+  # Which treebank: '' = the bundled UD English-EWT. data.dir may be any UD treebank folder
+  # (*-ud-{train,dev,test}.conllu, plain or .xz); or name the three files.
+  c.data.train_file = ""
+  c.data.dev_file = ""              # '' with no dev file in the folder: hold out dev_fraction
+  c.data.test_file = ""
+  c.data.dev_fraction = 0.1         # of train, seeded, when the treebank has no dev file
   c.data.max_length = 256           # a guard: the longest EWT sentence has 159 words
   c.data.min_freq = 1
   c.data.train_sentences = 0        # keep the first N training sentences; 0 = all 12,544
@@ -57,12 +68,12 @@ def get_config(arg=None):
   c.optim.schedule = "cosine"
   c.optim.clip_norm = 5.0
 
-  epoch = 392                       # steps: ceil(12,544 training sentences / 32)
+  # In epochs, so any treebank gets the same number of passes (EWT: 392 steps per epoch).
   c.train.batch_size = 32
-  c.train.num_steps = 10 * epoch
-  c.train.log_every = epoch // 4
-  c.train.eval_every = epoch
-  c.train.checkpoint_every = epoch
+  c.train.num_epochs = 10
+  c.train.log_every_epochs = 0.25
+  c.train.eval_every_epochs = 1
+  c.train.checkpoint_every_epochs = 1
   c.train.best_metric = "eval_accuracy"
   c.train.best_mode = "max"
   args = set(arg.split(",")) if arg else set()
@@ -79,11 +90,10 @@ def get_config(arg=None):
     c.model.embed_size = 64
     c.model.char_embed_size = 32
     c.model.char_hidden_size = 32
-    epoch = 32
-    c.train.num_steps = 30 * epoch
-    c.train.log_every = 2 * epoch
-    c.train.eval_every = 5 * epoch
-    c.train.checkpoint_every = 5 * epoch
+    c.train.num_epochs = 30         # 32 steps per epoch
+    c.train.log_every_epochs = 2
+    c.train.eval_every_epochs = 5
+    c.train.checkpoint_every_epochs = 5
   if "smoke" in args:
     c.model.hidden_size = 16
     c.model.embed_size = 16
@@ -94,6 +104,10 @@ def get_config(arg=None):
     c.data.pad_to = 160               # one padded length (T = 160) for every batch: few compiles
     c.data.eval_batch_size = 512
     c.train.batch_size = 16
+    c.train.num_epochs = 0            # a few steps, whatever the treebank
+    c.train.log_every_epochs = 0
+    c.train.eval_every_epochs = 0
+    c.train.checkpoint_every_epochs = 0
     c.train.num_steps = 12
     c.train.log_every = 4
     c.train.eval_every = 12

@@ -11,7 +11,6 @@ from birnn_jax import config_lib
 from birnn_jax import optim
 from birnn_jax import tasks
 from birnn_jax import train
-from birnn_jax.data import common
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.py"))
@@ -158,33 +157,45 @@ def test_unknown_optimizer_in_make_optimizer():
     optim.make_optimizer(config.optim, 10)
 
 
-# --- data dir resolution (config.data.dir > $BIRNN_DATA_DIR > cache) -------------------------
-
-def test_missing_configured_data_dir_names_the_key(tmp_path, monkeypatch):
-  monkeypatch.setenv(common.ENV_VAR, str(tmp_path))
-  missing = tmp_path / "does_not_exist"
-  with pytest.raises(common.DataError, match=r"config\.data\.dir") as e:
-    common.resolve_data_dir(str(missing), "ud")
-  assert str(missing) in str(e.value)
 
 
-def test_configured_data_dir_without_the_subfolder(tmp_path):
-  with pytest.raises(common.DataError, match=r"config\.data\.dir.*no ud/ folder"):
-    common.resolve_data_dir(str(tmp_path), "ud")
+# --- training length in epochs ---------------------------------------------------------------
+
+def test_schedule_in_epochs_scales_with_the_training_set():
+  config = config_lib.base_config()
+  config.train.num_epochs = 10
+  config.train.log_every_epochs = 0.25
+  config.train.eval_every_epochs = 1
+  config.train.checkpoint_every_epochs = 2
+  ewt = config_lib.resolve_schedule(config.train, 392)      # 12,544 sentences / 32
+  assert (ewt.num_steps, ewt.log_every, ewt.eval_every, ewt.checkpoint_every) == (
+      3920, 98, 392, 784)
+  small = config_lib.resolve_schedule(config.train, 50)     # 1,600 sentences / 32
+  assert (small.num_steps, small.log_every, small.eval_every, small.checkpoint_every) == (
+      500, 12, 50, 100)
+  assert small.num_epochs == 10
 
 
-def test_data_dir_resolution_order(tmp_path, monkeypatch):
-  configured, env = tmp_path / "configured", tmp_path / "env"
-  for root in (configured, env):
-    (root / "ud").mkdir(parents=True)
-  monkeypatch.setenv(common.ENV_VAR, str(env))
-  assert common.resolve_data_dir(str(configured), "ud") == configured / "ud"
-  assert common.resolve_data_dir("", "ud") == env / "ud"
-  monkeypatch.delenv(common.ENV_VAR)
-  assert common.resolve_data_dir("", "ud") == common.CACHE_DIR / "ud"
+def test_schedule_rounding_and_step_fallback():
+  config = config_lib.base_config()
+  config.train.num_epochs = 2.5
+  config.train.log_every_epochs = 0.01
+  s = config_lib.resolve_schedule(config.train, 7)
+  assert s.num_steps == 18                  # ceil(17.5): never stops short of the epochs
+  assert s.log_every == 1                   # an interval is at least one step
+  assert (s.eval_every, s.checkpoint_every) == (config.train.eval_every,
+                                                config.train.checkpoint_every)
+  config.train.num_epochs = config.train.log_every_epochs = 0
+  assert config_lib.resolve_schedule(config.train, 7).num_steps == config.train.num_steps
+  assert config_lib.resolve_schedule(config.train, None).num_epochs is None
 
 
-def test_env_data_dir_without_the_subfolder(tmp_path, monkeypatch):
-  monkeypatch.setenv(common.ENV_VAR, str(tmp_path / "nowhere"))
-  with pytest.raises(common.DataError, match=r"\$BIRNN_DATA_DIR"):
-    common.resolve_data_dir("", "ud")
+@pytest.mark.parametrize("key", ["num_epochs", "eval_every_epochs"])
+def test_schedule_errors_name_the_key(key):
+  config = config_lib.base_config()
+  config.train[key] = 1.0
+  with pytest.raises(ValueError, match=rf"config\.train\.{key}=1\.0 .*no epochs"):
+    config_lib.resolve_schedule(config.train, None)
+  config.train[key] = -1.0
+  with pytest.raises(ValueError, match=rf"config\.train\.{key}=-1\.0"):
+    config_lib.resolve_schedule(config.train, 10)

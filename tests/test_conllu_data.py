@@ -1,13 +1,10 @@
-"""CoNLL-U reader: small files written here, malformed input, the real EWT files, download."""
+"""CoNLL-U reader: small files written here, malformed input, the bundled EWT files, any UD
+treebank folder (naming, .xz, missing dev, bad folders, scripts)."""
 
 import collections
-import hashlib
-import io
-import os
+import lzma
 import pathlib
-import shutil
 import tempfile
-import urllib.request
 
 import conllu
 import conllu.exceptions
@@ -19,10 +16,6 @@ from birnn_jax.data import common
 from birnn_jax.data import conllu_data
 from birnn_jax.data.common import DataError
 from birnn_jax.data.conllu_data import UPOS, read_conllu
-
-DATA_ROOT = pathlib.Path(os.environ.get(
-    common.ENV_VAR, pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"))
-EWT_DIR = DATA_ROOT / conllu_data.EWT_SUBDIR
 
 
 def _line(*cols: str) -> str:
@@ -206,25 +199,23 @@ def test_valid_files_round_trip(scratch, sentences):
   assert read_conllu(path) == [list(s) for s in sentences]
 
 
-# The real UD English-EWT v2.16 files ---------------------------------------------------------
+# The bundled UD English-EWT v2.16 files -----------------------------------------------------
 
 @pytest.fixture(scope="module")
 def ewt():
-  if not EWT_DIR.is_dir():
-    pytest.skip(f"no {EWT_DIR}")
-  return conllu_data.load_ewt(str(DATA_ROOT))
+  return conllu_data.load_ewt()
 
 
 def test_ewt_counts(ewt):
-  sentences = {split: len(s) for split, s in ewt._asdict().items()}
-  words = {split: sum(map(len, s)) for split, s in ewt._asdict().items()}
+  sentences = {split: len(getattr(ewt, split)) for split in conllu_data.SPLITS}
+  words = {split: sum(map(len, getattr(ewt, split))) for split in conllu_data.SPLITS}
   assert sentences == {"train": 12544, "dev": 2001, "test": 2077}
   assert words == {"train": 204577, "dev": 25147, "test": 25094}
 
 
 def test_ewt_tags_are_upos_and_all_occur(ewt):
-  for split in ewt:
-    counts = collections.Counter(tag for s in split for _, tag in s)
+  for split in conllu_data.SPLITS:
+    counts = collections.Counter(tag for s in getattr(ewt, split) for _, tag in s)
     assert set(counts) == set(UPOS)
 
 
@@ -233,93 +224,135 @@ def test_ewt_first_sentence(ewt):
                               (":", "PUNCT")]
 
 
-def test_ewt_checksums_match_the_shared_files():
-  if not EWT_DIR.is_dir():
-    pytest.skip(f"no {EWT_DIR}")
-  for name, digest in conllu_data.EWT_SHA256.items():
-    conllu_data.verify_sha256(EWT_DIR / name, digest)
-
-
-# Data-dir resolution and download (never touches the network) --------------------------------
-
-def _tiny_ewt(root: pathlib.Path) -> dict[str, str]:
-  """Writes a small fake ud_english_ewt/ under root; returns name -> sha256."""
-  folder = root / conllu_data.EWT_SUBDIR
-  folder.mkdir(parents=True)
-  for n, name in enumerate(conllu_data.EWT_FILES.values()):
-    _write(folder, GOOD * (n + 1), name)
-  return {name: conllu_data.sha256_file(folder / name)
-          for name in conllu_data.EWT_FILES.values()}
-
-
-def test_load_ewt_falls_back_to_the_env_var(tmp_path, monkeypatch):
-  _tiny_ewt(tmp_path)
-  monkeypatch.setenv(common.ENV_VAR, str(tmp_path))
-  splits = conllu_data.load_ewt(None)
-  assert [len(s) for s in splits] == [2, 4, 6]
-
-
-def test_load_ewt_names_missing_files(tmp_path):
-  (tmp_path / conllu_data.EWT_SUBDIR).mkdir()
-  with pytest.raises(DataError, match="missing en_ewt-ud-train.conllu"):
-    conllu_data.load_ewt(str(tmp_path))
-
-
-def _serve(folder: pathlib.Path, calls: list, corrupt: bool = False):
-  """A stand-in for urllib.request.urlopen serving files of `folder` by name."""
-  def urlopen(url, timeout=None):
-    calls.append(url)
-    data = (folder / url.rsplit("/", 1)[1]).read_bytes()
-    return io.BytesIO(data[:-1] + b"!" if corrupt else data)
-  return urlopen
-
-
-def test_download_verifies_and_keeps_good_files(tmp_path, monkeypatch):
-  if not EWT_DIR.is_dir():
-    pytest.skip(f"no {EWT_DIR}")
-  calls = []
-  monkeypatch.setattr(urllib.request, "urlopen", _serve(EWT_DIR, calls))
-  folder = conllu_data.download_ewt(tmp_path)
-  assert folder == tmp_path / conllu_data.EWT_SUBDIR
-  assert sorted(p.name for p in folder.iterdir()) == sorted(conllu_data.EWT_FILES.values())
-  assert all(url.startswith("https://raw.githubusercontent.com/UniversalDependencies/"
-                            "UD_English-EWT/") for url in calls)
-  assert len(calls) == 3
-  conllu_data.download_ewt(tmp_path)
-  assert len(calls) == 3  # nothing fetched again
-
-
-def test_corrupt_download_fails_and_leaves_nothing(tmp_path, monkeypatch):
-  source = tmp_path / "source"
-  hashes = _tiny_ewt(source)
-  monkeypatch.setattr(conllu_data, "EWT_SHA256", hashes)
-  monkeypatch.setattr(urllib.request, "urlopen",
-                      _serve(source / conllu_data.EWT_SUBDIR, [], corrupt=True))
-  with pytest.raises(DataError, match="en_ewt-ud-train.conllu: sha256 is .*, expected"):
-    conllu_data.download_ewt(tmp_path / "cache")
-  assert list((tmp_path / "cache" / conllu_data.EWT_SUBDIR).iterdir()) == []
-
-
-def test_load_ewt_downloads_into_the_cache_when_asked(tmp_path, monkeypatch):
-  source = tmp_path / "source"
-  monkeypatch.setattr(conllu_data, "EWT_SHA256", _tiny_ewt(source))
-  monkeypatch.setattr(urllib.request, "urlopen", _serve(source / conllu_data.EWT_SUBDIR, []))
+def test_ewt_is_read_from_the_bundled_copy_by_default(ewt, monkeypatch):
   monkeypatch.delenv(common.ENV_VAR, raising=False)
-  monkeypatch.setattr(common, "CACHE_DIR", tmp_path / "cache")
-  with pytest.raises(DataError, match="download_ewt"):
-    conllu_data.load_ewt(None)
-  assert [len(s) for s in conllu_data.load_ewt(None, download=True)] == [2, 4, 6]
-  assert (tmp_path / "cache" / conllu_data.EWT_SUBDIR / "en_ewt-ud-dev.conllu").is_file()
+  assert conllu_data.treebank_folder(None) == common.BUNDLED_DIR / "ud_english_ewt"
+  assert all(src.endswith(".conllu.xz") for src in ewt.sources.values())
 
 
-def test_verify_sha256_rejects_a_corrupted_copy(tmp_path):
-  good = _write(tmp_path, GOOD, "good.conllu")
-  digest = hashlib.sha256(GOOD.encode()).hexdigest()
-  conllu_data.verify_sha256(good, digest)
-  bad = tmp_path / "bad.conllu"
-  shutil.copy(good, bad)
-  with open(bad, "r+b") as f:
-    f.seek(10)
-    f.write(b"X")
-  with pytest.raises(DataError, match="bad.conllu: sha256 is"):
-    conllu_data.verify_sha256(bad, digest)
+def test_bundled_ewt_is_the_released_bytes():
+  folder = common.BUNDLED_DIR / conllu_data.EWT.subdir
+  for name, digest in conllu_data.EWT.sha256.items():
+    common.verify_sha256(folder / (name + ".xz"), digest)
+  assert (folder / "LICENSE.txt").is_file() and (folder / "SOURCE.md").is_file()
+
+
+# Any UD treebank ------------------------------------------------------------------------------
+
+def _treebank(folder: pathlib.Path, prefix: str = "xx_test", splits=("train", "dev", "test"),
+              compress: bool = False, sentences: str = GOOD) -> pathlib.Path:
+  folder.mkdir(parents=True, exist_ok=True)
+  for n, split in enumerate(splits):
+    name = f"{prefix}-ud-{split}.conllu"
+    data = (sentences * (n + 1)).encode()
+    if compress:
+      (folder / (name + ".xz")).write_bytes(lzma.compress(data))
+    else:
+      (folder / name).write_bytes(data)
+  return folder
+
+
+@pytest.mark.parametrize("prefix", ["el_gdt", "ja_gsd", "en_ewt", "qtd_sagt"])
+def test_finds_the_ud_files_of_any_language(tmp_path, prefix):
+  folder = _treebank(tmp_path / prefix, prefix)
+  (folder / "README.md").write_text("not a treebank file")
+  found = conllu_data.find_treebank_files(folder)
+  assert {k: p.name for k, p in found.items()} == {
+      s: f"{prefix}-ud-{s}.conllu" for s in conllu_data.SPLITS}
+
+
+def test_xz_reads_the_same_as_plain(tmp_path):
+  plain = conllu_data.load_treebank(_treebank(tmp_path / "plain"))
+  packed = conllu_data.load_treebank(_treebank(tmp_path / "packed", compress=True))
+  assert packed.sources["train"].endswith(".conllu.xz")
+  assert (plain.train, plain.dev, plain.test) == (packed.train, packed.dev, packed.test)
+  assert [len(plain.train), len(plain.dev), len(plain.test)] == [2, 4, 6]
+
+
+def test_a_damaged_xz_file_is_a_clear_error(tmp_path):
+  folder = _treebank(tmp_path / "tb", compress=True)
+  (folder / "xx_test-ud-train.conllu.xz").write_bytes(b"\xfd7zXZ\x00 not really xz")
+  with pytest.raises(DataError, match=r"xx_test-ud-train.conllu.xz: cannot read"):
+    conllu_data.load_treebank(folder)
+
+
+def test_missing_dev_holds_out_a_seeded_tenth_of_train(tmp_path):
+  distinct = "".join(_word(1, f"w{i}", "NOUN") + "\n" for i in range(30))
+  folder = _treebank(tmp_path / "tb", splits=("train", "test"), sentences=distinct)
+  full = read_conllu(folder / "xx_test-ud-train.conllu")
+  tb = conllu_data.load_treebank(folder, seed=3)
+  assert len(full) == 30 and len(tb.dev) == 3 and len(tb.train) == 27
+  assert sorted(tb.train + tb.dev) == sorted(full)
+  assert tb.train == [s for s in full if s not in tb.dev]      # file order kept
+  assert "held out: 10%" in tb.sources["dev"] and "seed 3" in tb.sources["dev"]
+  again = conllu_data.load_treebank(folder, seed=3)
+  assert (again.train, again.dev) == (tb.train, tb.dev)
+  assert conllu_data.held_out_dev(full, 0.1, seed=4)[1] != tb.dev
+
+
+def test_a_folder_without_train_names_what_it_found(tmp_path):
+  folder = _treebank(tmp_path / "tb", splits=("dev", "test"))
+  with pytest.raises(DataError, match=r"tb: no train file .*found xx_test-ud-dev.conllu, "
+                     r"xx_test-ud-test.conllu"):
+    conllu_data.load_treebank(folder)
+
+
+def test_two_candidate_train_files_are_an_error(tmp_path):
+  folder = _treebank(tmp_path / "tb")
+  _treebank(folder, prefix="yy_other", splits=("train",))
+  with pytest.raises(DataError, match=r"2 candidate train files: xx_test-ud-train.conllu, "
+                     r"yy_other-ud-train.conllu"):
+    conllu_data.find_treebank_files(folder)
+
+
+def test_a_plain_file_and_its_xz_twin_are_one_candidate(tmp_path):
+  folder = _treebank(tmp_path / "tb")
+  _treebank(folder, compress=True)
+  assert conllu_data.find_treebank_files(folder)["train"].name == "xx_test-ud-train.conllu"
+
+
+def test_an_empty_or_missing_folder_is_an_error(tmp_path):
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(DataError, match="no CoNLL-U files"):
+    conllu_data.find_treebank_files(tmp_path / "empty")
+  with pytest.raises(DataError, match="not a directory"):
+    conllu_data.find_treebank_files(tmp_path / "nowhere")
+
+
+def test_explicit_files(tmp_path):
+  folder = _treebank(tmp_path / "tb")
+  files = {s: str(folder / f"xx_test-ud-{s}.conllu") for s in ("train", "test")}
+  tb = conllu_data.load_treebank(None, files={**files, "dev": ""})
+  assert len(tb.train) + len(tb.dev) == 2 and len(tb.test) == 6
+  with pytest.raises(DataError, match="test_file is not"):
+    conllu_data.load_treebank(None, files={"train": files["train"]})
+
+
+def test_a_root_with_ud_english_ewt_is_still_a_data_dir(tmp_path):
+  _treebank(tmp_path / "ud_english_ewt", prefix="en_ewt")
+  assert conllu_data.treebank_folder(str(tmp_path)) == tmp_path / "ud_english_ewt"
+  assert conllu_data.treebank_folder(str(tmp_path / "ud_english_ewt")) == (
+      tmp_path / "ud_english_ewt")
+
+
+NON_LATIN = {
+    "Greek": ("ΟΔΟΣ", "οδος"),
+    "Cyrillic": ("Москва", "москва"),
+    "CJK": ("東京", "東京"),
+    "Arabic": ("القاهرة", "القاهرة"),
+}
+
+
+@pytest.mark.parametrize("script", sorted(NON_LATIN))
+def test_words_in_any_script(tmp_path, script):
+  form, lowered = NON_LATIN[script]
+  body = _word(1, form, "PROPN") + _word(2, "!", "PUNCT") + "\n"
+  path = _write(tmp_path, body, "x.conllu")
+  assert read_conllu(path) == [[(form, "PROPN"), ("!", "PUNCT")]]
+  assert form.lower() == lowered
+
+
+def test_forms_are_nfc_normalised(tmp_path):
+  decomposed, composed = "cafe\u0301", "caf\u00e9"
+  path = _write(tmp_path, _word(1, decomposed, "NOUN") + "\n", "x.conllu")
+  assert read_conllu(path) == [[(composed, "NOUN")]]

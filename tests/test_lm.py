@@ -16,17 +16,11 @@ from birnn_jax.data.vocab import PAD
 from birnn_jax.tasks import lm
 from experiments import lm_time_machine
 
-DATA_ROOT = pathlib.Path(os.environ.get("BIRNN_DATA_DIR") or "/work/shared/data").resolve()
-pytestmark = [
-    pytest.mark.usefixtures("fast_compile"),
-    pytest.mark.skipif(not (DATA_ROOT / "time_machine" / "timemachine.txt").exists(),
-                       reason=f"no Time Machine under {DATA_ROOT}"),
-]
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def smoke_config():
   c = lm_time_machine.get_config("smoke")
-  c.data.dir = str(DATA_ROOT)
   return c
 
 

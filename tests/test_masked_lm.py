@@ -15,17 +15,11 @@ from birnn_jax.tasks import lm
 from birnn_jax.tasks import masked_lm
 from experiments import masked_time_machine
 
-DATA_ROOT = pathlib.Path(os.environ.get("BIRNN_DATA_DIR") or "/work/shared/data").resolve()
-pytestmark = [
-    pytest.mark.usefixtures("fast_compile"),
-    pytest.mark.skipif(not (DATA_ROOT / "time_machine" / "timemachine.txt").exists(),
-                       reason=f"no Time Machine under {DATA_ROOT}"),
-]
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def smoke_config(**data):
   c = masked_time_machine.get_config("smoke")
-  c.data.dir = str(DATA_ROOT)
   for k, v in data.items():
     c.data[k] = v
   return c

@@ -2,13 +2,14 @@
 
 Fast tests check the pieces (tokeniser, character clipping, the character embedder's padding
 invariance, word dropout only in training, the forward-only encoder's causality); the slow
-ones train the :smoke config end to end on the real files (BIRNN_DATA_DIR) and use its
+ones train the :smoke config end to end on the bundled EWT files and use its
 checkpoint for predict and its vocabularies.
 """
 
 import collections
 import functools
 import json
+import lzma
 import pathlib
 
 import jax
@@ -215,13 +216,93 @@ def test_dedup_chars_gives_the_same_logits():
       model.apply(variables, words, chars, None, lengths), rtol=1e-5, atol=1e-6)
 
 
+# Any UD treebank: a tiny Greek one without a dev file ----------------------------------------
+
+GREEK = [("ο", "DET"), ("άνθρωπος", "NOUN"), ("η", "DET"), ("ΓΥΝΑΙΚΑ", "NOUN"),
+         ("τρέχει", "VERB"), ("γράφει", "VERB"), ("γρήγορα", "ADV"), (".", "PUNCT")]
+
+
+def write_greek_treebank(folder: pathlib.Path, num_train: int = 50) -> pathlib.Path:
+  """el_tiny-ud-{train,test}.conllu (test xz-compressed): DET NOUN VERB [ADV] PUNCT."""
+  rng = np.random.default_rng(0)
+  def sentences(n):
+    out = []
+    for i in range(n):
+      det, noun = [GREEK[j] for j in ((0, 1), (2, 3))[rng.integers(2)]]
+      words = [det, noun, GREEK[4 + rng.integers(2)]] + [GREEK[6]] * rng.integers(2)
+      words.append(GREEK[7])
+      out.append(f"# sent_id = s{i}\n" + "".join(
+          f"{k}\t{w}\t_\t{t}\t_\t_\t0\tdep\t_\t_\n" for k, (w, t) in enumerate(words, 1)))
+    return "\n".join(out) + "\n"
+  folder.mkdir(parents=True)
+  (folder / "el_tiny-ud-train.conllu").write_text(sentences(num_train), encoding="utf-8")
+  (folder / "el_tiny-ud-test.conllu.xz").write_bytes(
+      lzma.compress(sentences(10).encode("utf-8")))
+  return folder
+
+
+def greek_config(folder, num_epochs):
+  config = load_config()
+  config.data.dir = str(folder)
+  config.data.pad_to = 8
+  config.data.eval_batch_size = 16
+  config.train.num_epochs = num_epochs
+  config.train.log_every_epochs = 0.5
+  config.train.eval_every_epochs = 1
+  config.train.checkpoint_every_epochs = 1
+  return config
+
+
+@pytest.mark.usefixtures("compile_cache")
+def test_any_treebank_trains_in_epochs_evaluates_predicts_and_resumes(tmp_path):
+  folder = write_greek_treebank(tmp_path / "UD_Greek-Tiny")
+  workdir = tmp_path / "run"
+  results = train.run_experiment(greek_config(folder, 2), workdir)
+  # 50 sentences, 5 held out as dev: 45 train / batch 16 = 3 steps per epoch.
+  assert results["sentences"] == {"train": 45, "dev": 5, "test": 10}
+  assert results["steps_per_epoch"] == 3 and results["steps"] == 6 and results["epochs"] == 2
+  assert "held out: 10%" in results["data_sources"]["dev"]
+  assert results["data_sources"]["test"].endswith("el_tiny-ud-test.conllu.xz")
+  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == [2, 3, 4, 6]             # log every 1.5 -> 2 steps
+  assert [r["step"] for r in rows if "eval_accuracy" in r] == [3, 6]
+  words = Vocab.load(workdir / pos.WORD_VOCAB_FILE)
+  assert "γυναικα" in words and "ΓΥΝΑΙΚΑ" not in words          # Unicode lowercasing
+  assert "Γ" in Vocab.load(workdir / pos.CHAR_VOCAB_FILE)
+  out = train.predict(greek_config(folder, 2), workdir, "Ο άνθρωπος γράφει.")
+  assert [p.rsplit("/", 1)[0] for p in out.split()] == ["Ο", "άνθρωπος", "γράφει", "."]
+  assert all(p.rsplit("/", 1)[1] in conllu_data.UPOS for p in out.split())
+  evaluated = train.evaluate_experiment(greek_config(folder, 2), workdir)
+  assert evaluated["test_accuracy"] == pytest.approx(results["test_accuracy"])
+  # More epochs on the same workdir resume from step 6 (like a longer num_steps).
+  longer = train.run_experiment(greek_config(folder, 3), workdir)
+  assert longer["steps"] == 9 and longer["epochs"] == 3
+  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == [2, 3, 4, 6, 8, 9]
+
+
+def test_data_files_config_errors(tmp_path):
+  config = load_config()
+  config.data.test_file = str(tmp_path / "x-ud-test.conllu")
+  with pytest.raises(ValueError, match=r"config\.data\.train_file=''"):
+    pos.Task(config, tmp_path / "run")
+  config = load_config()
+  config.data.dev_fraction = 1.5
+  with pytest.raises(ValueError, match=r"config\.data\.dev_fraction=1\.5"):
+    pos.Task(config, tmp_path / "run")
+  config = load_config()
+  config.data.dir = str(tmp_path)
+  with pytest.raises(conllu_data.DataError, match=r"no train file"):
+    pos.Task(config, tmp_path / "run")
+
+
 # Slow: the smoke config on the real files ----------------------------------------------------
 
 @pytest.fixture(scope="module")
 def cached_ewt():
   """Reads EWT once for this module (every Task would otherwise parse the files again)."""
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(conllu_data, "load_ewt", functools.lru_cache(conllu_data.load_ewt))
+    mp.setattr(conllu_data, "read_conllu", functools.lru_cache(conllu_data.read_conllu))
     yield
 
 

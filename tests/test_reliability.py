@@ -42,11 +42,11 @@ from birnn_jax import checkpoint as ckpt_lib
 from birnn_jax import config_lib
 from birnn_jax import metrics as metrics_lib
 from birnn_jax import train
+from birnn_jax.data import common
 
 pytestmark = pytest.mark.usefixtures("fast_compile", "compile_cache")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 SMOKE = "--config=experiments/synthetic_tagging.py:smoke"
 VARIANTS = ("bidirectional", "unidirectional")
 # Long enough that a signal lands mid-training; log rows every 3 steps and checkpoints every 5,
@@ -237,12 +237,11 @@ def test_unreadable_config_json_is_refused_not_a_traceback(sigterm_run, tmp_path
 
 def corrupt_conllu(root: pathlib.Path) -> tuple[pathlib.Path, int]:
   """A copy of UD EWT whose train file has a token line with 3 of its 10 columns."""
-  src, dst = DATA / "ud_english_ewt", root / "ud_english_ewt"
+  src, dst = common.BUNDLED_DIR / "ud_english_ewt", root / "ud_english_ewt"
   dst.mkdir(parents=True)
   for split in ("dev", "test"):
-    (dst / f"en_ewt-ud-{split}.conllu").symlink_to(src / f"en_ewt-ud-{split}.conllu")
-  with open(src / "en_ewt-ud-train.conllu", encoding="utf-8") as f:
-    lines = [next(f) for _ in range(200)]
+    (dst / f"en_ewt-ud-{split}.conllu.xz").symlink_to(src / f"en_ewt-ud-{split}.conllu.xz")
+  lines = common.read_bytes(src / "en_ewt-ud-train.conllu.xz").decode().splitlines(True)[:200]
   bad = next(i for i, line in enumerate(lines) if line.startswith("8\t"))
   lines[bad] = "\t".join(lines[bad].split("\t")[:3]) + "\n"
   (dst / "en_ewt-ud-train.conllu").write_text("".join(lines), encoding="utf-8")
@@ -253,7 +252,8 @@ def corrupt_time_machine(root: pathlib.Path) -> tuple[pathlib.Path, int]:
   """A copy of The Time Machine with a byte that is not UTF-8 on line 7."""
   dst = root / "time_machine"
   dst.mkdir(parents=True)
-  lines = (DATA / "time_machine" / "timemachine.txt").read_bytes().split(b"\n")
+  lines = common.read_bytes(common.BUNDLED_DIR / "time_machine" / "timemachine.txt.xz").split(
+      b"\n")
   lines[6] = lines[6][:10] + b"\xff" + lines[6][10:]
   (dst / "timemachine.txt").write_bytes(b"\n".join(lines))
   return dst / "timemachine.txt", 7
@@ -279,16 +279,15 @@ def bad_input_cases(tmp: pathlib.Path) -> dict:
   out["workdir_under_a_file"] = (
       [], regular_file / "run", ["cannot write to the workdir", str(regular_file / "run")],
       False)
-  if DATA.is_dir():
-    path, line = corrupt_conllu(tmp / "pos_data")
-    out["malformed_conllu"] = (
-        ["--config=experiments/pos_ewt.py:smoke", f"--config.data.dir={tmp / 'pos_data'}"],
-        tmp / "pos_run", [f"{path}:{line}:"], True)
-    path, line = corrupt_time_machine(tmp / "tm_data")
-    out["malformed_time_machine"] = (
-        ["--config=experiments/masked_time_machine.py:smoke",
-         f"--config.data.dir={tmp / 'tm_data'}"],
-        tmp / "tm_run", [f"{path}:{line}:", "UTF-8"], True)
+  path, line = corrupt_conllu(tmp / "pos_data")
+  out["malformed_conllu"] = (
+      ["--config=experiments/pos_ewt.py:smoke", f"--config.data.dir={tmp / 'pos_data'}"],
+      tmp / "pos_run", [f"{path}:{line}:"], True)
+  path, line = corrupt_time_machine(tmp / "tm_data")
+  out["malformed_time_machine"] = (
+      ["--config=experiments/masked_time_machine.py:smoke",
+       f"--config.data.dir={tmp / 'tm_data'}"],
+      tmp / "tm_run", [f"{path}:{line}:", "UTF-8"], True)
   return out
 
 
@@ -317,8 +316,6 @@ BAD_INPUTS = ["type", "unknown_key", "zero_batch", "dropout", "negative_hidden",
 @pytest.mark.parametrize("name", BAD_INPUTS)
 def test_bad_input_fails_before_compute_naming_what(bad_input_runs, name):
   cases, procs = bad_input_runs
-  if name not in cases:
-    pytest.skip(f"no data in {DATA}")
   _, workdir, needles, workdir_may_exist = cases[name]
   assert_clean_error(procs[name], *needles)
   if workdir_may_exist:  # the task reads its data after making the workdir

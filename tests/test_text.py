@@ -2,7 +2,7 @@
 
 import collections
 import hashlib
-import os
+import lzma
 import pathlib
 import re
 
@@ -10,20 +10,17 @@ from hypothesis import given, settings, strategies as st
 import numpy as np
 import pytest
 
+from birnn_jax.data import common
 from birnn_jax.data import text
 from birnn_jax.data.common import DataError
 from birnn_jax.data.vocab import PAD, UNK, Vocab
 
-DATA_ROOT = pathlib.Path(os.environ.get("BIRNN_DATA_DIR") or "/work/shared/data").resolve()
-TM_FILE = DATA_ROOT / "time_machine" / "timemachine.txt"
-needs_data = pytest.mark.skipif(not TM_FILE.exists(), reason=f"no {TM_FILE}")
+TM_FILE = common.BUNDLED_DIR / "time_machine" / "timemachine.txt.xz"
 
 
 @pytest.fixture(scope="module")
 def tm_text():
-  if not TM_FILE.exists():
-    pytest.skip(f"no {TM_FILE}")
-  return text.read_time_machine(str(DATA_ROOT))
+  return text.read_time_machine()
 
 
 def _write(tmp_path, data: bytes) -> pathlib.Path:
@@ -47,9 +44,8 @@ def test_preprocess_matches_d2l_on_snippet():
   assert text.preprocess("The Time Traveller (for so it") == "the time traveller for so it"
 
 
-@needs_data
 def test_real_file_matches_d2l_and_measured_facts(tm_text):
-  raw = TM_FILE.read_text(encoding="utf-8")
+  raw = common.read_bytes(TM_FILE).decode("utf-8")
   # d2l 1.0, ch. 9.2: TimeMachine._preprocess(raw) on the whole text.
   assert tm_text == re.sub("[^A-Za-z]+", " ", raw).lower()
   assert len(raw) == 178_979
@@ -60,16 +56,28 @@ def test_real_file_matches_d2l_and_measured_facts(tm_text):
   assert len(words) == 32_775 and len(set(words)) == 4_579
   assert collections.Counter(words).most_common(3) == [("the", 2261), ("i", 1267),
                                                        ("and", 1245)]
-  assert hashlib.sha1(TM_FILE.read_bytes()).hexdigest() == text.TIME_MACHINE_SHA1
+  # The bundled copy is d2l's file: the sha1 d2l checks, and the sha256 we check.
+  assert hashlib.sha1(raw.encode()).hexdigest() == "090b5e7e70c295757f55df93cb0a180b9691891a"
+  common.verify_sha256(TM_FILE, text.TIME_MACHINE.sha256[text.FILENAME])
 
 
-@needs_data
-def test_env_var_resolution(monkeypatch):
-  monkeypatch.setenv("BIRNN_DATA_DIR", str(DATA_ROOT))
-  assert len(text.read_time_machine()) == 173_428
+def test_bundled_copy_is_the_default_and_env_var_wins(tmp_path, monkeypatch):
+  monkeypatch.delenv(common.ENV_VAR, raising=False)
+  assert text.time_machine_path() == TM_FILE
+  _write(tmp_path, b"Only this.\n")
+  monkeypatch.setenv(common.ENV_VAR, str(tmp_path))
+  assert text.read_time_machine() == "only this "
 
 
-@needs_data
+def test_plain_and_xz_files_read_the_same(tmp_path):
+  plain = _write(tmp_path / "plain", b"The Time Machine, by H. G. Wells\n")
+  packed = tmp_path / "packed" / "time_machine" / "timemachine.txt.xz"
+  packed.parent.mkdir(parents=True)
+  packed.write_bytes(lzma.compress(plain.read_bytes()))
+  assert text.read_time_machine(str(tmp_path / "packed")) == text.read_time_machine(
+      str(tmp_path / "plain")) == "the time machine by h g wells "
+
+
 def test_vocab_sizes_on_real_file(tm_text):
   # d2l's char vocab has 28 tokens: 26 letters, space and <unk>; ours adds <pad> (and <mask>).
   full_chars = text.build_vocab(text.tokenize(tm_text, "char"), specials=())
@@ -129,54 +137,6 @@ def test_reader_on_random_bytes_returns_text_or_data_error(tmp_path_factory, dat
 
 
 # ------------------------------------------------------------------------------------------------
-# Checksum and download (never over the network: file:// URLs only).
-
-
-@needs_data
-def test_checksum_detects_corruption(tmp_path):
-  text.verify_sha1(TM_FILE)
-  data = bytearray(TM_FILE.read_bytes())
-  data[1000] ^= 0x20  # one flipped case bit
-  bad = tmp_path / "corrupt.txt"
-  bad.write_bytes(bytes(data))
-  with pytest.raises(DataError, match="does not match"):
-    text.verify_sha1(bad)
-
-
-@needs_data
-def test_fetch_verified_keeps_only_good_files(tmp_path):
-  data = bytearray(TM_FILE.read_bytes())
-  data[-1:] = b"!"
-  bad = tmp_path / "corrupt.txt"
-  bad.write_bytes(bytes(data))
-  dest = tmp_path / "cache" / "timemachine.txt"
-  with pytest.raises(DataError, match="does not match"):
-    text.fetch_verified(bad.as_uri(), dest, text.TIME_MACHINE_SHA1)
-  assert not dest.exists() and list(dest.parent.iterdir()) == []
-  text.fetch_verified(TM_FILE.as_uri(), dest, text.TIME_MACHINE_SHA1)
-  assert dest.read_bytes() == TM_FILE.read_bytes()
-  assert [p.name for p in dest.parent.iterdir()] == ["timemachine.txt"]
-
-
-@needs_data
-def test_download_falls_back_and_replaces_corrupt_cache(tmp_path, monkeypatch):
-  bad = tmp_path / "corrupt.txt"
-  bad.write_bytes(b"not the book")
-  # Both URLs are local files, so this test cannot reach the network.
-  monkeypatch.setattr(text, "TIME_MACHINE_URLS", (bad.as_uri(), TM_FILE.as_uri()))
-  cache = tmp_path / "cache"
-  _write(cache, b"stale corrupt copy")
-  path = text.download_time_machine(cache)
-  assert path == cache / "time_machine" / "timemachine.txt"
-  assert text.file_sha1(path) == text.TIME_MACHINE_SHA1
-  monkeypatch.setattr(text, "TIME_MACHINE_URLS", (bad.as_uri(),))
-  assert text.download_time_machine(cache) == path  # a good cached copy is kept, not refetched
-  path.write_bytes(b"corrupted later")
-  with pytest.raises(DataError, match="could not download"):
-    text.download_time_machine(cache)
-
-
-# ------------------------------------------------------------------------------------------------
 # Tokens, vocabulary, splits.
 
 
@@ -187,7 +147,6 @@ def test_tokenize_levels():
     text.tokenize("x", "byte")
 
 
-@needs_data
 @pytest.mark.parametrize("level", ["char", "word"])
 def test_encode_decode_round_trip(tm_text, level, tmp_path):
   corpus = text.corpus_from_text(tm_text, level)

@@ -6,28 +6,32 @@ the `conllu` package; every line is first checked here, while streaming, so that
 input fails with a DataError naming the file, the line number and the problem (conllu's own
 errors carry no line number).
 
-UD English-EWT v2.16 (12,544 / 2,001 / 2,077 sentences in train / dev / test):
+Files may be plain or xz-compressed (`x.conllu.xz`); word forms are NFC-normalised, so a
+word typed with combining accents and the same word precomposed are one form.
 
-    splits = load_ewt(config.data.dir)         # config value, $BIRNN_DATA_DIR, or the cache
+Any UD treebank: `load_treebank(folder)` finds `*-ud-{train,dev,test}.conllu[.xz]` by the UD
+naming (any language prefix); a treebank without dev gets a seeded 10% of train held out.
+UD English-EWT v2.16 (12,544 / 2,001 / 2,077 sentences) is bundled with the project:
+
+    splits = load_ewt()                        # config.data.dir, $BIRNN_DATA_DIR, bundled
     splits.train[0]                            # [("Al", "PROPN"), ("-", "PUNCT"), ...]
-    download_ewt()                             # fills ~/.cache/birnn_jax/ud_english_ewt once
+    load_treebank("UD_Greek-GDT/")             # any treebank folder
 """
 
 import collections
-import http.client
 import os
 import pathlib
 import re
-import shutil
-import tempfile
-import urllib.request
+import unicodedata
 from typing import BinaryIO, Iterator, NamedTuple
 
+from absl import logging
 import conllu
 import conllu.exceptions
+import numpy as np
 
 from birnn_jax.data import common
-from birnn_jax.data.common import ENV_VAR, DataError, file_digest, resolve_data_dir
+from birnn_jax.data.common import DataError
 
 # The 17 universal part-of-speech tags (https://universaldependencies.org/u/pos/); a tag's
 # position here is its id.
@@ -39,20 +43,22 @@ COLUMNS = ("ID", "FORM", "LEMMA", "UPOS", "XPOS", "FEATS", "HEAD", "DEPREL", "DE
 
 Sentence = list[tuple[str, str]]  # (form, upos) per word
 
-EWT_SUBDIR = "ud_english_ewt"
-EWT_FILES = {"train": "en_ewt-ud-train.conllu", "dev": "en_ewt-ud-dev.conllu",
-             "test": "en_ewt-ud-test.conllu"}
-# Release r2.16 of https://github.com/UniversalDependencies/UD_English-EWT, pinned by commit.
-EWT_URL = ("https://raw.githubusercontent.com/UniversalDependencies/UD_English-EWT/"
-           "4c89b5833a70aa5ed3a00bad2f23f57992cc7df8/{}")
-EWT_SHA256 = {
-    "en_ewt-ud-train.conllu":
-        "3fb78e2b55482c8ee00caa653af436c88c9e5bc9a73ce26e4ae3ddc79d2b7e7b",
-    "en_ewt-ud-dev.conllu":
-        "531a54ff90d6ab12201c5a50c3e78e6ddac4de69abc4bce5d275d3cd29efe2b6",
-    "en_ewt-ud-test.conllu":
-        "e266e515a0a7547657ed3d90d9ba46487d6bd251f27ad4269d4e8a427c8555cd",
-}
+SPLITS = ("train", "dev", "test")
+# Release r2.16 of https://github.com/UniversalDependencies/UD_English-EWT, pinned by commit
+# (bundled in birnn_jax/data/bundled/ud_english_ewt; the URL fills the cache only where the
+# bundled copy is absent).
+EWT = common.Corpus(
+    subdir="ud_english_ewt",
+    sha256={
+        "en_ewt-ud-train.conllu":
+            "3fb78e2b55482c8ee00caa653af436c88c9e5bc9a73ce26e4ae3ddc79d2b7e7b",
+        "en_ewt-ud-dev.conllu":
+            "531a54ff90d6ab12201c5a50c3e78e6ddac4de69abc4bce5d275d3cd29efe2b6",
+        "en_ewt-ud-test.conllu":
+            "e266e515a0a7547657ed3d90d9ba46487d6bd251f27ad4269d4e8a427c8555cd",
+    },
+    urls=("https://raw.githubusercontent.com/UniversalDependencies/UD_English-EWT/"
+          "4c89b5833a70aa5ed3a00bad2f23f57992cc7df8/{name}",))
 
 _WORD_ID = re.compile(r"[1-9][0-9]{0,8}")
 _RANGE_ID = re.compile(r"([1-9][0-9]{0,8})-([1-9][0-9]{0,8})")
@@ -64,11 +70,13 @@ _BAD_COLUMN = re.compile(r"(?:^|\t)(?:[^\S\t]|(?=\t|$))|[^\S\t](?=\t|$)|  ")
 _FIELDS = ("id", "form", "lemma", "upos")
 
 
-class EwtSplits(NamedTuple):
-  """The three UD English-EWT splits, each a list of sentences of (form, upos)."""
+class Treebank(NamedTuple):
+  """A treebank's three splits, each a list of sentences of (form, upos), and where each
+  came from (`sources[split]`: a path, or how dev was held out of train)."""
   train: list[Sentence]
   dev: list[Sentence]
   test: list[Sentence]
+  sources: dict[str, str]
 
 
 # Reading -------------------------------------------------------------------------------------
@@ -77,7 +85,7 @@ def read_conllu(path: str | os.PathLike, max_length: int | None = None) -> list[
   """Reads a CoNLL-U file into sentences of (form, upos), one pair per syntactic word.
 
   Args:
-    path: the .conllu file (UTF-8, 10 tab-separated columns per token line).
+    path: the .conllu or .conllu.xz file (UTF-8, 10 tab-separated columns per token line).
     max_length: longest sentence allowed, in words; None = no limit.
 
   Returns:
@@ -97,16 +105,13 @@ def iter_conllu(path: str | os.PathLike, max_length: int | None = None
   """Streams the sentences of a CoNLL-U file; see `read_conllu` for arguments and errors."""
   if max_length is not None and max_length < 1:
     raise ValueError(f"max_length must be None or >= 1, got {max_length}.")
-  try:
-    f = open(path, "rb")
-  except OSError as e:
-    raise DataError(f"cannot read: {e.strerror}.", path) from e
-  with f:
+  with common.open_binary(path) as f:
     lines = _CheckedLines(path, f)
     count = 0
     for tokenlist in _parse(lines):
       start, _ = lines.blocks.popleft()
-      sentence = [(t["form"], t["upos"]) for t in tokenlist if isinstance(t["id"], int)]
+      sentence = [(unicodedata.normalize("NFC", t["form"]), t["upos"])
+                  for t in tokenlist if isinstance(t["id"], int)]
       _check_sentence(sentence, max_length, path, start)
       count += 1
       yield sentence
@@ -241,83 +246,103 @@ class _CheckedLines:
                       "(3-4) or an empty node (3.1).")
 
 
-# UD English-EWT ------------------------------------------------------------------------------
+# Treebanks ----------------------------------------------------------------------------------
 
-def load_ewt(data_dir: str | None = None, max_length: int | None = None,
-             download: bool = False) -> EwtSplits:
-  """Reads UD English-EWT from `<root>/ud_english_ewt/`.
+def find_treebank_files(folder: str | os.PathLike) -> dict[str, pathlib.Path | None]:
+  """The UD files of a treebank folder: split -> path of `*-ud-<split>.conllu[.xz]`.
+
+  Any language prefix works (`el_gdt-ud-train.conllu`, `ja_gsd-ud-dev.conllu.xz`). A plain
+  file and its `.xz` twin count as one (the plain one is read). `dev` is None when the
+  folder has none (see `load_treebank`).
+
+  Raises:
+    DataError: naming the folder, when it does not exist, has no train or no test file, or
+      has two candidates for one split; the message lists what was found.
+  """
+  folder = pathlib.Path(folder)
+  if not folder.is_dir():
+    raise DataError("not a directory.", folder)
+  found = {}
+  for split in SPLITS:
+    names = {common.plain_name(p) for p in folder.glob(f"*-ud-{split}.conllu*")
+             if common.plain_name(p).endswith(f"-ud-{split}.conllu")}
+    if len(names) > 1:
+      raise DataError(f"{len(names)} candidate {split} files: {', '.join(sorted(names))}; "
+                      f"keep one, or name the files with config.data.{split}_file.", folder)
+    found[split] = common.find_file(folder, names.pop()) if names else None
+  for split in ("train", "test"):
+    if found[split] is None:
+      present = sorted(p.name for p in folder.iterdir() if ".conllu" in p.name)
+      raise DataError(f"no {split} file (*-ud-{split}.conllu, plain or .xz) in this folder; "
+                      f"found {', '.join(present) or 'no CoNLL-U files'}. Point "
+                      "config.data.dir at a UD treebank folder, or name the files with "
+                      "config.data.train_file/dev_file/test_file.", folder)
+  return found
+
+
+def treebank_folder(data_dir: str | None) -> pathlib.Path:
+  """The treebank folder for `config.data.dir`: the folder itself when it holds UD files,
+  else its `ud_english_ewt/` (a data root); with no `data_dir`, English-EWT by the usual
+  order ($BIRNN_DATA_DIR, the bundled copy, the cache; see `common.corpus_dir`)."""
+  if data_dir:
+    folder = pathlib.Path(data_dir).expanduser()
+    if folder.is_dir() and not any(folder.glob("*-ud-train.conllu*")) and (
+        folder / EWT.subdir).is_dir():
+      return folder / EWT.subdir
+    if not folder.is_dir():
+      raise DataError(f"config.data.dir={data_dir!r} is not a directory.")
+    return folder
+  return common.corpus_dir(EWT)
+
+
+def held_out_dev(train: list[Sentence], fraction: float, seed: int
+                 ) -> tuple[list[Sentence], list[Sentence]]:
+  """(train, dev): a seeded `fraction` of the sentences (at least one) moved to dev; both
+  keep file order. The same (sentences, fraction, seed) always give the same split."""
+  if not 0.0 < fraction < 1.0:
+    raise ValueError(f"fraction must be in (0, 1), got {fraction}.")
+  if len(train) < 2:
+    raise DataError(f"cannot hold out a dev set from {len(train)} training sentence(s).")
+  count = min(max(1, round(fraction * len(train))), len(train) - 1)
+  chosen = np.zeros(len(train), bool)
+  chosen[np.random.default_rng([seed, 2718]).permutation(len(train))[:count]] = True
+  return ([s for s, c in zip(train, chosen) if not c], [s for s, c in zip(train, chosen) if c])
+
+
+def load_treebank(folder: str | os.PathLike | None = None, *, files: dict | None = None,
+                  max_length: int | None = None, dev_fraction: float = 0.1,
+                  seed: int = 0) -> Treebank:
+  """Reads a UD treebank's train/dev/test sentences.
 
   Args:
-    data_dir: the data root (`config.data.dir`); None or "" falls back to $BIRNN_DATA_DIR,
-      then to the cache (~/.cache/birnn_jax).
+    folder: a treebank folder (see `find_treebank_files`); ignored when `files` names train.
+    files: explicit paths {'train': ..., 'dev': ..., 'test': ...} ('' or None = not given;
+      train and test are needed, dev is optional).
     max_length: passed to `read_conllu`.
-    download: when the root is the cache and files are missing, fetch them (`download_ewt`).
+    dev_fraction, seed: with no dev file, `held_out_dev(train, dev_fraction, seed)` makes one.
 
   Raises:
-    DataError: a folder or file is missing, or a file is malformed.
+    DataError: a missing or malformed file, naming it (and its line).
   """
-  folder = resolve_data_dir(data_dir, EWT_SUBDIR)
-  missing = [n for n in EWT_FILES.values() if not (folder / n).is_file()]
-  if missing and download and folder == common.CACHE_DIR / EWT_SUBDIR:
-    download_ewt()
-  elif missing:
-    raise DataError(f"missing {', '.join(missing)}; point config.data.dir or ${ENV_VAR} at a "
-                    f"folder holding {EWT_SUBDIR}/, or call download_ewt().", folder)
-  return EwtSplits(**{split: read_conllu(folder / name, max_length)
-                      for split, name in EWT_FILES.items()})
+  files = {k: v for k, v in (files or {}).items() if v}
+  if files.get("train"):
+    paths = {split: pathlib.Path(files[split]) if files.get(split) else None
+             for split in SPLITS}
+    if paths["test"] is None:
+      raise DataError("config.data.train_file is set but config.data.test_file is not; "
+                      "name the test file too.", paths["train"])
+  else:
+    paths = find_treebank_files(folder)
+  splits = {split: read_conllu(path, max_length) for split, path in paths.items() if path}
+  sources = {split: str(path) for split, path in paths.items() if path}
+  if paths["dev"] is None:
+    splits["train"], splits["dev"] = held_out_dev(splits["train"], dev_fraction, seed)
+    sources["dev"] = f"held out: {dev_fraction:.0%} of {sources['train']} (seed {seed})"
+    logging.warning("No dev file: holding out %d of the training sentences as dev (%s).",
+                    len(splits["dev"]), sources["dev"])
+  return Treebank(splits["train"], splits["dev"], splits["test"], sources)
 
 
-def download_ewt(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
-  """Fetches the three EWT files from the UD repository into `<cache_dir>/ud_english_ewt/`.
-
-  `cache_dir` defaults to ~/.cache/birnn_jax, where `load_ewt` looks last.
-
-  Files already there with the right sha256 are kept; each new one is written under a
-  temporary name, checked against `EWT_SHA256` and only then moved into place.
-
-  Returns:
-    The folder holding the files.
-
-  Raises:
-    DataError: a download fails or its checksum is wrong.
-  """
-  folder = pathlib.Path(cache_dir or common.CACHE_DIR).expanduser() / EWT_SUBDIR
-  folder.mkdir(parents=True, exist_ok=True)
-  for name, digest in EWT_SHA256.items():
-    target = folder / name
-    if target.is_file() and sha256_file(target) == digest:
-      continue
-    _fetch_verified(EWT_URL.format(name), target, digest)
-  return folder
-
-
-def _fetch_verified(url: str, target: pathlib.Path, digest: str) -> None:
-  """Downloads `url` to `target` if its sha256 is `digest`; leaves nothing behind otherwise."""
-  fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".part")
-  try:
-    with os.fdopen(fd, "wb") as out:
-      try:
-        with urllib.request.urlopen(url, timeout=60) as response:
-          shutil.copyfileobj(response, out)
-      except (OSError, http.client.HTTPException) as e:
-        raise DataError(f"download of {url} failed: {e}", target) from e
-    verify_sha256(tmp, digest, name=target)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, target)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-  """The hex sha256 of a file's bytes."""
-  return file_digest(path, "sha256")
-
-
-def verify_sha256(path: str | os.PathLike, expected: str,
-                  name: str | os.PathLike | None = None) -> None:
-  """Raises DataError (naming `name`, default `path`) unless the file's sha256 is `expected`."""
-  actual = sha256_file(path)
-  if actual != expected:
-    raise DataError(f"sha256 is {actual}, expected {expected} (corrupt or changed "
-                    "download).", name or path)
+def load_ewt(data_dir: str | None = None, max_length: int | None = None) -> Treebank:
+  """UD English-EWT v2.16 from `treebank_folder(data_dir)` (the bundled copy by default)."""
+  return load_treebank(treebank_folder(data_dir), max_length=max_length)

@@ -23,27 +23,24 @@ import operator
 import os
 import pathlib
 import re
-import tempfile
-import urllib.request
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from birnn_jax.data.common import CACHE_DIR, DataError, file_digest, resolve_data_dir
+from birnn_jax.data import common
+from birnn_jax.data.common import DataError
 from birnn_jax.data.vocab import UNK, Vocab
 
-SUBDIR = "time_machine"
 FILENAME = "timemachine.txt"
 # d2l's own download (d2l.DATA_URL + 'timemachine.txt') and, as a fallback, the d2l-zh commit
-# the shared copy was taken from (see shared/data/time_machine/SOURCE.md). Both serve the same
-# bytes; whatever arrives must match the sha1 d2l checks.
-TIME_MACHINE_URLS = (
-    "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt",
-    "https://raw.githubusercontent.com/d2l-ai/d2l-zh/"
-    "5918a8b9e8dd92e5085c15118e76c919b04f09a7/data/timemachine.txt",
-)
-TIME_MACHINE_SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
-
+# the bundled copy was taken from (see bundled/time_machine/SOURCE.md). Both serve the same
+# bytes (d2l checks sha1 090b5e7e70c295757f55df93cb0a180b9691891a; we check the sha256).
+TIME_MACHINE = common.Corpus(
+    subdir="time_machine",
+    sha256={FILENAME: "8424dbd9532ac81f7e5f0b6add90e6952baea29158309d7d1bf3884f4e12c516"},
+    urls=("http://d2l-data.s3-accelerate.amazonaws.com/{name}",
+          "https://raw.githubusercontent.com/d2l-ai/d2l-zh/"
+          "5918a8b9e8dd92e5085c15118e76c919b04f09a7/data/{name}"))
 LEVELS = ("char", "word")
 # Contiguous by position: the first 90% of the token stream trains, the next 5% validates, the
 # last 5% tests. Held-out text is a passage the model never saw (not shuffled-in sentences that
@@ -86,16 +83,12 @@ def decode_utf8(data: bytes, path: str | os.PathLike) -> str:
 
 
 def read_text(path: str | os.PathLike) -> str:
-  """The preprocessed text of one UTF-8 file (see `preprocess`).
+  """The preprocessed text of one UTF-8 file, plain or .xz (see `preprocess`).
 
   Raises:
     DataError: the file is missing, empty, not UTF-8 (names the line), or has no letters.
   """
-  path = pathlib.Path(path)
-  try:
-    data = path.read_bytes()
-  except OSError as e:
-    raise DataError(f"cannot read the file ({e.strerror or e}).", path) from None
+  data = common.read_bytes(path)
   if not data:
     raise DataError("the file is empty.", path)
   text = preprocess(decode_utf8(data, path))
@@ -104,86 +97,33 @@ def read_text(path: str | os.PathLike) -> str:
   return text
 
 
+def time_machine_path(data_dir: str | None = None, *, download: bool = True) -> pathlib.Path:
+  """Where The Time Machine is read from (`timemachine.txt` or `.txt.xz`), by the data
+  resolution order of `common.corpus_dir` (the bundled copy unless a folder is configured).
+
+  Raises:
+    DataError: the folder has no such file, or it could not be fetched into the cache.
+  """
+  folder = common.corpus_dir(TIME_MACHINE, data_dir, download)
+  path = common.find_file(folder, FILENAME)
+  if path is None:
+    raise DataError(f"no {FILENAME} (plain or .xz) in {folder}.", folder / FILENAME)
+  return path
+
+
 def read_time_machine(data_dir: str | None = None, *, download: bool = True) -> str:
   """The Time Machine, preprocessed the d2l way (a str of 'a'-'z' and ' ', 173,428 chars).
 
   Args:
     data_dir: `config.data.dir` (a root that holds `time_machine/`), or None for
-      $BIRNN_DATA_DIR, then the cache (see `resolve_data_dir`).
-    download: when the folder resolves to the cache and the file is not there yet, fetch it
-      (`download_time_machine`, sha1-checked). A configured or $BIRNN_DATA_DIR folder never
-      triggers a download.
+      $BIRNN_DATA_DIR, then the bundled copy (see `common.resolve_data_dir`).
+    download: only when nothing is configured and nothing is bundled: fetch the file into
+      the cache (sha256-checked, `common.fetch_verified`).
 
   Raises:
     DataError: missing or malformed file, named with its line where there is one.
   """
-  folder = resolve_data_dir(data_dir, SUBDIR)
-  path = folder / FILENAME
-  if not path.exists() and download and folder == CACHE_DIR / SUBDIR:
-    path = download_time_machine(CACHE_DIR)
-  if not path.exists():
-    raise DataError(f"no {FILENAME} in {folder}.", path)
-  return read_text(path)
-
-
-def file_sha1(path: str | os.PathLike) -> str:
-  """Hex sha1 of a file's bytes."""
-  return file_digest(path, "sha1")
-
-
-def verify_sha1(path: str | os.PathLike, expected: str = TIME_MACHINE_SHA1) -> None:
-  """Raises DataError naming the file when its sha1 is not `expected`."""
-  actual = file_sha1(path)
-  if actual != expected:
-    raise DataError(f"sha1 {actual} does not match the expected {expected}; the file is "
-                    "corrupt or not the d2l copy.", path)
-
-
-def fetch_verified(url: str, dest: str | os.PathLike, sha1: str, timeout: float = 60.0
-                   ) -> pathlib.Path:
-  """Fetches `url` to `dest` via a temporary file that is renamed into place only if its sha1
-  is `sha1`; a bad or failed fetch leaves `dest` untouched and no temporary file behind.
-
-  Raises:
-    DataError: the fetched bytes have the wrong sha1 (names the url).
-    OSError: the fetch itself failed (urllib.error.URLError is one).
-  """
-  dest = pathlib.Path(dest)
-  dest.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
-  try:
-    with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-      for chunk in iter(lambda: response.read(1 << 20), b""):
-        out.write(chunk)
-    actual = file_sha1(tmp)
-    if actual != sha1:
-      raise DataError(f"downloaded sha1 {actual} does not match the expected {sha1}.", url)
-    os.replace(tmp, dest)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-  return dest
-
-
-def download_time_machine(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
-  """`<cache_dir>/time_machine/timemachine.txt`, downloaded and sha1-checked if not yet there.
-
-  An existing file with the right sha1 is kept; one with a wrong sha1 is replaced. The URLs
-  in `TIME_MACHINE_URLS` are tried in order. Tests never call this (no test downloads).
-
-  Raises:
-    DataError: no URL gave the file with the expected sha1 (the message lists each failure).
-  """
-  dest = pathlib.Path(cache_dir or CACHE_DIR).expanduser() / SUBDIR / FILENAME
-  if dest.exists() and file_sha1(dest) == TIME_MACHINE_SHA1:
-    return dest
-  failures = []
-  for url in TIME_MACHINE_URLS:
-    try:
-      return fetch_verified(url, dest, TIME_MACHINE_SHA1)
-    except (OSError, DataError) as e:
-      failures.append(f"{url}: {e}")
-  raise DataError("could not download The Time Machine:\n  " + "\n  ".join(failures), dest)
+  return read_text(time_machine_path(data_dir, download=download))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ its loss/metrics and its predict function. The trainer calls:
     task = TaskClass(config, workdir)        # validates task keys, loads data
     model = task.model()                     # model.apply(vars, batch, deterministic=...)
     task.train_batch(step)                   # same (seed, step) -> same batch: exact resume
+    task.steps_per_epoch()                   # batches per epoch, or None (no epochs)
     task.eval_batches(split)                 # every example once, fixed shapes
     task.metric_sums(outputs, batch)         # jnp sums incl. 'loss' and 'count'
 
@@ -57,6 +58,11 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def train_batch(self, step: int) -> Batch:
     """The global training batch of `step`, a pure function of (config.seed, step)."""
+
+  def steps_per_epoch(self) -> int | None:
+    """Training batches per pass over the training set (for `train.num_epochs` and the
+    `*_every_epochs` intervals); None for a task without epochs (e.g. generated data)."""
+    return None
 
   @abc.abstractmethod
   def eval_batches(self, split: str) -> Iterable[Batch]:

@@ -58,6 +58,7 @@ import optax
 from birnn_jax import config_lib
 from birnn_jax import metrics as metrics_lib
 from birnn_jax import models
+from birnn_jax.data import common
 from birnn_jax.data import text as text_lib
 from birnn_jax.data.vocab import PAD, UNK, Vocab
 from birnn_jax.tasks import base
@@ -208,8 +209,8 @@ class BiLM(nn.Module):
 def raw_time_machine(data_dir: str) -> str:
   """The book's raw text (what `text.read_time_machine` preprocesses), same resolution."""
   text_lib.read_time_machine(data_dir or None)  # resolves, downloads if needed, validates
-  path = text_lib.resolve_data_dir(data_dir or None, text_lib.SUBDIR) / text_lib.FILENAME
-  return text_lib.decode_utf8(path.read_bytes(), path)
+  path = text_lib.time_machine_path(data_dir or None)
+  return text_lib.decode_utf8(common.read_bytes(path), path)
 
 
 def punctuation_labels(raw: str) -> tuple[list[str], np.ndarray]:

@@ -1,4 +1,10 @@
-"""Part-of-speech tagging (UPOS) on UD English-EWT with a word + character BiLSTM tagger.
+"""Part-of-speech tagging (UPOS) on any UD treebank (UD English-EWT by default) with a word +
+character BiLSTM tagger.
+
+Data: `data.dir` is a UD treebank folder (`*-ud-{train,dev,test}.conllu`, plain or .xz, any
+language prefix) or a root holding `ud_english_ewt/`; or `data.train_file`, `dev_file`,
+`test_file` name the files. With no dev file a seeded `data.dev_fraction` of train is held out
+(logged, and recorded in results.json `data_sources`). Unset, the bundled EWT is read.
 
 The model (Plank et al. 2016 style), for the words of a sentence x_1..x_T:
 - each word's characters (case kept) go through a one-layer character BiLSTM
@@ -269,7 +275,15 @@ class Task(base.Task):
     config_lib.check(m.bilm_layers in BILM_LAYERS, "model.bilm_layers", m.bilm_layers,
                      f"one of {BILM_LAYERS}")
 
-    splits = conllu_data.load_ewt(d.dir or None, d.max_length)
+    config_lib.check(0.0 < d.dev_fraction < 1.0, "data.dev_fraction", d.dev_fraction,
+                     "a fraction in (0, 1)")
+    files = {"train": d.train_file, "dev": d.dev_file, "test": d.test_file}
+    config_lib.check(d.train_file or not (d.dev_file or d.test_file), "data.train_file",
+                     d.train_file, "a path when data.dev_file or data.test_file is set")
+    splits = conllu_data.load_treebank(
+        None if d.train_file else conllu_data.treebank_folder(d.dir or None), files=files,
+        max_length=d.max_length, dev_fraction=d.dev_fraction, seed=config.seed)
+    self.sources = splits.sources
     if d.train_sentences:
       splits = splits._replace(train=splits.train[:d.train_sentences])
     norm = self.normalize
@@ -281,7 +295,7 @@ class Task(base.Task):
     self.word_vocab = load_or_build_vocab(self.workdir / WORD_VOCAB_FILE, built_words)
     self.char_vocab = load_or_build_vocab(self.workdir / CHAR_VOCAB_FILE, built_chars)
     self.char_encoder = CharEncoder(self.char_vocab, d.max_chars)
-    self.sentences = splits._asdict()
+    self.sentences = {split: getattr(splits, split) for split in conllu_data.SPLITS}
     self.examples = {name: self.encode(sentences, tagged=True)
                      for name, sentences in self.sentences.items()}
     self.train_forms = frozenset(counts)
@@ -342,6 +356,9 @@ class Task(base.Task):
       batch = batching.make_batch(examples, idx, batch_size, **self._pad)
       yield idx, dedup_chars(self.with_bilm(batch, bilm_inputs, idx))
 
+  def steps_per_epoch(self):
+    return self.batcher.steps_per_epoch
+
   def train_batch(self, step):
     batch = self.batcher(step)
     if self.config.data.word_dropout_alpha > 0:
@@ -398,6 +415,8 @@ class Task(base.Task):
         "test_unseen_accuracy": unseen_correct / max(unseen_count, 1),
         "test_unseen_count": unseen_count,
         "word_vocab_size": len(self.word_vocab),
+        "data_sources": self.sources,
+        "sentences": {split: len(self.sentences[split]) for split in conllu_data.SPLITS},
         "char_vocab_size": len(self.char_vocab),
         "num_params": int(sum(np.size(x) for x in jax.tree.leaves(params))),
     }
