@@ -1,10 +1,10 @@
 """Runs an experiment: python launch.py --config=experiments/<name>.py[:smoke] [--mode=...].
 
 Only parses flags and calls the library. Errors the user can fix (an unknown or invalid config
-key, malformed data, a workdir of another config or one that cannot be written, a run whose
-loss became NaN/Inf) end with one `launch.py: error: ...` line on stderr and exit status 1;
-anything else is a bug and keeps its traceback. SIGTERM/SIGINT during training save a
-checkpoint and exit 0 (see `train.stop_requested_on_signals`).
+key, malformed data, a workdir of another config, in use by another training run or that
+cannot be written, a run whose loss became NaN/Inf) end with one `launch.py: error: ...` line
+on stderr and exit status 1; anything else is a bug and keeps its traceback. SIGTERM/SIGINT
+during training save a checkpoint and exit 0 (see `train.stop_requested_on_signals`).
 """
 
 import difflib

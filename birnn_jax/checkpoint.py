@@ -77,11 +77,13 @@ def ensure_writable(workdir: str | pathlib.Path, probe: bool = True) -> pathlib.
   return workdir
 
 
-def make_manager(workdir: str | pathlib.Path,
-                 train: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+def make_manager(workdir: str | pathlib.Path, train: ml_collections.ConfigDict,
+                 read_only: bool = False) -> ocp.CheckpointManager:
   """workdir/checkpoints, keeping `train.keep_checkpoints` latest plus the best by
   `train.best_metric` (`train.best_mode` 'min' | 'max'). Leftover tmp folders of saves that
-  were killed are removed."""
+  were killed are removed, except with `read_only` (a reader, e.g. eval, of a workdir that
+  a live run may be saving into: its tmp folder is a save in progress), which creates
+  nothing either. A read-only manager must not be saved with."""
   policies = ocp.checkpoint_managers
   best = policies.BestN(get_metric_fn=lambda m: m[train.best_metric],
                         reverse=train.best_mode == "min", n=1,
@@ -89,7 +91,8 @@ def make_manager(workdir: str | pathlib.Path,
   options = ocp.CheckpointManagerOptions(
       preservation_policy=policies.AnyPreservationPolicy(
           [policies.LatestN(train.keep_checkpoints), best]),
-      create=True, enable_async_checkpointing=False, cleanup_tmp_directories=True)
+      create=not read_only, enable_async_checkpointing=False,
+      cleanup_tmp_directories=not read_only)
   directory = pathlib.Path(workdir).absolute() / "checkpoints"
   try:
     return ocp.CheckpointManager(directory, options=options)
@@ -120,27 +123,41 @@ def save(manager: ocp.CheckpointManager, step: int, state, metrics: dict | None 
         "resume.") from e
 
 
-def restore(manager: ocp.CheckpointManager, target, step: int | None = None):
+def restore(manager: ocp.CheckpointManager, target, step: int | None = None,
+            read_only: bool = False):
   """Restores the latest (or given) step into the structure and shardings of `target`.
 
   Without `step`: if the latest step cannot be read, it is moved aside (`<step>.unreadable`)
   with a warning and the step before is tried, and so on. If no step can be read, raises the
   latest step's error and moves nothing (then the cause is the code or config, not the disk).
+  With `read_only` (a reader of a workdir that a live run may be writing) nothing is moved,
+  and a step that the run deleted while it was read (keep_checkpoints) is not held against
+  it: the steps are listed again.
   """
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   load = lambda s: manager.restore(s, args=ocp.args.StandardRestore(abstract))
   if step is not None:
     return load(step)
-  failed = []
-  for s in sorted(manager.all_steps(), reverse=True):
+  if read_only:
+    manager.reload()  # the steps listed when it was opened may be gone by now
+  failed, steps, relisted = [], sorted(manager.all_steps(), reverse=True), 0
+  while steps:
+    s = steps.pop(0)
     try:
       restored = load(s)
     except Exception as e:  # pylint: disable=broad-exception-caught
+      if read_only and relisted < 10:
+        manager.reload()
+        if s not in manager.all_steps():
+          relisted += 1
+          done = {f for f, _ in failed}
+          steps = [t for t in sorted(manager.all_steps(), reverse=True) if t not in done]
+          continue
       logging.warning("Checkpoint %d in %s cannot be read (%s: %s); trying the one before.",
                       s, manager.directory, type(e).__name__, str(e).splitlines()[0][:300])
       failed.append((s, e))
       continue
-    if failed:
+    if failed and not read_only:
       _move_aside(manager, [f for f, _ in failed])
     return restored
   if failed:

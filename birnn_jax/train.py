@@ -27,6 +27,7 @@ from birnn_jax import metrics as metrics_lib
 from birnn_jax import optim
 from birnn_jax import sharding
 from birnn_jax import tasks
+from birnn_jax import workdir_lock
 
 
 class NonFiniteError(FloatingPointError):
@@ -103,17 +104,25 @@ def check_best_metric(best_metric: str, eval_metrics: dict) -> None:
 class Trainer:
   """Holds what one run needs: task, model, mesh, jitted steps, checkpoint manager."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+               read_only: bool = False):
+    """`read_only` (eval, predict, frozen features): the workdir is only read, so it may be a
+    live training run's: nothing is made or cleaned up there, and a workdir without a
+    checkpoint is refused before the task is built (tasks save vocabularies on first use)."""
     config_lib.validate(config)
     sharding.maybe_initialize_distributed(config.mesh)  # before any other use of JAX
     self.config = config
     self.workdir = pathlib.Path(workdir)
+    self.read_only = read_only
     self.mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch_size(config.train.batch_size, self.mesh)
-    if is_main_process():
-      # A clear error now, not deep inside orbax later. eval/predict may use a read-only
-      # workdir, so only train() proves it writable.
+    if is_main_process() and not read_only:
+      # A clear error now, not deep inside orbax later. Only train() proves it writable.
       ckpt_lib.ensure_writable(self.workdir, probe=False)
+    self.manager = ckpt_lib.make_manager(self.workdir, config.train, read_only=read_only)
+    if read_only and self.manager.latest_step() is None:
+      raise FileNotFoundError(f"no checkpoint in {self.manager.directory}; train first "
+                              "(--mode=train) with the same --workdir.")
     self.task = tasks.get_task_class(config.task)(config, self.workdir)
     self.model = self.task.model()
     self.tx = optim.make_optimizer(config.optim, config.train.num_steps)
@@ -124,7 +133,6 @@ class Trainer:
     self.train_step = jax.jit(train_step, in_shardings=(repl, data, repl),
                               out_shardings=(repl, repl), donate_argnums=0)
     self.eval_step = jax.jit(eval_step, in_shardings=(repl, data), out_shardings=repl)
-    self.manager = ckpt_lib.make_manager(self.workdir, config.train)
 
   def init_state(self) -> dict:
     key = jax.random.key(self.config.seed)
@@ -295,12 +303,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
 
 def load_trained(config, workdir):
-  """(trainer, params) from the workdir's latest checkpoint."""
-  trainer = Trainer(config, workdir)
-  if trainer.manager.latest_step() is None:
-    raise FileNotFoundError(f"no checkpoint in {trainer.manager.directory}; train first "
-                            "(--mode=train) with the same --workdir.")
-  state = ckpt_lib.restore(trainer.manager, trainer.init_state())
+  """(trainer, params) from the workdir's latest checkpoint, only reading the workdir (a
+  training run may be writing it)."""
+  trainer = Trainer(config, workdir, read_only=True)
+  state = ckpt_lib.restore(trainer.manager, trainer.init_state(), read_only=True)
   return trainer, state["params"]
 
 
@@ -313,21 +319,25 @@ def variant_dirs(config, workdir) -> dict[str, tuple[ml_collections.ConfigDict, 
 
 def run_experiment(config, workdir, force_fresh: bool = False) -> dict:
   """Trains every variant the task asks for, then writes the experiment's results.json
-  and prints a summary table and verdict."""
+  and prints a summary table and verdict. Holds the workdir's training lock throughout
+  (`workdir_lock`): a second run on it is refused before it writes anything."""
   config_lib.validate(config)
-  results = {}
-  for name, (cfg, vdir) in variant_dirs(config, workdir).items():
-    if name:
-      logging.info("=== Training variant %r in %s ===", name, vdir)
-    results[name] = train_and_evaluate(cfg, vdir, force_fresh)
-    if "stopped_at_step" in results[name]:
-      return results[name]
-  summary, verdict = tasks.get_task_class(config.task).summarize(config, results)
-  if is_main_process():
-    pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
-    write_json(pathlib.Path(workdir) / "results.json", summary)
-    print_summary(summary, verdict)
-  return summary
+  variants = variant_dirs(config, workdir)  # an unknown task fails before the workdir exists
+  sharding.maybe_initialize_distributed(config.mesh)  # process 0 takes the lock
+  with workdir_lock.held(workdir):
+    results = {}
+    for name, (cfg, vdir) in variants.items():
+      if name:
+        logging.info("=== Training variant %r in %s ===", name, vdir)
+      results[name] = train_and_evaluate(cfg, vdir, force_fresh)
+      if "stopped_at_step" in results[name]:
+        return results[name]
+    summary, verdict = tasks.get_task_class(config.task).summarize(config, results)
+    if is_main_process():
+      pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+      write_json(pathlib.Path(workdir) / "results.json", summary)
+      print_summary(summary, verdict)
+    return summary
 
 
 def print_summary(summary: dict, verdict: str) -> None:
@@ -340,9 +350,14 @@ def print_summary(summary: dict, verdict: str) -> None:
 
 
 def evaluate_experiment(config, workdir) -> dict:
-  """Evaluates each variant's latest checkpoint on every eval split."""
+  """Evaluates each variant's latest checkpoint on every eval split. Only reads the training
+  run's files (it may still be running: variants it has not reached yet are skipped, with a
+  warning) and writes workdir/eval_results.json."""
   out = {}
   for name, (cfg, vdir) in variant_dirs(config, workdir).items():
+    if out and ckpt_lib.make_manager(vdir, cfg.train, read_only=True).latest_step() is None:
+      logging.warning("Variant %r has no checkpoint in %s yet: not evaluated.", name, vdir)
+      continue
     trainer, params = load_trained(cfg, vdir)
     out[name] = {f"{split}_{k}": v for split in trainer.task.eval_splits
                  for k, v in trainer.evaluate(params, split).items()}
