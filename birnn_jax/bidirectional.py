@@ -99,6 +99,49 @@ def run_chain(impl: str, cell, params, x, lengths, carry, reverse: bool, unroll:
   return recurrence.IMPLEMENTATIONS[impl](cell, params, x, lengths, carry, reverse)
 
 
+# The layers as pure functions of their cells' parameters: the Linen layers below and the
+# NNX ones (`birnn_jax.nnx`) both call these, so there is one implementation of the maths.
+
+
+def apply_recurrent(cell: nn.Module, params, x_BxTxD: Array, lengths_B: Array, carry=None,
+                    *, reverse: bool = False, impl: str = "scan", unroll: int = 1):
+  """One direction: -> (outputs [B, T, H_out] in the cell's compute dtype, final carry).
+
+  `lengths_B` must already be checked (`recurrence.check_inputs`); `carry` None starts
+  from the cell's zero carry.
+  """
+  # A fused implementation only differs from the scan when there are two directions.
+  impl = impl if impl in recurrence.IMPLEMENTATIONS else "scan"
+  y, carry = run_chain(impl, cell, params, x_BxTxD, lengths_B,
+                       initial_carry(cell, x_BxTxD, carry), reverse, unroll)
+  return y.astype(compute_dtype(cell, x_BxTxD)), carry
+
+
+def apply_bidirectional(forward_cell: nn.Module, backward_cell: nn.Module, params_f,
+                        params_b, x_BxTxD: Array, lengths_B: Array, carries=None, *,
+                        merge: str = "concat", impl: str = "scan", unroll: int = 1,
+                        remat: bool = False):
+  """Both directions: -> (merged outputs [B, T, H_merged], (forward carry, backward carry)).
+
+  `lengths_B` must already be checked; `carries` None starts both from zero carries.
+  """
+  carry_f, carry_b = carries if carries is not None else (None, None)
+  carry_f = initial_carry(forward_cell, x_BxTxD, carry_f)
+  carry_b = initial_carry(backward_cell, x_BxTxD, carry_b)
+  if impl in FUSED:
+    y_f, y_b, carry_f, carry_b = FUSED[impl](
+        forward_cell, backward_cell, params_f, params_b, x_BxTxD, lengths_B,
+        carry_f, carry_b, unroll=unroll, remat=remat)
+  else:
+    y_f, carry_f = run_chain(impl, forward_cell, params_f, x_BxTxD, lengths_B, carry_f,
+                             False, unroll)
+    y_b, carry_b = run_chain(impl, backward_cell, params_b, x_BxTxD, lengths_B, carry_b,
+                             True, unroll)
+  dtype = compute_dtype(forward_cell, x_BxTxD)
+  y = merge_directions(merge, y_f.astype(dtype), y_b.astype(dtype))
+  return y, (carry_f, carry_b)
+
+
 class Recurrent(nn.Module):
   """One direction over [B, T, D] -> (outputs [B, T, H_out], final carry).
 
@@ -114,12 +157,9 @@ class Recurrent(nn.Module):
   def __call__(self, x: Array, lengths: Array | None = None, carry=None):
     lengths = recurrence.check_inputs(x, lengths, type(self).__name__)
     check_impl(self.impl)
-    # A fused implementation only differs from the scan when there are two directions.
-    impl = self.impl if self.impl in recurrence.IMPLEMENTATIONS else "scan"
     params = cell_params(self, "backward" if self.reverse else "forward", self.cell, x)
-    y, carry = run_chain(impl, self.cell, params, x, lengths,
-                         initial_carry(self.cell, x, carry), self.reverse, self.unroll)
-    return y.astype(compute_dtype(self.cell, x)), carry
+    return apply_recurrent(self.cell, params, x, lengths, carry, reverse=self.reverse,
+                           impl=self.impl, unroll=self.unroll)
 
 
 class Bidirectional(nn.Module):
@@ -139,20 +179,8 @@ class Bidirectional(nn.Module):
     lengths = recurrence.check_inputs(x, lengths, type(self).__name__)
     check_impl(self.impl)
     merged_size(self.merge, output_size(self.forward_cell), output_size(self.backward_cell))
-    carry_f, carry_b = carries if carries is not None else (None, None)
     params_f = cell_params(self, "forward", self.forward_cell, x)
     params_b = cell_params(self, "backward", self.backward_cell, x)
-    carry_f = initial_carry(self.forward_cell, x, carry_f)
-    carry_b = initial_carry(self.backward_cell, x, carry_b)
-    if self.impl in FUSED:
-      y_f, y_b, carry_f, carry_b = FUSED[self.impl](
-          self.forward_cell, self.backward_cell, params_f, params_b, x, lengths,
-          carry_f, carry_b, unroll=self.unroll, remat=self.remat)
-    else:
-      y_f, carry_f = run_chain(self.impl, self.forward_cell, params_f, x, lengths,
-                               carry_f, False, self.unroll)
-      y_b, carry_b = run_chain(self.impl, self.backward_cell, params_b, x, lengths,
-                               carry_b, True, self.unroll)
-    dtype = compute_dtype(self.forward_cell, x)
-    y = merge_directions(self.merge, y_f.astype(dtype), y_b.astype(dtype))
-    return y, (carry_f, carry_b)
+    return apply_bidirectional(self.forward_cell, self.backward_cell, params_f, params_b, x,
+                               lengths, carries, merge=self.merge, impl=self.impl,
+                               unroll=self.unroll, remat=self.remat)
