@@ -239,7 +239,10 @@ class PosTagger(nn.Module):
     return nn.Dense(self.num_tags, name="head")(h).astype(jnp.float32)
 
 
-def model_from_config(model_config, num_words: int, num_chars: int) -> PosTagger:
+def model_from_config(model_config, num_words: int, num_chars: int,
+                      num_tags: int = len(TAGS)) -> PosTagger:
+  """The tagger `config.model` describes; `num_tags` outputs per token (other tag sets,
+  e.g. the NER task's, reuse the same encoder)."""
   m = model_config
   dtype = jnp.dtype(m.dtype)
   char_embedder = models.CharBiRNNEmbedder(
@@ -247,7 +250,7 @@ def model_from_config(model_config, num_words: int, num_chars: int) -> PosTagger
       cell=m.cell, impl=m.impl, dtype=dtype)
   return PosTagger(num_words=num_words, word_embed_size=m.embed_size,
                    char_embedder=char_embedder, encoder=models.birnn_from_config(m),
-                   num_tags=len(TAGS), word_dropout=m.word_dropout,
+                   num_tags=num_tags, word_dropout=m.word_dropout,
                    embed_dropout=m.embed_dropout, output_dropout=m.output_dropout)
 
 

@@ -1,0 +1,436 @@
+"""Named-entity recognition with a BiLSTM-CRF on UNER Danish-DDT (PER, ORG, LOC in IOB2).
+
+The encoder is the POS tagger's (`pos.PosTagger`): word embedding (lowercased words, word
+dropout) + character BiLSTM (case kept) -> a stacked BiLSTM over the sentence -> per-token
+scores O_t = H_t W_hq + b_q, here one per IOB2 label. Two heads read those scores:
+- `model.head='crf'` (Huang et al. 2015; Lample et al. 2016): the scores are a linear-chain
+  CRF's emissions, with learned tag-to-tag transition, start and end scores
+  (`birnn_jax.crf`). Training minimises the sentence's negative log-likelihood, whose
+  partition function is the CRF's forward scan; prediction is Viterbi constrained to valid
+  IOB2 (`crf.bio_constraints`: I-X only after B-X or I-X), so it never emits an invalid
+  sequence.
+- `model.head='softmax'`: each token's label is predicted on its own (cross-entropy per
+  token, argmax), which can emit invalid sequences such as `O I-PER`; their rate is reported.
+
+`compare_variants=True` (the default) trains three models on the same data: `crf`
+(bidirectional + CRF), `softmax` (bidirectional + softmax) and `crf_forward` (forward-only +
+CRF, whose label at t can only read words 1..t).
+
+Scoring is entity-level micro F1 as seqeval computes it: its default (conlleval) mode, where
+an I-X after O or another type starts an entity, and its strict IOB2 mode, where only
+B-X I-X... spans are entities. During training the evaluation metrics (`f1`, `precision`,
+`recall`, `invalid_rate`) are counted inside the jitted eval step (`entity_counts`, tested
+equal to seqeval); results.json's `dev_f1`, `test_f1`, `test_f1_strict`,
+`test_per_type_f1`, ... come from seqeval itself on the final model (`score`).
+
+Data: `data.dir` is any folder of UNER files (`*-train.iob2`, `*-dev.iob2`, `*-test.iob2`,
+plain or .xz, e.g. another UNER language) or a root holding `uner_danish_ddt/`; unset,
+$BIRNN_DATA_DIR, then the bundled copy is read (`birnn_jax.data.iob2`). Vocabularies come
+from train only and are saved in the workdir (vocab_words.json, vocab_chars.json).
+
+Predict: `--mode=predict --text="..."` tokenises as the POS task does and prints the
+sentence with its entities bracketed, then one `TYPE: words` line per entity.
+"""
+
+import collections
+import warnings
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from seqeval import metrics as seqeval_metrics
+from seqeval import scheme as seqeval_scheme
+from seqeval.metrics import sequence_labeling
+
+from birnn_jax import config_lib
+from birnn_jax import crf as crf_lib
+from birnn_jax.data import batching
+from birnn_jax.data import iob2
+from birnn_jax.data.vocab import Vocab
+from birnn_jax.tasks import base
+from birnn_jax.tasks import common
+from birnn_jax.tasks import pos
+
+# The UNER label set; a label's position is its id.
+LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC")
+LABEL_IDS = {label: i for i, label in enumerate(LABELS)}
+HEADS = ("crf", "softmax")
+# compare_variants' models; the first one is what --mode=predict uses.
+VARIANTS = {"crf": {"head": "crf", "bidirectional": True},
+            "softmax": {"head": "softmax", "bidirectional": True},
+            "crf_forward": {"head": "crf", "bidirectional": False}}
+
+_OUTSIDE, _BEGIN, _INSIDE = 0, 1, 2
+
+
+# Entity counting inside jit ---------------------------------------------------------------------
+
+def label_codes(labels) -> tuple[np.ndarray, np.ndarray]:
+  """(prefix int32 [K]: 0 = O, 1 = B, 2 = I; entity type id int32 [K], 0 for O)."""
+  types = sorted({label[2:] for label in labels if label[:2] in ("B-", "I-")})
+  prefix = [_BEGIN if label.startswith("B-") else _INSIDE if label.startswith("I-")
+            else _OUTSIDE for label in labels]
+  kind = [types.index(label[2:]) + 1 if p != _OUTSIDE else 0
+          for label, p in zip(labels, prefix)]
+  return np.array(prefix, np.int32), np.array(kind, np.int32)
+
+
+def _chunks(tags_BxT, real_BxT, prefix_K, kind_K, strict: bool):
+  """Per step: (entity starts here, continues the previous step's entity, type, invalid).
+
+  seqeval's chunking: I-X continues an entity only after B-X or I-X. In the default
+  (conlleval) mode any other I-X starts a new entity; in strict IOB2 mode only B-X does.
+  An I-X that continues nothing is an invalid IOB2 step. Padded steps are O.
+  """
+  p_BxT = jnp.where(real_BxT, jnp.asarray(prefix_K)[tags_BxT], _OUTSIDE)
+  k_BxT = jnp.where(real_BxT, jnp.asarray(kind_K)[tags_BxT], 0)
+  prev_p = jnp.pad(p_BxT[:, :-1], ((0, 0), (1, 0)))      # O before the first step
+  prev_k = jnp.pad(k_BxT[:, :-1], ((0, 0), (1, 0)))
+  inside = p_BxT == _INSIDE
+  cont = inside & (prev_p != _OUTSIDE) & (prev_k == k_BxT)
+  start = (p_BxT == _BEGIN) if strict else (p_BxT == _BEGIN) | (inside & ~cont)
+  return start, cont, k_BxT, inside & ~cont
+
+
+def entity_counts(pred_BxT, gold_BxT, lengths_B, labels=LABELS, strict: bool = False
+                  ) -> dict[str, jax.Array]:
+  """Entity-level counts of a batch, equal to seqeval's (a pure, jittable function).
+
+  Args:
+    pred_BxT: int [B, T] predicted label ids.
+    gold_BxT: int [B, T] gold label ids.
+    lengths_B: int [B] real steps per row (0 for padding rows).
+    labels: the label of each id (IOB2).
+    strict: seqeval's strict IOB2 mode instead of its default.
+
+  Returns:
+    float32 sums: `entities_correct` (same type and span in both), `entities_predicted`,
+    `entities_gold`, `invalid_sequences` (predicted rows with an invalid I- step) and
+    `sequences` (rows with length > 0).
+  """
+  prefix_K, kind_K = label_codes(labels)
+  real_BxT = jnp.arange(pred_BxT.shape[1])[None, :] < lengths_B[:, None]
+  p_start, p_cont, p_kind, p_invalid = _chunks(pred_BxT, real_BxT, prefix_K, kind_K, strict)
+  g_start, g_cont, g_kind, _ = _chunks(gold_BxT, real_BxT, prefix_K, kind_K, strict)
+
+  # same_end[t]: the entities open before step t (one in each sequence) end at the same
+  # step: scanning right to left, the first step where not both continue must be one where
+  # neither does.
+  def step(same_after_B, inputs):
+    pc_B, gc_B = inputs
+    same_B = jnp.where(pc_B != gc_B, False, jnp.where(pc_B, same_after_B, True))
+    return same_B, same_B
+
+  batch = pred_BxT.shape[0]
+  _, same_TxB = jax.lax.scan(step, jnp.ones(batch, bool), (p_cont.T, g_cont.T), reverse=True)
+  same_end_BxT = jnp.concatenate([same_TxB.T[:, 1:], jnp.ones((batch, 1), bool)], axis=1)
+  correct = p_start & g_start & (p_kind == g_kind) & same_end_BxT
+  f32 = lambda x: jnp.sum(x.astype(jnp.float32))
+  return {"entities_correct": f32(correct), "entities_predicted": f32(p_start),
+          "entities_gold": f32(g_start), "invalid_sequences": f32(jnp.any(p_invalid, axis=1)),
+          "sequences": f32(lengths_B > 0)}
+
+
+def f1_from_counts(correct: float, predicted: float, gold: float) -> dict[str, float]:
+  """Micro precision, recall and F1 (0 where undefined, as seqeval's zero_division=0)."""
+  precision = correct / predicted if predicted else 0.0
+  recall = correct / gold if gold else 0.0
+  f1 = 2 * correct / (predicted + gold) if predicted + gold else 0.0
+  return {"precision": precision, "recall": recall, "f1": f1}
+
+
+# Host-side scoring with seqeval -------------------------------------------------------------------
+
+def score(gold: list[list[str]], predicted: list[list[str]]) -> dict:
+  """Entity-level scores of predicted label sequences by seqeval.
+
+  Returns:
+    `f1`, `precision`, `recall` (default conlleval mode, micro over entities), `f1_strict`
+    (strict IOB2 mode), `per_type_f1` and `per_type_support` (default mode, per entity
+    type), `invalid_rate` (the fraction of predicted sequences that are not valid IOB2) and
+    `invalid_sequences` (their count).
+  """
+  kw = dict(zero_division=0)
+  with warnings.catch_warnings():
+    # With no entities at all seqeval averages empty arrays (numpy warns; the result is 0).
+    warnings.simplefilter("ignore", RuntimeWarning)
+    report = seqeval_metrics.classification_report(gold, predicted, output_dict=True, **kw)
+  types = sorted(k for k in report if not k.endswith(" avg"))
+  invalid = sum(not crf_lib.is_valid_bio(p) for p in predicted)
+  return {
+      "f1": float(seqeval_metrics.f1_score(gold, predicted, **kw)),
+      "precision": float(seqeval_metrics.precision_score(gold, predicted, **kw)),
+      "recall": float(seqeval_metrics.recall_score(gold, predicted, **kw)),
+      "f1_strict": float(seqeval_metrics.f1_score(gold, predicted, mode="strict",
+                                                  scheme=seqeval_scheme.IOB2, **kw)),
+      "per_type_f1": {t: float(report[t]["f1-score"]) for t in types},
+      "per_type_support": {t: int(report[t]["support"]) for t in types},
+      "invalid_rate": invalid / max(len(predicted), 1),
+      "invalid_sequences": invalid,
+  }
+
+
+def entities(tokens: list[str], labels: list[str]) -> list[tuple[str, str]]:
+  """(type, the entity's tokens joined by spaces) for each entity, seqeval's default mode."""
+  return [(kind, " ".join(tokens[start:end + 1]))
+          for kind, start, end in sequence_labeling.get_entities(list(labels))]
+
+
+# Model ------------------------------------------------------------------------------------------
+
+class NerTagger(nn.Module):
+  """(words [B, T], chars, char_index, lengths [B]) -> a dict of arrays.
+
+  `emissions` float32 [B, T, K] are the encoder's per-token label scores; with the CRF head
+  the dict also holds its `transitions` [K, K], `start` [K] and `end` [K] (so the loss can
+  be computed from the outputs alone). With `deterministic=True` it also holds `predicted`
+  int32 [B, T]: constrained Viterbi (CRF) or the per-token argmax (softmax), 0 at padding.
+  """
+  encoder: nn.Module        # a pos.PosTagger with num_tags = len(labels)
+  labels: tuple[str, ...] = LABELS
+  head: str = "crf"
+
+  @nn.compact
+  def __call__(self, words, chars, char_index, lengths, deterministic: bool = True):
+    emissions = self.encoder(words, chars, char_index, lengths, deterministic=deterministic)
+    out = {"emissions": emissions}
+    if self.head == "crf":
+      crf = crf_lib.CRF(len(self.labels), **crf_lib.constraint_attributes(self.labels),
+                        name="crf")
+      out["transitions"], out["start"], out["end"] = crf.scores()
+      if deterministic:
+        out["predicted"], _ = crf.decode(emissions, lengths)
+    elif deterministic:
+      real = jnp.arange(emissions.shape[1])[None, :] < lengths[:, None]
+      out["predicted"] = jnp.where(real, jnp.argmax(emissions, -1), 0).astype(jnp.int32)
+    return out
+
+
+def model_from_config(model_config, num_words: int, num_chars: int) -> NerTagger:
+  encoder = pos.model_from_config(model_config, num_words, num_chars, num_tags=len(LABELS))
+  return NerTagger(encoder=encoder, labels=LABELS, head=model_config.head)
+
+
+def loss_sums(outputs: dict, batch: dict, head: str) -> dict[str, jax.Array]:
+  """'loss': the summed negative log-likelihood (per sentence for the CRF, per token for
+  softmax), and 'count': the real tokens (the loss is normalised per token)."""
+  mask = batch["mask"]
+  if head == "crf":
+    nll = -crf_lib.log_likelihood(outputs["emissions"], batch["tags"], batch["lengths"],
+                                  outputs["transitions"], outputs["start"], outputs["end"])
+    loss = jnp.sum(nll)
+  else:
+    nll = optax.softmax_cross_entropy_with_integer_labels(outputs["emissions"], batch["tags"])
+    loss = jnp.sum(jnp.where(mask, nll, 0.0))
+  return {"loss": loss, "count": jnp.sum(mask.astype(jnp.float32))}
+
+
+# Task -------------------------------------------------------------------------------------------
+
+class Task(base.Task):
+  """NER on a UNER corpus; dev is evaluated during training, dev and test at the end."""
+
+  eval_splits = ("dev", "test")
+
+  def __init__(self, config, workdir):
+    super().__init__(config, workdir)
+    d, m = config.data, config.model
+    config_lib.check_at_least(config, {"data.max_length": 1, "data.min_freq": 1,
+                                       "data.max_chars": 2, "data.pad_to": 1,
+                                       "data.eval_batch_size": 1,
+                                       "model.char_embed_size": 1,
+                                       "model.char_hidden_size": 1})
+    config_lib.check(m.head in HEADS, "model.head", m.head, f"one of {HEADS}")
+    config_lib.check(d.word_dropout_alpha >= 0, "data.word_dropout_alpha",
+                     d.word_dropout_alpha, ">= 0 (0 disables)")
+    for key in ("word_dropout", "embed_dropout", "output_dropout"):
+      config_lib.check(0.0 <= m[key] < 1.0, f"model.{key}", m[key], "a rate in [0, 1)")
+
+    corpus = iob2.load_uner(d.dir or None, labels=LABELS, max_length=d.max_length)
+    self.sources = corpus.sources
+    self.sentences = {split: getattr(corpus, split) for split in iob2.SPLITS}
+    train = self.sentences["train"]
+    counts = collections.Counter(self.normalize(w) for s in train for w, _ in s)
+    built_words = Vocab.build([[self.normalize(w) for w, _ in s] for s in train],
+                              min_freq=d.min_freq)
+    built_chars = Vocab.build(w for s in train for w, _ in s)
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    self.word_vocab = common.workdir_vocab(self.workdir / pos.WORD_VOCAB_FILE, built_words)
+    self.char_vocab = common.workdir_vocab(self.workdir / pos.CHAR_VOCAB_FILE, built_chars)
+    self.char_encoder = pos.CharEncoder(self.char_vocab, d.max_chars)
+    self.examples = {split: self.encode(sentences, tagged=True)
+                     for split, sentences in self.sentences.items()}
+    self.word_drop_probs = pos.rare_word_drop_probs(self.word_vocab, counts,
+                                                    d.word_dropout_alpha)
+    self._pad = dict(pad_to=d.pad_to, max_chars=d.max_chars, char_pad_to=d.max_chars)
+    self.batcher = batching.StepBatcher(self.examples["train"], config.train.batch_size,
+                                        config.seed, **self._pad)
+    self._eval_cache: dict[str, list] = {}
+    self._model = None
+    self._predict_fn = None
+
+  def normalize(self, form: str) -> str:
+    """The key a word form is looked up by in the word vocabulary."""
+    return form.lower() if self.config.data.lowercase else form
+
+  def encode(self, sentences, tagged: bool) -> list[batching.Example]:
+    """Sentences of (token, label) pairs (label ignored unless `tagged`) -> Examples."""
+    return batching.encode_tagged(sentences, self.word_vocab, LABEL_IDS if tagged else None,
+                                  self.char_encoder, lowercase=self.config.data.lowercase)
+
+  def fixed_batches(self, examples, batch_size: int):
+    """(example indices, model-ready batch) covering `examples` once, sorted by length."""
+    for idx in batching.eval_plan([len(ex.words) for ex in examples], batch_size):
+      yield idx, pos.dedup_chars(batching.make_batch(examples, idx, batch_size, **self._pad))
+
+  # Trainer interface ------------------------------------------------------------------------
+
+  def model(self):
+    if self._model is None:
+      self._model = model_from_config(self.config.model, len(self.word_vocab),
+                                      len(self.char_vocab))
+    return self._model
+
+  def model_inputs(self, batch):
+    return batch["words"], batch["chars"], batch["char_index"], batch["lengths"]
+
+  def steps_per_epoch(self):
+    return self.batcher.steps_per_epoch
+
+  def train_batch(self, step):
+    batch = self.batcher(step)
+    if self.config.data.word_dropout_alpha > 0:
+      rng = np.random.default_rng([self.config.seed, 17, step])
+      batch["words"] = pos.drop_words(batch["words"], self.word_drop_probs, rng)
+    return pos.dedup_chars(batch)
+
+  def eval_batches(self, split):
+    if split not in self._eval_cache:
+      self._eval_cache[split] = [batch for _, batch in self.fixed_batches(
+          self.examples[split], self.config.data.eval_batch_size)]
+    return self._eval_cache[split]
+
+  def metric_sums(self, outputs, batch):
+    sums = loss_sums(outputs, batch, self.config.model.head)
+    if "predicted" in outputs:   # evaluation: decoding is part of the model's eval output
+      pred = outputs["predicted"]
+      sums["accuracy"] = jnp.sum(jnp.where(batch["mask"], pred == batch["tags"], False)
+                                 .astype(jnp.float32))
+      sums.update(entity_counts(pred, batch["tags"], batch["lengths"]))
+    return sums
+
+  def derived_metrics(self, means):
+    if "entities_gold" not in means:
+      return means
+    means = dict(means)
+    # Means are sums / token count, so ratios of them are ratios of the sums.
+    counts = [means.pop(k) for k in ("entities_correct", "entities_predicted",
+                                     "entities_gold")]
+    invalid, sequences = means.pop("invalid_sequences"), means.pop("sequences")
+    means.update(f1_from_counts(*counts))
+    means["invalid_rate"] = invalid / sequences if sequences else 0.0
+    return means
+
+  # Predictions ------------------------------------------------------------------------------
+
+  def predict_labels(self, params, examples, batch_size: int | None = None
+                     ) -> list[list[str]]:
+    """The predicted labels of each example (in the given order)."""
+    if self._predict_fn is None:
+      model = self.model()
+      self._predict_fn = jax.jit(lambda p, *inputs: model.apply(
+          {"params": p}, *inputs, deterministic=True)["predicted"])
+    out: list[list[str] | None] = [None] * len(examples)
+    for idx, batch in self.fixed_batches(examples, batch_size or
+                                         self.config.data.eval_batch_size):
+      tags = np.asarray(self._predict_fn(params, *self.model_inputs(batch)))
+      for row, i in enumerate(idx):
+        out[i] = [LABELS[int(t)] for t in tags[row, :len(examples[i].words)]]
+    return out
+
+  def extra_results(self, params, evaluate):
+    """seqeval scores of dev and test (replacing the in-graph dev_f1 / test_f1 with the
+    same numbers from seqeval itself), per-type F1, invalid-sequence rates, sizes."""
+    del evaluate
+    results = {}
+    for split in ("dev", "test"):
+      gold = [[label for _, label in s] for s in self.sentences[split]]
+      scores = score(gold, self.predict_labels(params, self.examples[split]))
+      results.update({f"{split}_{k}": v for k, v in scores.items()})
+    results.update({
+        "sentences": {split: len(s) for split, s in self.sentences.items()},
+        "data_sources": self.sources,
+        "word_vocab_size": len(self.word_vocab),
+        "char_vocab_size": len(self.char_vocab),
+        "num_params": common.num_params(params),
+    })
+    return results
+
+  def predict(self, params, text):
+    """The sentence with its entities bracketed, then one `TYPE: words` line per entity."""
+    tokens = pos.tokenize(text, lambda w: self.normalize(w) in self.word_vocab)
+    if not tokens:
+      raise ValueError("--text has no words to tag.")
+    examples = self.encode([[(w, "O") for w in tokens]], tagged=False)
+    labels = self.predict_labels(params, examples, batch_size=1)[0]
+    found = sequence_labeling.get_entities(labels)
+    words = list(tokens)
+    for kind, start, end in found:
+      words[start] = "[" + words[start]
+      words[end] = words[end] + "]" + kind
+    lines = [" ".join(words)]
+    lines += [f"{kind}: {text}" for kind, text in entities(tokens, labels)] or [
+        "(no entities found)"]
+    return "\n".join(lines)
+
+  # Experiment level -------------------------------------------------------------------------
+
+  @classmethod
+  def variants(cls, config):
+    if not config.compare_variants:
+      return {"": config}
+    variants = base.override_variants(config, VARIANTS)
+    for variant in variants.values():
+      variant.compare_variants = False    # each variant is one model in its own workdir
+    return variants
+
+  @classmethod
+  def summarize(cls, config, results):
+    if list(results) == [""]:
+      return results[""], ""
+    keys = ("test_f1", "dev_f1", "test_f1_strict", "dev_f1_strict", "test_precision",
+            "test_recall", "test_per_type_f1", "test_invalid_rate", "test_invalid_sequences",
+            "dev_invalid_rate", "train_seconds", "steps", "num_params")
+    summary = {name: {k: r[k] for k in keys} for name, r in results.items()}
+    crf, soft, fwd = (summary[n] for n in VARIANTS)
+    comparison = {
+        "crf_minus_softmax_test_f1": crf["test_f1"] - soft["test_f1"],
+        "bidirectional_minus_forward_test_f1": crf["test_f1"] - fwd["test_f1"],
+        "crf_minus_softmax_dev_f1": crf["dev_f1"] - soft["dev_f1"],
+        "bidirectional_minus_forward_dev_f1": crf["dev_f1"] - fwd["dev_f1"],
+        "softmax_test_invalid_rate": soft["test_invalid_rate"],
+        "constrained_invalid_sequences": crf["test_invalid_sequences"] +
+                                         fwd["test_invalid_sequences"],
+    }
+    targets = {
+        "crf_test_f1_at_least_75": crf["test_f1"] >= 0.75,
+        "crf_beats_softmax_by_1": comparison["crf_minus_softmax_test_f1"] >= 0.01,
+        "bidirectional_beats_forward_by_10": comparison[
+            "bidirectional_minus_forward_test_f1"] >= 0.10,
+        "constrained_decoding_never_invalid": comparison["constrained_invalid_sequences"] == 0,
+    }
+    summary["comparison"] = comparison
+    summary["targets_met"] = targets
+    missed = [k for k, ok in targets.items() if not ok]
+    verdict = (
+        f"{'Targets missed: ' + ', '.join(missed) if missed else 'All targets met'}. "
+        f"Test entity F1: bidirectional CRF {crf['test_f1']:.1%} (strict "
+        f"{crf['test_f1_strict']:.1%}), softmax {soft['test_f1']:.1%} "
+        f"({comparison['crf_minus_softmax_test_f1']:+.1%} for the CRF; softmax emits "
+        f"invalid IOB2 in {soft['test_invalid_rate']:.1%} of test sentences), forward-only "
+        f"CRF {fwd['test_f1']:.1%} ({comparison['bidirectional_minus_forward_test_f1']:+.1%} "
+        f"for the backward direction); constrained Viterbi: "
+        f"{comparison['constrained_invalid_sequences']} invalid sequences.")
+    return summary, verdict

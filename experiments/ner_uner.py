@@ -1,0 +1,78 @@
+"""Named-entity recognition on UNER Danish-DDT: BiLSTM-CRF vs softmax vs forward-only CRF.
+
+    python launch.py --config=experiments/ner_uner.py --workdir=/tmp/ner
+    python launch.py --config=experiments/ner_uner.py --workdir=/tmp/ner --mode=predict \
+        --text="Anders Fogh Rasmussen mødte Mette Frederiksen i København hos Novo Nordisk."
+
+Trains three taggers on the same data, each in its own sub-workdir: `crf` (bidirectional
+LSTM + CRF), `softmax` (bidirectional LSTM + per-token softmax) and `crf_forward`
+(forward-only LSTM + CRF); `--config.compare_variants=False` trains one model as configured
+(`model.head`, `model.bidirectional`). The encoder is the POS tagger's (words + character
+BiLSTM -> 2-layer BiLSTM), with no pretrained embeddings. Entity-level F1 by seqeval
+(conlleval mode, strict IOB2 alongside), per type; constrained Viterbi for the CRF; the
+softmax head's rate of invalid IOB2 sequences. See birnn_jax/tasks/ner.py.
+
+`--config.data.dir` takes any folder of UNER files (*-train.iob2, *-dev.iob2, *-test.iob2,
+plain or .xz), e.g. another UNER language. Unset, the bundled UNER Danish-DDT is read.
+`:smoke` runs the same code on the real files with a tiny model in seconds.
+"""
+
+from birnn_jax import config_lib
+
+
+def get_config(arg=None):
+  c = config_lib.base_config()
+  c.task = "ner"
+  c.compare_variants = True         # train crf / softmax / crf_forward and compare them
+  c.model.head = "crf"              # crf | softmax (one model: compare_variants=False)
+  c.model.cell = "lstm"
+  c.model.hidden_size = 128
+  c.model.num_layers = 2
+  c.model.dropout = 0.33            # between the two sentence-level layers
+  c.model.impl = "fused"
+  c.model.embed_size = 100          # word embedding (lowercased words)
+  c.model.char_embed_size = 50
+  c.model.char_hidden_size = 100    # per direction; case is kept in the characters
+  c.model.word_dropout = 0.1
+  c.model.embed_dropout = 0.33
+  c.model.output_dropout = 0.33
+
+  c.data.max_length = 256           # a guard: the longest DDT sentence has 91 tokens
+  c.data.min_freq = 1
+  c.data.word_dropout_alpha = 1.0   # a word seen c times in train -> UNK w.p. 1 / (1 + c)
+  c.data.lowercase = True
+  c.data.max_chars = 16
+  c.data.pad_to = 16
+  c.data.eval_batch_size = 128
+
+  c.optim.name = "adam"
+  c.optim.learning_rate = 2e-3
+  c.optim.schedule = "cosine"
+  c.optim.clip_norm = 5.0
+
+  epoch = 137                       # steps: ceil(4,383 training sentences / 32)
+  c.train.batch_size = 32
+  c.train.num_steps = 10 * epoch
+  c.train.log_every = epoch // 2
+  c.train.eval_every = epoch
+  c.train.checkpoint_every = epoch
+  c.train.best_metric = "eval_f1"
+  c.train.best_mode = "max"
+  if arg == "smoke":
+    c.model.hidden_size = 16
+    c.model.embed_size = 16
+    c.model.char_embed_size = 8
+    c.model.char_hidden_size = 8
+    c.model.impl = "scan"
+    c.data.max_chars = 8
+    c.data.pad_to = 96                # one padded length (T = 96) for every batch: few compiles
+    c.data.eval_batch_size = 600
+    c.train.batch_size = 16
+    c.train.num_steps = 8
+    c.train.log_every = 4
+    c.train.eval_every = 8
+    c.train.checkpoint_every = 8
+  elif arg:
+    raise ValueError(f"experiments/ner_uner.py: unknown config arg {arg!r}; expected "
+                     "nothing or 'smoke'.")
+  return c

@@ -1,0 +1,301 @@
+"""NER with a BiLSTM-CRF on UNER (birnn_jax/tasks/ner.py, experiments/ner_uner.py).
+
+Fast tests: the in-graph entity counts equal seqeval's (both modes, hand-made and random
+sequences); the seqeval scorer on hand-made cases; the model's heads; config errors; the
+experiment's summary; a tiny UNER folder trained end to end (any folder of UNER files).
+Slow: the :smoke config on the bundled Danish-DDT, all three variants, then predict.
+"""
+
+import functools
+import json
+import lzma
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from seqeval import scheme as seqeval_scheme
+from seqeval.metrics import sequence_labeling
+
+from birnn_jax import config_lib
+from birnn_jax import crf as crf_lib
+from birnn_jax import train
+from birnn_jax.tasks import ner
+
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+LABELS = ner.LABELS
+
+
+def load_config(arg="smoke"):
+  return config_lib.load_experiment(ROOT / "experiments" / "ner_uner.py", arg)
+
+
+# The scorers -----------------------------------------------------------------------------------
+
+def seqeval_entities(sequences, strict):
+  """The set of (sentence, type, start, end) entities seqeval finds."""
+  if strict:
+    found = seqeval_scheme.Entities(sequences, seqeval_scheme.IOB2).entities
+    return {(e.sent_id, e.tag, e.start, e.end) for sentence in found for e in sentence}
+  return {(i, kind, start, end + 1) for i, seq in enumerate(sequences)
+          for kind, start, end in sequence_labeling.get_entities(list(seq))}
+
+
+def counts_in_graph(gold, pred, strict, num_steps=None):
+  """ner.entity_counts of label-string sequences, padded into one batch (plus a pad row)."""
+  num_steps = num_steps or max(len(s) for s in gold) + 2
+  ids = lambda seqs: np.array([[LABELS.index(t) for t in s] + [0] * (num_steps - len(s))
+                               for s in seqs + [[]]], np.int32)
+  # Padding gets random labels: it must not count.
+  rng = np.random.default_rng(0)
+  lengths = np.array([len(s) for s in gold] + [0], np.int32)
+  pad = np.arange(num_steps)[None, :] >= lengths[:, None]
+  g, p = ids(gold), ids(pred)
+  g[pad] = rng.integers(0, len(LABELS), pad.sum())
+  p[pad] = rng.integers(0, len(LABELS), pad.sum())
+  out = jax.jit(ner.entity_counts, static_argnames=("labels", "strict"))(
+      p, g, lengths, LABELS, strict)
+  return {k: int(v) for k, v in out.items()}
+
+
+def check_counts(gold, pred):
+  for strict in (False, True):
+    got = counts_in_graph(gold, pred, strict)
+    want_g, want_p = seqeval_entities(gold, strict), seqeval_entities(pred, strict)
+    assert got["entities_gold"] == len(want_g), (strict, gold)
+    assert got["entities_predicted"] == len(want_p), (strict, pred)
+    assert got["entities_correct"] == len(want_g & want_p), (strict, gold, pred)
+    assert got["invalid_sequences"] == sum(not crf_lib.is_valid_bio(s) for s in pred)
+    assert got["sequences"] == len(gold)
+
+
+HAND_MADE = [
+    # gold, predicted
+    (["B-PER", "I-PER", "O", "B-LOC"], ["B-PER", "I-PER", "O", "B-LOC"]),   # all right
+    (["B-PER", "I-PER", "O"], ["B-PER", "O", "O"]),                       # span too short
+    (["B-PER", "O", "O"], ["B-PER", "I-PER", "O"]),                       # span too long
+    (["B-PER", "I-PER"], ["B-ORG", "I-ORG"]),                             # wrong type
+    (["O", "I-PER", "I-PER"], ["B-PER", "I-PER", "I-PER"]),   # conlleval: same span, strict: not
+    (["B-PER", "I-LOC"], ["B-PER", "B-LOC"]),                 # I after another type
+    (["B-LOC", "B-LOC"], ["B-LOC", "I-LOC"]),                 # two entities vs one
+    (["I-ORG"], ["I-ORG"]),                                   # an orphan I at the start
+    (["O", "O"], ["I-LOC", "O"]),
+]
+
+
+@pytest.mark.parametrize("gold, pred", HAND_MADE)
+def test_entity_counts_equal_seqeval_on_hand_made_cases(gold, pred):
+  check_counts([gold], [pred])
+
+
+def test_entity_counts_equal_seqeval_on_random_sequences():
+  rng = np.random.default_rng(1)
+  # Mostly O with runs, as real taggers emit; a batch of many random rows, twice.
+  for _ in range(2):
+    lengths = rng.integers(1, 12, size=40)
+    probs = np.array([0.5, 0.1, 0.1, 0.05, 0.1, 0.05, 0.1])
+    gold = [[LABELS[i] for i in rng.choice(len(LABELS), n, p=probs)] for n in lengths]
+    pred = [[LABELS[i] if rng.random() < 0.4 else g for g, i in
+             zip(seq, rng.choice(len(LABELS), len(seq), p=probs))] for seq in gold]
+    check_counts(gold, pred)
+
+
+def test_score_on_hand_made_cases():
+  gold = [["B-PER", "I-PER", "O", "B-LOC", "O"], ["B-ORG", "O", "O", "I-LOC"]]
+  pred = [["B-PER", "I-PER", "O", "B-ORG", "O"], ["B-ORG", "O", "I-PER", "I-LOC"]]
+  s = ner.score(gold, pred)
+  # Default mode. Gold: PER(0-1), LOC(3), ORG(0), LOC(3) [the orphan I-LOC]; predicted:
+  # PER(0-1), ORG(3), ORG(0), PER(2), LOC(3). Correct: PER, ORG(0), LOC(3) of sentence 2.
+  assert s["precision"] == pytest.approx(3 / 5) and s["recall"] == pytest.approx(3 / 4)
+  assert s["f1"] == pytest.approx(2 * 3 / (5 + 4))
+  # Strict IOB2: orphan I- tags are no entities. Gold: PER, LOC, ORG; predicted: PER, ORG,
+  # ORG; correct: PER, ORG of sentence 2.
+  assert s["f1_strict"] == pytest.approx(2 * 2 / (3 + 3))
+  assert s["per_type_f1"] == pytest.approx({"LOC": 2 * 1 / (1 + 2), "ORG": 2 * 1 / (2 + 1),
+                                            "PER": 2 * 1 / (2 + 1)})
+  assert s["per_type_support"] == {"LOC": 2, "ORG": 1, "PER": 1}
+  assert s["invalid_sequences"] == 1 and s["invalid_rate"] == 0.5
+  perfect = ner.score(gold, gold)
+  assert perfect["f1"] == 1.0 and perfect["f1_strict"] == 1.0
+  assert perfect["invalid_sequences"] == 1           # the gold's own orphan I-LOC
+  assert ner.score([["O"]], [["O"]])["f1"] == 0.0    # no entities at all: 0, not an error
+
+
+def test_f1_from_counts_matches_the_definition():
+  assert ner.f1_from_counts(3, 5, 4) == pytest.approx(
+      {"precision": 0.6, "recall": 0.75, "f1": 2 * 0.6 * 0.75 / 1.35})
+  assert ner.f1_from_counts(0, 0, 0) == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+
+
+def test_entities_for_predict():
+  tokens = ["Kjeld", "Christensen", "bor", "i", "Århus"]
+  assert ner.entities(tokens, ["B-PER", "I-PER", "O", "O", "B-LOC"]) == [
+      ("PER", "Kjeld Christensen"), ("LOC", "Århus")]
+
+
+# The model ------------------------------------------------------------------------------------
+
+def tiny_inputs(batch=3, steps=8, chars=5, num_words=30, num_chars=20):
+  rng = np.random.default_rng(2)
+  lengths = np.array([8, 5, 1][:batch], np.int32)
+  mask = np.arange(steps)[None, :] < lengths[:, None]
+  words = np.where(mask, rng.integers(2, num_words, (batch, steps)), 0).astype(np.int32)
+  char_ids = (rng.integers(1, num_chars, (batch, steps, chars)) * mask[..., None])
+  tags = np.where(mask, rng.integers(0, len(LABELS), (batch, steps)), 0).astype(np.int32)
+  return dict(words=words, chars=char_ids.astype(np.int32), lengths=lengths, mask=mask,
+              tags=tags)
+
+
+@pytest.mark.parametrize("head", ner.HEADS)
+def test_heads_loss_and_predictions(head, random_variables):
+  config = load_config()
+  config.model.head = head
+  model = ner.model_from_config(config.model, num_words=30, num_chars=20)
+  b = tiny_inputs()
+  inputs = (b["words"], b["chars"], None, b["lengths"])
+  variables = random_variables(model, *inputs, scale=1.0)
+  out = jax.jit(model.apply)(variables, *inputs)
+  assert out["emissions"].shape == (3, 8, len(LABELS))
+  pred = np.asarray(out["predicted"])
+  assert np.all(pred[~b["mask"]] == 0)
+  sums = ner.loss_sums(out, b, head)
+  assert float(sums["count"]) == 14
+  if head == "crf":
+    assert set(variables["params"]["crf"]) == {"transitions", "start", "end"}
+    want = -crf_lib.log_likelihood(out["emissions"], b["tags"], b["lengths"],
+                                   *(variables["params"]["crf"][k]
+                                     for k in ("transitions", "start", "end"))).sum()
+    assert all(crf_lib.is_valid_bio([LABELS[t] for t in row[:n]])
+               for row, n in zip(pred, b["lengths"]))
+  else:
+    log_p = jax.nn.log_softmax(out["emissions"])
+    want = -jnp.sum(jnp.take_along_axis(log_p, b["tags"][..., None], -1)[..., 0] * b["mask"])
+    np.testing.assert_array_equal(pred[b["mask"]], np.argmax(out["emissions"], -1)[b["mask"]])
+  np.testing.assert_allclose(sums["loss"], want, rtol=1e-5)
+  train_out = jax.eval_shape(functools.partial(model.apply, deterministic=False),
+                             variables, *inputs, rngs={"dropout": jax.random.key(0)})
+  assert "predicted" not in train_out   # no decoding in the training step
+
+
+# Config and experiment -----------------------------------------------------------------------
+
+def test_config_args_and_errors(tmp_path):
+  assert load_config(None).compare_variants and load_config().task == "ner"
+  with pytest.raises(ValueError, match="unknown config arg 'big'"):
+    load_config("big")
+  for key, value, match in [("model.head", "hmm", r"config\.model\.head='hmm'"),
+                            ("model.word_dropout", 1.0, r"config\.model\.word_dropout=1\.0"),
+                            ("data.pad_to", 0, r"config\.data\.pad_to=0")]:
+    config = load_config()
+    group, name = key.split(".")
+    config[group][name] = value
+    with pytest.raises(ValueError, match=match):
+      ner.Task(config, tmp_path / "run")
+
+
+def test_variants_and_summary():
+  config = load_config()
+  variants = ner.Task.variants(config)
+  assert list(variants) == ["crf", "softmax", "crf_forward"]
+  assert [(v.model.head, v.model.bidirectional, v.compare_variants)
+          for v in variants.values()] == [("crf", True, False), ("softmax", True, False),
+                                          ("crf", False, False)]
+  config.compare_variants = False
+  assert list(ner.Task.variants(config)) == [""]
+
+  def fake(f1, invalid):
+    return {"test_f1": f1, "dev_f1": f1 + 0.01, "test_f1_strict": f1 - 0.01,
+            "dev_f1_strict": f1, "test_precision": f1, "test_recall": f1,
+            "test_per_type_f1": {"PER": f1}, "test_invalid_rate": invalid / 565,
+            "test_invalid_sequences": invalid, "dev_invalid_rate": 0.0,
+            "train_seconds": 1.0, "steps": 10, "num_params": 5}
+
+  summary, verdict = ner.Task.summarize(
+      load_config(), {"crf": fake(0.78, 0), "softmax": fake(0.75, 12),
+                      "crf_forward": fake(0.60, 0)})
+  assert summary["comparison"]["crf_minus_softmax_test_f1"] == pytest.approx(0.03)
+  assert summary["comparison"]["bidirectional_minus_forward_test_f1"] == pytest.approx(0.18)
+  assert all(summary["targets_met"].values()) and verdict.startswith("All targets met")
+  summary, verdict = ner.Task.summarize(
+      load_config(), {"crf": fake(0.70, 0), "softmax": fake(0.695, 3),
+                      "crf_forward": fake(0.65, 0)})
+  assert verdict.startswith("Targets missed: crf_test_f1_at_least_75, crf_beats_softmax_by_1, "
+                            "bidirectional_beats_forward_by_10.")
+
+
+# End to end on a tiny UNER folder -------------------------------------------------------------
+
+SENTENCES = [
+    [("Anne", "B-PER"), ("Hansen", "I-PER"), ("bor", "O"), ("i", "O"), ("Odense", "B-LOC")],
+    [("Novo", "B-ORG"), ("Nordisk", "I-ORG"), ("har", "O"), ("kontor", "O"), ("i", "O"),
+     ("Roskilde", "B-LOC"), (".", "O")],
+    [("Hun", "O"), ("arbejder", "O"), ("for", "O"), ("Mærsk", "B-ORG"), (".", "O")],
+]
+
+
+def write_uner(folder, copies=8):
+  folder.mkdir(parents=True)
+  text = ""
+  for n in range(copies):
+    for s in SENTENCES:
+      text += f"# sent_id = s{n}\n" + "".join(
+          f"{i}\t{w}\t{t}\t{t}#O\ts\n" for i, (w, t) in enumerate(s, 1)) + "\n"
+  (folder / "xx_tiny-ud-train.iob2").write_text(text, encoding="utf-8")
+  (folder / "xx_tiny-ud-dev.iob2.xz").write_bytes(lzma.compress(text.encode()))
+  (folder / "xx_tiny-ud-test.iob2").write_text(text, encoding="utf-8")
+  return folder
+
+
+@pytest.mark.usefixtures("compile_cache")
+def test_any_uner_folder_trains_evaluates_and_predicts(tmp_path):
+  config = load_config()
+  config.compare_variants = False
+  config.data.dir = str(write_uner(tmp_path / "UNER_Tiny"))
+  config.data.pad_to = 8
+  config.data.eval_batch_size = 24
+  config.train.num_steps = 3
+  config.train.eval_every = config.train.checkpoint_every = 3
+  workdir = tmp_path / "run"
+  results = train.run_experiment(config, workdir)
+  assert results["sentences"] == {"train": 24, "dev": 24, "test": 24}
+  assert results["data_sources"]["dev"].endswith("xx_tiny-ud-dev.iob2.xz")
+  for key in ("dev_f1", "test_f1", "test_f1_strict", "test_precision", "test_recall"):
+    assert 0.0 <= results[key] <= 1.0, key
+  assert results["test_per_type_support"] == {"LOC": 16, "ORG": 16, "PER": 8}
+  assert results["test_invalid_sequences"] == 0          # constrained Viterbi
+  saved = json.loads((workdir / "results.json").read_text())
+  assert saved["test_f1"] == results["test_f1"]
+  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert {"eval_f1", "eval_precision", "eval_recall", "eval_invalid_rate"} <= set(rows[-1])
+  out = train.predict(config, workdir, "Anne Hansen bor i Odense.")
+  lines = out.splitlines()
+  assert lines[0].replace("[", "").replace("]PER", "").replace("]ORG", "").replace(
+      "]LOC", "").split() == ["Anne", "Hansen", "bor", "i", "Odense", "."]
+  assert all(line.split(":")[0] in ("PER", "ORG", "LOC") for line in lines[1:]) or (
+      lines[1:] == ["(no entities found)"])
+
+
+# Slow: the :smoke config on the bundled corpus -----------------------------------------------
+
+@pytest.mark.slow
+def test_smoke_trains_all_variants_and_predicts(tmp_path):
+  config = load_config()
+  workdir = tmp_path / "ner"
+  summary = train.run_experiment(config, workdir)
+  assert set(summary) == {"crf", "softmax", "crf_forward", "comparison", "targets_met"}
+  for name in ("crf", "softmax", "crf_forward"):
+    saved = json.loads((workdir / name / "results.json").read_text())
+    for key in ("dev_f1", "test_f1", "test_f1_strict"):
+      assert 0.0 <= saved[key] <= 1.0
+    assert set(saved["test_per_type_f1"]) == {"PER", "ORG", "LOC"}
+    assert saved["sentences"] == {"train": 4383, "dev": 564, "test": 565}
+  assert summary["crf"]["test_invalid_sequences"] == 0
+  assert summary["crf_forward"]["test_invalid_sequences"] == 0
+  assert summary["targets_met"]["constrained_decoding_never_invalid"]
+  assert json.loads((workdir / "results.json").read_text())["comparison"] == pytest.approx(
+      summary["comparison"])
+  out = train.predict(config, workdir, "Mette Frederiksen besøgte Aarhus Universitet.")
+  assert out.splitlines()[0].count(" ") >= 4
