@@ -5,11 +5,16 @@ What survives what:
 - orbax writes each step into `<step>.orbax-checkpoint-tmp` and renames it when complete, so a
   kill -9 mid-save leaves only a tmp folder, which is never loaded and is removed when the next
   manager opens the folder (`cleanup_tmp_directories`).
+- Saves may finish in the background (`save(..., wait=False)`, orbax's async checkpointing):
+  the state is copied to host memory before `save` returns, so training goes on (and may
+  donate the state's buffers) while the files are written; the step still appears only once
+  complete. The next `save`, or `wait_for_saves`, waits for it and reports its errors.
 - A step folder that exists but cannot be read (a deletion cut short, a damaged disk) is moved
   aside to `<step>.unreadable` by `restore`, which then resumes from the step before.
 - Host-side values that belong with a step (the trainer's partial metric sums since the last
-  log row) go to `checkpoints/host_state.json`, written atomically *before* the step's save,
-  so every complete checkpoint has its entry.
+  log row) go to `checkpoints/host_state.json`, written atomically *before* the step's save
+  starts (and after the previous save has finished), so every complete checkpoint has its
+  entry.
 - An unwritable or full workdir raises `WorkdirError` naming the folder, not a traceback from
   deep inside orbax or tensorstore.
 """
@@ -26,17 +31,20 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from birnn_jax import errors
+from birnn_jax.errors import WorkdirError  # re-exported
+
 # Keys that may change between a run and its resumption (how long, how often, where).
 RESUMABLE_CHANGES = ("train.num_steps", "train.log_every", "train.eval_every",
                      "train.checkpoint_every", "train.keep_checkpoints", "data.dir",
+                     "train.num_epochs", "train.log_every_epochs", "train.eval_every_epochs",
+                     "train.checkpoint_every_epochs",
                      "mesh.data", "mesh.distributed", "mesh.coordinator_address",
                      "mesh.num_processes", "mesh.process_id")
 
 HOST_STATE = "host_state.json"
 
 
-class WorkdirError(OSError):
-  """The workdir cannot be written (read-only, full, not a directory); the message names it."""
 
 
 def io_problem(error: BaseException) -> str | None:
@@ -91,7 +99,7 @@ def make_manager(workdir: str | pathlib.Path, train: ml_collections.ConfigDict,
   options = ocp.CheckpointManagerOptions(
       preservation_policy=policies.AnyPreservationPolicy(
           [policies.LatestN(train.keep_checkpoints), best]),
-      create=not read_only, enable_async_checkpointing=False,
+      create=not read_only, enable_async_checkpointing=True,
       cleanup_tmp_directories=not read_only)
   directory = pathlib.Path(workdir).absolute() / "checkpoints"
   try:
@@ -103,17 +111,36 @@ def make_manager(workdir: str | pathlib.Path, train: ml_collections.ConfigDict,
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, metrics: dict | None = None,
-         host_state: dict | None = None):
+         host_state: dict | None = None, wait: bool = True):
   """Saves `state` (a pytree) at `step`; `metrics` rank it for the best-checkpoint policy;
-  `host_state` (JSON) is returned by `restored_host_state(manager, step)`.
+  `host_state` (JSON) is returned by `restored_host_state(manager, step)`. With `wait=False`
+  it returns once `state` is copied to host memory and the files are written in the
+  background (see the module docstring).
 
-  Raises WorkdirError naming the folder when the disk refuses the write (the earlier
-  checkpoints stay intact: a step only appears once completely written)."""
-  try:
+  Raises WorkdirError naming the folder and step when the disk refuses the write (of this
+  step, or of the previous one still in the background); the earlier checkpoints stay
+  intact: a step only appears once completely written."""
+  wait_for_saves(manager)  # first, so host_state.json never races a write in flight
+  with _disk_errors_named(manager, step):
     if host_state is not None and jax.process_index() == 0:
       _write_host_state(manager, step, host_state)
     manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
+  if wait:
+    wait_for_saves(manager)
+
+
+def wait_for_saves(manager: ocp.CheckpointManager) -> None:
+  """Blocks until a save still writing in the background is complete; WorkdirError naming
+  its step if the disk refused it."""
+  with _disk_errors_named(manager, manager.latest_step()):  # one in flight is the latest
     manager.wait_until_finished()
+
+
+@contextlib.contextmanager
+def _disk_errors_named(manager: ocp.CheckpointManager, step: int | None):
+  """File-system errors inside become a WorkdirError naming the folder and `step`."""
+  try:
+    yield
   except Exception as e:  # pylint: disable=broad-exception-caught
     if (problem := io_problem(e)) is None:
       raise
@@ -163,6 +190,25 @@ def restore(manager: ocp.CheckpointManager, target, step: int | None = None,
   if failed:
     raise failed[0][1]
   raise FileNotFoundError(f"no checkpoint in {manager.directory}.")
+
+
+def restore_latest(workdir: str | pathlib.Path, train: ml_collections.ConfigDict,
+                   abstract_state):
+  """The latest checkpoint of `workdir`, read without writing anything there (a live run may
+  own it), into `abstract_state` (e.g. `jax.eval_shape(optim.init_state, ...)`), placed on
+  the default device. For readers that need no trainer (frozen features of another run).
+
+  Raises:
+    errors.NoCheckpointError: the workdir has no checkpoint.
+  """
+  manager = make_manager(workdir, train, read_only=True)
+  if manager.latest_step() is None:
+    raise errors.NoCheckpointError(f"no checkpoint in {manager.directory}; train first "
+                                   "(--mode=train) with the same --workdir.")
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+                        abstract_state)
+  return restore(manager, target, read_only=True)
 
 
 def restored_host_state(manager: ocp.CheckpointManager, step: int) -> dict:

@@ -13,6 +13,7 @@ import ml_collections
 
 from birnn_jax import bidirectional
 from birnn_jax import cells
+from birnn_jax import errors
 from birnn_jax import optim as optim_lib
 
 DTYPES = ("float32", "bfloat16")
@@ -128,9 +129,9 @@ def resolve_schedule(train: ml_collections.ConfigDict, steps_per_epoch: int | No
 
 
 def check(ok: bool, key: str, value, expected: str) -> None:
-  """Raises ValueError naming `config.<key>` unless `ok` (tasks use it for their keys)."""
+  """Raises ConfigError naming `config.<key>` unless `ok` (tasks use it for their keys)."""
   if not ok:
-    raise ValueError(f"config.{key}={value!r} is invalid: expected {expected}.")
+    raise errors.ConfigError(f"config.{key}={value!r} is invalid: expected {expected}.")
 
 
 def check_at_least(config: ml_collections.ConfigDict, minimums: dict[str, float]) -> None:

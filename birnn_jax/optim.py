@@ -1,7 +1,11 @@
 """Optimiser from config: adam | adamw | sgd, a learning-rate schedule, global-norm clipping."""
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
+
+from birnn_jax import errors
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
@@ -15,7 +19,7 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, num_steps: int):
   if optim.schedule == "warmup_cosine":
     return optax.warmup_cosine_decay_schedule(
         0.0, optim.learning_rate, optim.warmup_steps, max(num_steps, optim.warmup_steps + 1))
-  raise ValueError(f"config.optim.schedule={optim.schedule!r}; expected one of {SCHEDULES}.")
+  raise errors.ConfigError(f"config.optim.schedule={optim.schedule!r}; expected one of {SCHEDULES}.")
 
 
 def make_optimizer(optim: ml_collections.ConfigDict,
@@ -30,7 +34,16 @@ def make_optimizer(optim: ml_collections.ConfigDict,
   elif optim.name == "sgd":
     tx = optax.sgd(lr, momentum=optim.momentum or None)
   else:
-    raise ValueError(f"config.optim.name={optim.name!r}; expected one of {OPTIMIZERS}.")
+    raise errors.ConfigError(f"config.optim.name={optim.name!r}; expected one of {OPTIMIZERS}.")
   if optim.clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(optim.clip_norm), tx)
   return tx
+
+
+def init_state(model, tx: optax.GradientTransformation, inputs: tuple, key: jax.Array
+               ) -> dict:
+  """A fresh train state `{"step", "params", "opt_state"}`, the pytree checkpoints hold:
+  `model.init` on `inputs` (a batch's model inputs) with `key` for params and dropout."""
+  variables = model.init({"params": key, "dropout": key}, *inputs, deterministic=True)
+  params = variables["params"]
+  return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}

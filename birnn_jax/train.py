@@ -22,20 +22,23 @@ import optax
 
 from birnn_jax import checkpoint as ckpt_lib
 from birnn_jax import config_lib
+from birnn_jax import errors
 from birnn_jax import losses
 from birnn_jax import metrics as metrics_lib
 from birnn_jax import optim
+from birnn_jax import prefetch
 from birnn_jax import sharding
 from birnn_jax import tasks
 from birnn_jax import workdir_lock
 
 
-class NonFiniteError(FloatingPointError):
-  """A loss or gradient became NaN/Inf; the last good checkpoint is left as it was."""
+NonFiniteError = errors.NonFiniteError
+ConfigMismatchError = errors.WorkdirMismatchError   # the workdir holds another config's run
 
 
-class ConfigMismatchError(ValueError):
-  """The workdir holds a run of a different config."""
+# Per-step metrics kept on the devices at most this long between two fetches (long log
+# intervals): bounds their memory and how late a non-finite step is noticed.
+MAX_PENDING_STEPS = 256
 
 
 def is_main_process() -> bool:
@@ -125,7 +128,12 @@ class Trainer:
                               "(--mode=train) with the same --workdir.")
     self.task = tasks.get_task_class(config.task)(config, self.workdir)
     self.model = self.task.model()
-    self.tx = optim.make_optimizer(config.optim, config.train.num_steps)
+    self.schedule = config_lib.resolve_schedule(config.train, self.task.steps_per_epoch())
+    if self.schedule.steps_per_epoch:
+      logging.info("%d steps per epoch (global batch %d): training %d steps (%.2f epochs).",
+                   self.schedule.steps_per_epoch, config.train.batch_size,
+                   self.schedule.num_steps, self.schedule.num_epochs)
+    self.tx = optim.make_optimizer(config.optim, self.schedule.num_steps)
     repl = sharding.replicated(self.mesh)
     data = sharding.batch_sharding(self.mesh)
     train_step, eval_step = make_steps(self.task, self.model, self.tx,
@@ -139,11 +147,7 @@ class Trainer:
     batch = sharding.put_batch(self.task.train_batch(0), self.mesh)
 
     def init(key, batch):
-      variables = self.model.init({"params": key, "dropout": key},
-                                  *self.task.model_inputs(batch), deterministic=True)
-      params = variables["params"]
-      return {"step": jnp.zeros((), jnp.int32), "params": params,
-              "opt_state": self.tx.init(params)}
+      return optim.init_state(self.model, self.tx, self.task.model_inputs(batch), key)
 
     repl = sharding.replicated(self.mesh)
     return jax.jit(init, out_shardings=repl)(key, batch)
@@ -188,106 +192,164 @@ class Trainer:
         totals[k] = totals.get(k, 0.0) + float(v)
     return self.task.derived_metrics(losses.means(totals))
 
+  def eval_metric_names(self, params) -> list[str] | None:
+    """The metrics `evaluate` reports, from the shapes of the eval step's outputs alone
+    (nothing runs), so that `train` can check `best_metric` before the first step; None
+    for an empty eval split."""
+    batch = next(iter(self.task.eval_batches(self.task.eval_splits[0])), None)
+    if batch is None:
+      return None
+    spec = lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
+    sums = jax.eval_shape(self.eval_step, params, jax.tree.map(spec, batch))
+    return list(self.task.derived_metrics(losses.means({k: 1.0 for k in sums})))
+
   def train(self, force_fresh: bool = False) -> dict:
-    """Trains to config.train.num_steps (resuming if the workdir has a checkpoint).
+    """Trains to self.schedule.num_steps (resuming if the workdir has a checkpoint).
 
     Returns the final metrics on every eval split, `{split}_{metric}`, also written to
-    workdir/results.json.
+    workdir/results.json; after SIGTERM/SIGINT, `{"stopped_at_step", "stopped_by"}`.
     """
-    config, train_cfg = self.config, self.config.train
     if is_main_process():
       ckpt_lib.ensure_writable(self.workdir)  # read-only or full: say so before any compute
     state = self.restore_or_init(force_fresh)
+    names = self.eval_metric_names(state["params"])
+    if names is not None:  # a misspelt best metric fails now, not at the first evaluation
+      check_best_metric(self.config.train.best_metric, names)
     first_step = int(jax.device_get(state["step"]))
-    main = is_main_process()
-    if main:
-      write_json(self.workdir / "config.json", json.loads(config.to_json()))
-    writer = metrics_lib.MetricWriter(self.workdir, enabled=main)
+    if is_main_process():
+      write_json(self.workdir / "config.json", json.loads(self.config.to_json()))
+    writer = metrics_lib.MetricWriter(self.workdir, enabled=is_main_process())
     writer.truncate_after(first_step)
-    progress = metrics_lib.Progress(first_step, train_cfg.num_steps)
-    rng = jax.random.key(config.seed + 1)
-    # Metric sums since the last log row. They are saved with each checkpoint, so the rows
-    # after a resume equal an uninterrupted run's even if it stopped between two log steps.
-    window: dict[str, float] = dict(ckpt_lib.restored_host_state(
-        self.manager, first_step).get("window", {})) if first_step else {}
+    # The metric sums since the last log row travel with each checkpoint, so the rows after
+    # a resume equal an uninterrupted run's even if it stopped between two log steps.
+    window = metrics_lib.MetricWindow.restore(ckpt_lib.restored_host_state(
+        self.manager, first_step).get("window", {}) if first_step else {})
     start = time.monotonic()
-    eval_metrics: dict[str, float] = {}
-    stopped_by = None
-
-    def check(step, step_metrics):
-      if not bool(step_metrics["finite"]):
-        what = [k for k in ("loss", "grad_norm") if not np.isfinite(step_metrics[k])]
-        if not bool(step_metrics["params_finite"]):
-          what.append("the updated parameters")
-        message = (f"step {step}: {' and '.join(what) or 'loss'} became non-finite "
-                   f"({', '.join(f'{k}={float(step_metrics[k])}' for k in ('loss', 'grad_norm'))}).")
-        if train_cfg.nan_policy == "stop":
-          raise NonFiniteError(
-              message + f" Stopping; the last good checkpoint (step "
-              f"{self.manager.latest_step()}) in {self.manager.directory} is untouched.")
-        logging.warning("%s Skipped this update (nan_policy='skip').", message)
-        window["_skipped"] = window.get("_skipped", 0.0) + 1
-        return
-      for k, v in step_metrics.items():
-        if k not in ("finite", "params_finite"):
-          window[k] = window.get(k, 0.0) + float(v)
-      window["_steps"] = window.get("_steps", 0.0) + 1
-
-    with stop_requested_on_signals() as stop:
-      step = first_step
-      while step < train_cfg.num_steps:
-        batch = sharding.put_batch(self.task.train_batch(step), self.mesh)
-        state, step_metrics = self.train_step(state, batch, rng)
-        step += 1
-        check(step, jax.device_get(step_metrics))
-        is_last = step == train_cfg.num_steps
-        logged = {}
-        if step % train_cfg.log_every == 0 or is_last:
-          num = window.pop("_steps", 0.0)
-          skipped = window.pop("_skipped", 0.0)
-          if num:  # else nan_policy='skip' skipped every step since the last row
-            grad_norm = window.pop("grad_norm", 0.0) / num
-            logged = {f"train_{k}": v for k, v in
-                      self.task.derived_metrics(losses.means(window)).items()}
-            logged["train_grad_norm"] = grad_norm
-          if skipped:
-            logged["train_skipped_steps"] = skipped
-          window = {}
-        if step % train_cfg.eval_every == 0 or is_last:
-          eval_metrics = self.evaluate(state["params"], self.task.eval_splits[0])
-          check_best_metric(train_cfg.best_metric, eval_metrics)
-          logged.update({f"eval_{k}": v for k, v in eval_metrics.items()})
-        if logged:
-          writer.write(step, logged)
-          progress.report(step, logged)
-        # Every process must stop at the same step, or the next collective hangs.
-        stop_now = sharding.any_process(stop["signal"] is not None)
-        if step % train_cfg.checkpoint_every == 0 or is_last or stop_now:
-          has_eval = train_cfg.best_metric.removeprefix("eval_") in eval_metrics and (
-              step % train_cfg.eval_every == 0 or is_last)
-          metrics = {train_cfg.best_metric: eval_metrics[
-              train_cfg.best_metric.removeprefix("eval_")]} if has_eval else None
-          ckpt_lib.save(self.manager, step, state, metrics, host_state={"window": window})
-        if stop_now:
-          stopped_by = stop["signal"] or "a stop signal on another process"
-          break
-    writer.close()
-    elapsed = time.monotonic() - start
+    try:
+      state, step, stopped_by = self._loop(state, first_step, window, writer)
+    finally:
+      writer.close()
     if stopped_by:
       logging.warning("Received %s at step %d: saved a checkpoint in %s. Re-run the same "
                       "command to resume from step %d.", stopped_by, step,
                       self.manager.directory, step)
       return {"stopped_at_step": step, "stopped_by": stopped_by}
-    results = {"steps": step, "train_seconds": round(elapsed, 2)}
+    return self.final_results(state["params"], step, time.monotonic() - start)
+
+  def _loop(self, state, step: int, window: metrics_lib.MetricWindow,
+            writer: metrics_lib.MetricWriter) -> tuple[dict, int, str | None]:
+    """Trains from `step` to the end: (state, last step, the stop signal's name or None).
+
+    The host waits for the devices only at log, eval and save steps: batches come from a
+    prefetch thread, each step's metrics stay on the devices in `window` until one of those
+    steps, and periodic checkpoints are written in the background.
+    """
+    num_steps = self.schedule.num_steps
+    progress = metrics_lib.Progress(step, num_steps)
+    rng = jax.random.key(self.config.seed + 1)
+    feed = prefetch.Prefetcher(self.task.train_batch,
+                               lambda batch: sharding.put_batch(batch, self.mesh),
+                               step, num_steps)
+    with stop_requested_on_signals() as stop, feed, self._saves_finished():
+      while step < num_steps:
+        state, step_metrics = self.train_step(state, feed.get(step), rng)
+        step += 1
+        window.add(step, step_metrics)
+        # Every process must stop at the same step, or the next collective hangs.
+        stop_now = sharding.any_process(stop["signal"] is not None)
+        due = self._due(step, stop_now)
+        if due or window.num_pending >= MAX_PENDING_STEPS:
+          # Before any row or save: under nan_policy='stop' a non-finite step raises here,
+          # so a non-finite state is never logged, evaluated or saved.
+          window.settle(self._accept)
+        if not due:
+          continue
+        eval_metrics = self._log(step, state["params"], window, writer, progress, due)
+        if "save" in due:
+          self._save(step, state, window, eval_metrics, wait=stop_now or step == num_steps)
+        if stop_now:
+          return state, step, stop["signal"] or "a stop signal on another process"
+    return state, step, None
+
+  def _due(self, step: int, stop_now: bool) -> set[str]:
+    """What follows step `step`: any of 'log', 'eval', 'save' (all at the last step; a
+    save when stopping)."""
+    sched, last = self.schedule, step == self.schedule.num_steps
+    due = {name for name, every in (("log", sched.log_every), ("eval", sched.eval_every),
+                                    ("save", sched.checkpoint_every))
+           if last or step % every == 0}
+    return (due | {"save"}) if stop_now else due
+
+  def _accept(self, step: int, step_metrics: dict) -> bool:
+    """Whether step `step`'s update counts (`MetricWindow.settle`): False for a non-finite
+    step, skipped under nan_policy='skip' (with a warning); under 'stop', NonFiniteError
+    naming the step and what became non-finite."""
+    if bool(step_metrics["finite"]):
+      return True
+    what = [k for k in ("loss", "grad_norm") if not np.isfinite(step_metrics[k])]
+    if not bool(step_metrics["params_finite"]):
+      what.append("the updated parameters")
+    values = ", ".join(f"{k}={float(step_metrics[k])}" for k in ("loss", "grad_norm"))
+    message = f"step {step}: {' and '.join(what) or 'loss'} became non-finite ({values})."
+    if self.config.train.nan_policy == "stop":
+      # A save still in flight is of a finite state; _saves_finished completes it.
+      raise NonFiniteError(
+          message + f" Stopping; the last good checkpoint (step "
+          f"{self.manager.latest_step()}) in {self.manager.directory} is untouched.")
+    logging.warning("%s Skipped this update (nan_policy='skip').", message)
+    return False
+
+  def _log(self, step: int, params, window: metrics_lib.MetricWindow,
+           writer: metrics_lib.MetricWriter, progress: metrics_lib.Progress,
+           due: set[str]) -> dict[str, float]:
+    """Writes step `step`'s metrics row (the window's train means at log steps, the first
+    eval split's metrics at eval steps) to the workdir and console; returns the eval
+    metrics ({} when not evaluated)."""
+    row = window.row(self.task.derived_metrics) if "log" in due else {}
+    eval_metrics = {}
+    if "eval" in due:
+      eval_metrics = self.evaluate(params, self.task.eval_splits[0])
+      row.update({f"eval_{k}": v for k, v in eval_metrics.items()})
+    if row:
+      writer.write(step, row)
+      progress.report(step, row)
+    return eval_metrics
+
+  def _save(self, step: int, state, window: metrics_lib.MetricWindow,
+            eval_metrics: dict[str, float], wait: bool) -> None:
+    """Checkpoints `state` with the window's unlogged sums; ranked by the best metric
+    when this step was evaluated. Without `wait` the files are written in the background."""
+    best = self.config.train.best_metric
+    name = best.removeprefix("eval_")
+    metrics = {best: eval_metrics[name]} if name in eval_metrics else None
+    ckpt_lib.save(self.manager, step, state, metrics, host_state={"window": window.saved()},
+                  wait=wait)
+
+  @contextlib.contextmanager
+  def _saves_finished(self):
+    """Waits for a checkpoint still being written on the way out of the loop; after an
+    error (e.g. NonFiniteError) too, without letting a save error of its own hide it."""
+    try:
+      yield
+    except BaseException:
+      with contextlib.suppress(Exception):
+        self.manager.wait_until_finished()
+      raise
+    ckpt_lib.wait_for_saves(self.manager)
+
+  def final_results(self, params, step: int, train_seconds: float) -> dict:
+    """Every eval split's metrics and the task's extra results, written to results.json."""
+    results = {"steps": step, "train_seconds": round(train_seconds, 2)}
+    if self.schedule.steps_per_epoch:
+      results.update(steps_per_epoch=self.schedule.steps_per_epoch,
+                     epochs=self.schedule.num_epochs)
     for split in self.task.eval_splits:
-      results.update({f"{split}_{k}": v
-                      for k, v in self.evaluate(state["params"], split).items()})
-    results.update(self.task.extra_results(state["params"], self.evaluate))
-    if main:
+      results.update({f"{split}_{k}": v for k, v in self.evaluate(params, split).items()})
+    results.update(self.task.extra_results(params, self.evaluate))
+    if is_main_process():
       write_json(self.workdir / "results.json", results)
       metrics_lib.plot_curves(self.workdir)
     return results
-
 
 def write_json(path: pathlib.Path, obj) -> None:
   """Atomically (write then rename), so a kill never leaves half a file."""

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from birnn_jax.data import batching
+from birnn_jax.data import sampling
 from birnn_jax.data.batching import Example
 from birnn_jax.data.conllu_data import UPOS_IDS
 from birnn_jax.data.vocab import Vocab
@@ -32,9 +33,16 @@ def _examples(n: int = 61, seed: int = 0, max_len: int = 30) -> list[Example]:
 EXAMPLES = _examples()
 
 
-def _epoch(seed=0, epoch=0, examples=EXAMPLES):
-  return batching.epoch_batches(examples, BATCH, seed, epoch, pad_to=PAD_TO,
-                                max_chars=MAX_CHARS, char_pad_to=CHAR_PAD_TO)
+def _epoch(seed=0, epoch=0, examples=EXAMPLES, batch_size=BATCH, pad_to=PAD_TO):
+  """All training batches of one epoch, in order, built from the epoch's plan."""
+  plan = sampling.epoch_plan([len(ex.words) for ex in examples], batch_size, seed, epoch, pad_to)
+  return [batching.make_batch(examples, idx, batch_size, pad_to, MAX_CHARS, CHAR_PAD_TO)
+          for idx in plan]
+
+
+def _eval_batches(examples=EXAMPLES):
+  return [batching.make_batch(examples, idx, BATCH, PAD_TO, MAX_CHARS, CHAR_PAD_TO)
+          for idx in batching.eval_plan([len(ex.words) for ex in examples], BATCH)]
 
 
 def _rows(batches):
@@ -75,7 +83,7 @@ def test_every_example_exactly_once_per_epoch():
 
 
 def test_batch_contents_follow_the_plan():
-  plan = batching.epoch_plan([len(ex.words) for ex in EXAMPLES], BATCH, 3, 1, PAD_TO)
+  plan = sampling.epoch_plan([len(ex.words) for ex in EXAMPLES], BATCH, 3, 1, PAD_TO)
   for idx, b in zip(plan, _epoch(seed=3, epoch=1)):
     num_chars = b["chars"].shape[2]
     assert _rows([b]) == [_as_row(EXAMPLES[i], num_chars) for i in idx]
@@ -83,7 +91,7 @@ def test_batch_contents_follow_the_plan():
 
 
 def test_padding_is_zero_and_masked():
-  for b in _epoch() + batching.eval_batches(EXAMPLES, BATCH, PAD_TO, MAX_CHARS, CHAR_PAD_TO):
+  for b in _epoch() + _eval_batches():
     _assert_padding(b)
 
 
@@ -126,14 +134,11 @@ def test_step_maps_to_the_epoch_batches():
   batcher = batching.StepBatcher(EXAMPLES, BATCH, 5, PAD_TO, MAX_CHARS, CHAR_PAD_TO)
   assert batcher.steps_per_epoch == per_epoch
   for step in range(3 * per_epoch):
-    epoch, index = batching.step_to_epoch_index(step, len(EXAMPLES), BATCH)
+    epoch, index = batcher.sampler.epoch_and_index(step)
     assert (epoch, index) == divmod(step, per_epoch)
-    want = epochs[epoch][index]
-    got = batching.batch_for_step(EXAMPLES, BATCH, 5, step, pad_to=PAD_TO,
-                                  max_chars=MAX_CHARS, char_pad_to=CHAR_PAD_TO)
-    for b in (got, batcher(step)):
-      assert b.keys() == want.keys()
-      assert all(np.array_equal(b[k], want[k]) for k in want)
+    want, got = epochs[epoch][index], batcher(step)
+    assert got.keys() == want.keys()
+    assert all(np.array_equal(got[k], want[k]) for k in want)
     rows = batcher.indices(step)    # which example each real row holds
     assert len(rows) == int((want["lengths"] > 0).sum())
     for row, i in enumerate(rows):
@@ -153,7 +158,7 @@ def test_bucketing_reduces_padding():
   examples = _examples(n=400, seed=1, max_len=60)
   def padded_fraction(batches):
     return 1 - sum(b["mask"].sum() for b in batches) / sum(b["mask"].size for b in batches)
-  bucketed = batching.epoch_batches(examples, 16, 0, 0, pad_to=4)
+  bucketed = _epoch(examples=examples, batch_size=16, pad_to=4)
   rng = np.random.default_rng(0)
   random_plan = np.array_split(rng.permutation(len(examples)), 25)
   unbucketed = [batching.make_batch(examples, idx, 16, 4) for idx in random_plan]
@@ -161,7 +166,7 @@ def test_bucketing_reduces_padding():
 
 
 def test_eval_batches_sorted_and_complete():
-  batches = batching.eval_batches(EXAMPLES, BATCH, PAD_TO, MAX_CHARS, CHAR_PAD_TO)
+  batches = _eval_batches()
   plan = batching.eval_plan([len(ex.words) for ex in EXAMPLES], BATCH)
   assert sorted(np.concatenate(plan).tolist()) == list(range(len(EXAMPLES)))
   lengths = np.concatenate([b["lengths"][b["lengths"] > 0] for b in batches])
@@ -197,9 +202,9 @@ def test_bad_inputs_are_rejected():
   with pytest.raises(ValueError, match="differ"):
     batching.make_batch([EXAMPLES[0], Example(np.array([1], np.int32))], [0, 1], 2)
   with pytest.raises(ValueError, match="step"):
-    batching.step_to_epoch_index(-1, 10, 2)
+    sampling.BucketedEpochs([3] * 10, 2, 0).epoch_and_index(-1)
   with pytest.raises(ValueError, match="no examples"):
-    batching.epoch_batches([], 4, 0, 0)
+    batching.StepBatcher([], 4, 0)
 
 
 def test_encode_tagged_with_vocabs():
@@ -221,7 +226,7 @@ def test_encode_tagged_with_vocabs():
                   seed=st.integers(0, 2**32), epoch=st.integers(0, 5))
 def test_plan_and_batches_hold_for_any_sizes(lengths, batch_size, pad_to, seed, epoch):
   examples = [Example(np.arange(1, n + 1, dtype=np.int32)) for n in lengths]
-  plan = batching.epoch_plan(lengths, batch_size, seed, epoch, pad_to)
+  plan = sampling.epoch_plan(lengths, batch_size, seed, epoch, pad_to)
   assert sorted(np.concatenate(plan).tolist()) == list(range(len(lengths)))
   assert all(1 <= len(idx) <= batch_size for idx in plan)
   for idx in plan:

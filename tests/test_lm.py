@@ -64,15 +64,6 @@ def _logits(models, name, tokens, lengths=None):
 # Data.
 
 
-def test_chunk_stream_covers_every_token_once():
-  ids = np.arange(3, 26, dtype=np.int32)
-  tokens, lengths = lm.chunk_stream(ids, 7)
-  assert tokens.shape == (4, 7) and lengths.tolist() == [7, 7, 7, 2]
-  real = np.arange(7)[None, :] < lengths[:, None]
-  np.testing.assert_array_equal(tokens[real], ids)
-  assert (tokens[~real] == PAD).all()
-
-
 def test_heldout_targets_are_the_next_tokens(models):
   task, _ = models["forward"]
   h = task.heldout["test"]

@@ -1,17 +1,17 @@
 """Tests for the masked-token fill-in task (birnn_jax/tasks/masked_lm.py) and its config."""
 
 import json
-import os
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from birnn_jax import errors
 from birnn_jax import train
-from birnn_jax.data.vocab import PAD, Vocab
-from birnn_jax.tasks import lm
+from birnn_jax.data import text
+from birnn_jax.data.vocab import PAD, UNK, Vocab
+from birnn_jax.tasks import common
 from birnn_jax.tasks import masked_lm
 from experiments import masked_time_machine
 
@@ -91,15 +91,15 @@ def test_eval_masks_are_fixed_and_shared_by_all_variants(tmp_path):
 def test_vocab_is_saved_in_the_workdir(tmp_path):
   cfg = smoke_config()
   task = masked_lm.Task(cfg, tmp_path)
-  assert lm.vocab_path(cfg, tmp_path).exists()
-  assert lm.load_saved_vocab(cfg, tmp_path, len(task.vocab)) == task.vocab
-  with pytest.raises(ValueError, match="workdir mixes runs"):
-    lm.load_saved_vocab(cfg, tmp_path, len(task.vocab) + 1)
+  path = common.time_machine_vocab_path(cfg, tmp_path)
+  assert path.exists() and common.saved_vocab(path, len(task.vocab)) == task.vocab
+  with pytest.raises(errors.WorkdirMismatchError, match="workdir mixes runs"):
+    common.saved_vocab(path, len(task.vocab) + 1)
   # Another level in the same workdir gets its own file and never clobbers this one.
   char_cfg = smoke_config(level="char")
   masked_lm.Task(char_cfg, tmp_path)
-  assert lm.load_saved_vocab(cfg, tmp_path) == task.vocab
-  assert lm.vocab_path(char_cfg, tmp_path) != lm.vocab_path(cfg, tmp_path)
+  assert common.saved_vocab(path) == task.vocab
+  assert common.time_machine_vocab_path(char_cfg, tmp_path) != path
 
 
 def test_a_changed_saved_vocab_is_refused(tmp_path):
@@ -107,8 +107,8 @@ def test_a_changed_saved_vocab_is_refused(tmp_path):
   task = masked_lm.Task(cfg, tmp_path)
   tokens = list(task.vocab.tokens)
   tokens[3], tokens[4] = tokens[4], tokens[3]
-  Vocab(tokens, task.vocab.num_reserved).save(lm.vocab_path(cfg, tmp_path))
-  with pytest.raises(ValueError, match="differs from the vocabulary built"):
+  Vocab(tokens, task.vocab.num_reserved).save(common.time_machine_vocab_path(cfg, tmp_path))
+  with pytest.raises(errors.WorkdirMismatchError, match="differs from the vocabulary that"):
     masked_lm.Task(cfg, tmp_path)
 
 
@@ -187,7 +187,7 @@ def test_predict_rejects_bad_sentences(trained, sentence, message):
 
 def test_predict_uses_the_saved_vocab(trained, tmp_path):
   _, params, workdir = trained
-  assert lm.vocab_path(smoke_config(), workdir).exists()
+  assert common.time_machine_vocab_path(smoke_config(), workdir).exists()
   # Through train.predict (the first variant, bidirectional) from the experiment's workdir.
   out = train.predict(smoke_config(), workdir.parent, "the ___ machine")
   assert out.startswith("the ___ machine\n  best: the [")
@@ -200,5 +200,124 @@ def test_smoke_experiment_end_to_end(tmp_path):
   for name in ("bidirectional", "forward", "backward"):
     assert set(saved[name]) >= {"masked_accuracy", "perplexity"}
     assert 0 <= saved[name]["masked_accuracy"] <= 1 and saved[name]["perplexity"] > 1
-    assert lm.vocab_path(smoke_config(), tmp_path / name).exists()
+    assert common.time_machine_vocab_path(smoke_config(), tmp_path / name).exists()
   assert saved["verdict_pass"] == summary["verdict_pass"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Masking.
+
+V, MASK = 50, 2
+SPECIALS = (PAD, UNK, MASK)
+
+
+def _random_batch(seed=0, b=512, t=128):
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(3, V, size=(b, t))
+  ids[rng.random((b, t)) < 0.05] = UNK  # sprinkled specials are never targets
+  lengths = rng.integers(0, t + 1, size=b)
+  lengths[:3] = [0, 1, t]
+  ids[np.arange(t)[None, :] >= lengths[:, None]] = PAD
+  return ids, lengths
+
+
+def test_mask_tokens_statistics():
+  ids, lengths = _random_batch()
+  rate = 0.15
+  inputs, targets, tmask = masked_lm.mask_tokens(ids, lengths, rate, np.random.default_rng(1),
+                                            MASK, V, special_ids=(PAD, UNK))
+  real = np.arange(ids.shape[1])[None, :] < lengths[:, None]
+  candidates = real & (ids != UNK)
+  assert np.array_equal(targets, ids) and inputs.dtype == np.int32
+  assert not np.any(tmask & ~candidates)  # never padding, never a special
+  assert np.array_equal(inputs[~tmask], ids[~tmask])  # only targets change
+  assert abs(tmask.sum() / candidates.sum() - rate) < 0.005
+  per_row = tmask.sum(1)
+  assert np.all((per_row >= 1) == (candidates.sum(1) >= 1))  # >= 1 target per non-empty row
+  assert per_row[0] == 0
+  n = tmask.sum()
+  masked = (inputs == MASK) & tmask
+  changed = (inputs != ids) & ~masked & tmask
+  pool = V - len(SPECIALS)
+  assert abs(masked.sum() / n - 0.8) < 0.02
+  assert abs(changed.sum() / n - 0.1 * (1 - 1 / pool)) < 0.015
+  assert abs((tmask & (inputs == ids)).sum() / n - (0.1 + 0.1 / pool)) < 0.015
+  assert not np.isin(inputs[changed], SPECIALS).any()  # random tokens are never specials
+
+
+def test_mask_tokens_deterministic_and_mask_forms_agree():
+  ids, lengths = _random_batch(seed=5, b=64, t=40)
+  real = np.arange(40)[None, :] < lengths[:, None]
+  a = masked_lm.mask_tokens(ids, lengths, 0.2, np.random.default_rng(9), MASK, V, (PAD, UNK))
+  b = masked_lm.mask_tokens(ids, real, 0.2, np.random.default_rng(9), MASK, V, (PAD, UNK))
+  c = masked_lm.mask_tokens(ids, lengths, 0.2, np.random.default_rng(10), MASK, V, (PAD, UNK))
+  for x, y in zip(a, b):
+    assert np.array_equal(x, y)
+  assert not np.array_equal(a[2], c[2])
+
+
+def test_mask_tokens_edge_cases():
+  ids = np.array([[5, 6, 7, 8, 9, 0, 0], [4, 0, 0, 0, 0, 0, 0], [0] * 7])
+  lengths = np.array([5, 1, 0])
+  rng = np.random.default_rng(0)
+  _, _, none = masked_lm.mask_tokens(ids, lengths, 0.0, rng, MASK, V, (PAD,))
+  assert not none.any()
+  _, _, one = masked_lm.mask_tokens(ids, lengths, 0.01, rng, MASK, V, (PAD,))
+  assert one.sum(1).tolist() == [1, 1, 0]
+  inputs, _, every = masked_lm.mask_tokens(ids, lengths, 1.0, rng, MASK, V, (PAD,),
+                                      probs=(1.0, 0.0, 0.0))
+  assert np.array_equal(every, ids != 0) and np.all(inputs[every] == MASK)
+  inputs, _, kept = masked_lm.mask_tokens(ids, lengths, 1.0, rng, MASK, V, (PAD,), probs=(0, 0, 1))
+  assert kept.any() and np.array_equal(inputs, ids)
+  _, _, all_real = masked_lm.mask_tokens(ids, None, 1.0, rng, MASK, V, ())
+  assert all_real.all()  # valid=None: every position is real (PAD only excluded via specials)
+  with pytest.raises(ValueError, match="rate"):
+    masked_lm.mask_tokens(ids, lengths, 1.5, rng, MASK, V)
+  with pytest.raises(ValueError, match="probs"):
+    masked_lm.mask_tokens(ids, lengths, 0.5, rng, MASK, V, probs=(0.5, 0.5, 0.5))
+  with pytest.raises(ValueError, match="lengths"):
+    masked_lm.mask_tokens(ids, np.array([8, 1, 0]), 0.5, rng, MASK, V)
+
+
+# ------------------------------------------------------------------------------------------------
+# Blanks for `predict`.
+
+
+@pytest.fixture(scope="module")
+def small_vocabs():
+  sample = "i am not hungry and the time traveller was very hungry indeed"
+  return {level: text.build_vocab(text.tokenize(sample, level), specials=("<mask>",))
+          for level in text.LEVELS}
+
+
+def test_blank_sentence_word(small_vocabs):
+  vocab = small_vocabs["word"]
+  ids, positions = masked_lm.blank_sentence("I am ___ hungry!", vocab, level="word")
+  assert positions.tolist() == [2]
+  expected = [vocab.token_to_id("i"), vocab.token_to_id("am"), masked_lm.mask_id(vocab),
+              vocab.token_to_id("hungry")]
+  assert ids.tolist() == expected and UNK not in expected
+  ids, positions = masked_lm.blank_sentence("___ time ___, Zork ___", vocab, level="word")
+  assert positions.tolist() == [0, 2, 4] and ids[3] == UNK and np.all(ids[positions] == MASK)
+
+
+def test_blank_sentence_char(small_vocabs):
+  vocab = small_vocabs["char"]
+  ids, positions = masked_lm.blank_sentence("  The ___ime!", vocab, level="char")
+  assert text.decode(ids, vocab, "char") == "the <mask>ime" and positions.tolist() == [4]
+  ids, positions = masked_lm.blank_sentence("h___ngr___", vocab, level="char")
+  assert positions.tolist() == [1, 5]
+
+
+def test_blank_sentence_errors(small_vocabs):
+  vocab = small_vocabs["word"]
+  with pytest.raises(ValueError, match="no blank"):
+    masked_lm.blank_sentence("I am hungry", vocab, level="word")
+  with pytest.raises(ValueError, match="no known context"):
+    masked_lm.blank_sentence("Xyzzy ___ plugh", vocab, level="word")
+  with pytest.raises(ValueError, match="no known context"):
+    masked_lm.blank_sentence(" ___ ", vocab, level="word")
+  with pytest.raises(ValueError, match="no known context"):  # a char vocab read as words
+    masked_lm.blank_sentence("am ___ hungry", small_vocabs["char"], level="word")
+  with pytest.raises(ValueError, match="<mask>"):
+    masked_lm.blank_sentence("I am ___", text.build_vocab(["i", "am"], specials=()), level="word")

@@ -340,8 +340,11 @@ def test_word_dropout_only_in_training_batches(smoke_run):
   assert changed.any() and np.all(train_words[changed] == UNK)
   for split in task.eval_splits:
     batches = task.eval_batches(split)
-    plain = pos.batching.eval_batches(task.examples[split], config.data.eval_batch_size,
-                                      **task._pad)
+    plain = [pos.batching.make_batch(task.examples[split], idx, config.data.eval_batch_size,
+                                     **task.padding)
+             for idx in pos.batching.eval_plan([len(ex.words) for ex in task.examples[split]],
+                                               config.data.eval_batch_size)]
+    assert len(batches) == len(plain)
     for a, b in zip(batches, plain):
       np.testing.assert_array_equal(a["words"], b["words"])
 

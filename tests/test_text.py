@@ -13,7 +13,7 @@ import pytest
 from birnn_jax.data import common
 from birnn_jax.data import text
 from birnn_jax.data.common import DataError
-from birnn_jax.data.vocab import PAD, UNK, Vocab
+from birnn_jax.data.vocab import UNK, Vocab
 
 TM_FILE = common.BUNDLED_DIR / "time_machine" / "timemachine.txt.xz"
 
@@ -82,15 +82,15 @@ def test_vocab_sizes_on_real_file(tm_text):
   # d2l's char vocab has 28 tokens: 26 letters, space and <unk>; ours adds <pad> (and <mask>).
   full_chars = text.build_vocab(text.tokenize(tm_text, "char"), specials=())
   assert len(full_chars) == 29
-  char = text.corpus_from_text(tm_text, "char")
+  char = text.corpus_from_text(tm_text, "char", specials=("<mask>",))
   assert len(char.vocab) == 30 and char.vocab.tokens[:4] == ("<pad>", "<unk>", "<mask>", " ")
-  assert text.mask_id(char.vocab) == 2
+  assert len(text.corpus_from_text(tm_text, "char").vocab) == 29   # no specials by default
   assert (len(char.train), len(char.valid), len(char.test)) == (156_085, 8_671, 8_672)
   assert not np.any(char.valid == UNK) and not np.any(char.test == UNK)
-  word = text.corpus_from_text(tm_text, "word")
+  word = text.corpus_from_text(tm_text, "word", specials=("<mask>",))
   assert (len(word.train), len(word.valid), len(word.test)) == (29_497, 1_638, 1_640)
   assert len(word.vocab) == 4_329  # 4,326 distinct train words + pad, unk, mask
-  assert len(text.corpus_from_text(tm_text, "word", min_freq=2).vocab) == 2_025
+  assert len(text.corpus_from_text(tm_text, "word", min_freq=2).vocab) == 2_024  # no <mask>
   # The vocab is from train only: held-out words unseen in train are UNK (about 8%).
   assert 0.07 < np.mean(word.valid == UNK) < 0.09 and 0.07 < np.mean(word.test == UNK) < 0.09
 
@@ -165,7 +165,7 @@ def test_vocab_from_train_only():
   corpus = text.corpus_from_text("a b a b a b a b a zebra", "word", fractions=(0.8, 0.1, 0.1))
   assert "zebra" not in corpus.vocab and corpus.test.tolist() == [UNK]
   assert corpus.valid.tolist() == [corpus.vocab.token_to_id("a")]
-  assert corpus.vocab.tokens == ("<pad>", "<unk>", "<mask>", "a", "b")
+  assert corpus.vocab.tokens == ("<pad>", "<unk>", "a", "b")   # no task tokens by default
 
 
 @pytest.mark.parametrize("n", [20, 101, 173_428])
@@ -205,157 +205,3 @@ def test_windows_shapes_and_content():
     text.windows(ids, 24)
   with pytest.raises(ValueError, match=">= 1"):
     text.windows(ids, 5, stride=0)
-
-
-def test_batch_for_step_is_deterministic():
-  w = text.windows(np.arange(1000), 10)  # 100 windows
-  for step in [0, 3, 57, 10_000]:
-    a = text.batch_for_step(w, 8, seed=3, step=step)
-    b = text.batch_for_step(w.copy(), 8, seed=3, step=step)
-    assert a.shape == (8, 10) and np.array_equal(a, b)
-  a[:] = -1  # mutating a returned batch does not change later batches
-  assert np.array_equal(text.batch_for_step(w, 8, 3, 10_000), b)
-  assert not np.array_equal(text.batch_for_step(w, 8, 3, 0), text.batch_for_step(w, 8, 4, 0))
-  # Same result whatever was asked before (resuming at step 57 from scratch).
-  assert np.array_equal(text.batch_indices(100, 8, 3, 57),
-                        text.epoch_permutation(100, 3, 4)[56:64])
-
-
-@pytest.mark.parametrize("n,batch_size", [(100, 10), (97, 10), (5, 8)])
-def test_every_window_once_per_epoch_and_epochs_differ(n, batch_size):
-  epochs = 3
-  steps = -(-epochs * n // batch_size)
-  stream = np.concatenate([text.batch_indices(n, batch_size, 11, s) for s in range(steps)])
-  orders = [stream[e * n:(e + 1) * n] for e in range(epochs)]
-  for e, order in enumerate(orders):
-    assert np.array_equal(np.sort(order), np.arange(n))
-    assert np.array_equal(order, np.random.default_rng((11, e)).permutation(n))
-  assert not np.array_equal(orders[0], orders[1])
-  assert text.steps_per_epoch(n, batch_size) == n / batch_size
-
-
-def test_batch_argument_errors():
-  with pytest.raises(ValueError):
-    text.batch_indices(0, 4, 0, 0)
-  with pytest.raises(ValueError, match="seed"):
-    text.batch_indices(10, 4, -1, 0)
-  with pytest.raises(ValueError, match="step"):
-    text.batch_indices(10, 4, 0, -2)
-
-
-# ------------------------------------------------------------------------------------------------
-# Masking.
-
-V, MASK = 50, 2
-SPECIALS = (PAD, UNK, MASK)
-
-
-def _random_batch(seed=0, b=512, t=128):
-  rng = np.random.default_rng(seed)
-  ids = rng.integers(3, V, size=(b, t))
-  ids[rng.random((b, t)) < 0.05] = UNK  # sprinkled specials are never targets
-  lengths = rng.integers(0, t + 1, size=b)
-  lengths[:3] = [0, 1, t]
-  ids[np.arange(t)[None, :] >= lengths[:, None]] = PAD
-  return ids, lengths
-
-
-def test_mask_tokens_statistics():
-  ids, lengths = _random_batch()
-  rate = 0.15
-  inputs, targets, tmask = text.mask_tokens(ids, lengths, rate, np.random.default_rng(1),
-                                            MASK, V, special_ids=(PAD, UNK))
-  real = np.arange(ids.shape[1])[None, :] < lengths[:, None]
-  candidates = real & (ids != UNK)
-  assert np.array_equal(targets, ids) and inputs.dtype == np.int32
-  assert not np.any(tmask & ~candidates)  # never padding, never a special
-  assert np.array_equal(inputs[~tmask], ids[~tmask])  # only targets change
-  assert abs(tmask.sum() / candidates.sum() - rate) < 0.005
-  per_row = tmask.sum(1)
-  assert np.all((per_row >= 1) == (candidates.sum(1) >= 1))  # >= 1 target per non-empty row
-  assert per_row[0] == 0
-  n = tmask.sum()
-  masked = (inputs == MASK) & tmask
-  changed = (inputs != ids) & ~masked & tmask
-  pool = V - len(SPECIALS)
-  assert abs(masked.sum() / n - 0.8) < 0.02
-  assert abs(changed.sum() / n - 0.1 * (1 - 1 / pool)) < 0.015
-  assert abs((tmask & (inputs == ids)).sum() / n - (0.1 + 0.1 / pool)) < 0.015
-  assert not np.isin(inputs[changed], SPECIALS).any()  # random tokens are never specials
-
-
-def test_mask_tokens_deterministic_and_mask_forms_agree():
-  ids, lengths = _random_batch(seed=5, b=64, t=40)
-  real = np.arange(40)[None, :] < lengths[:, None]
-  a = text.mask_tokens(ids, lengths, 0.2, np.random.default_rng(9), MASK, V, (PAD, UNK))
-  b = text.mask_tokens(ids, real, 0.2, np.random.default_rng(9), MASK, V, (PAD, UNK))
-  c = text.mask_tokens(ids, lengths, 0.2, np.random.default_rng(10), MASK, V, (PAD, UNK))
-  for x, y in zip(a, b):
-    assert np.array_equal(x, y)
-  assert not np.array_equal(a[2], c[2])
-
-
-def test_mask_tokens_edge_cases():
-  ids = np.array([[5, 6, 7, 8, 9, 0, 0], [4, 0, 0, 0, 0, 0, 0], [0] * 7])
-  lengths = np.array([5, 1, 0])
-  rng = np.random.default_rng(0)
-  _, _, none = text.mask_tokens(ids, lengths, 0.0, rng, MASK, V, (PAD,))
-  assert not none.any()
-  _, _, one = text.mask_tokens(ids, lengths, 0.01, rng, MASK, V, (PAD,))
-  assert one.sum(1).tolist() == [1, 1, 0]
-  inputs, _, every = text.mask_tokens(ids, lengths, 1.0, rng, MASK, V, (PAD,),
-                                      probs=(1.0, 0.0, 0.0))
-  assert np.array_equal(every, ids != 0) and np.all(inputs[every] == MASK)
-  inputs, _, kept = text.mask_tokens(ids, lengths, 1.0, rng, MASK, V, (PAD,), probs=(0, 0, 1))
-  assert kept.any() and np.array_equal(inputs, ids)
-  _, _, all_real = text.mask_tokens(ids, None, 1.0, rng, MASK, V, ())
-  assert all_real.all()  # valid=None: every position is real (PAD only excluded via specials)
-  with pytest.raises(ValueError, match="rate"):
-    text.mask_tokens(ids, lengths, 1.5, rng, MASK, V)
-  with pytest.raises(ValueError, match="probs"):
-    text.mask_tokens(ids, lengths, 0.5, rng, MASK, V, probs=(0.5, 0.5, 0.5))
-  with pytest.raises(ValueError, match="lengths"):
-    text.mask_tokens(ids, np.array([8, 1, 0]), 0.5, rng, MASK, V)
-
-
-# ------------------------------------------------------------------------------------------------
-# Blanks for `predict`.
-
-
-@pytest.fixture(scope="module")
-def small_vocabs():
-  sample = "i am not hungry and the time traveller was very hungry indeed"
-  return {level: text.build_vocab(text.tokenize(sample, level)) for level in text.LEVELS}
-
-
-def test_blank_sentence_word(small_vocabs):
-  vocab = small_vocabs["word"]
-  ids, positions = text.blank_sentence("I am ___ hungry!", vocab, level="word")
-  assert positions.tolist() == [2]
-  expected = [vocab.token_to_id("i"), vocab.token_to_id("am"), text.mask_id(vocab),
-              vocab.token_to_id("hungry")]
-  assert ids.tolist() == expected and UNK not in expected
-  ids, positions = text.blank_sentence("___ time ___, Zork ___", vocab, level="word")
-  assert positions.tolist() == [0, 2, 4] and ids[3] == UNK and np.all(ids[positions] == MASK)
-
-
-def test_blank_sentence_char(small_vocabs):
-  vocab = small_vocabs["char"]
-  ids, positions = text.blank_sentence("  The ___ime!", vocab, level="char")
-  assert text.decode(ids, vocab, "char") == "the <mask>ime" and positions.tolist() == [4]
-  ids, positions = text.blank_sentence("h___ngr___", vocab, level="char")
-  assert positions.tolist() == [1, 5]
-
-
-def test_blank_sentence_errors(small_vocabs):
-  vocab = small_vocabs["word"]
-  with pytest.raises(ValueError, match="no blank"):
-    text.blank_sentence("I am hungry", vocab, level="word")
-  with pytest.raises(ValueError, match="no known context"):
-    text.blank_sentence("Xyzzy ___ plugh", vocab, level="word")
-  with pytest.raises(ValueError, match="no known context"):
-    text.blank_sentence(" ___ ", vocab, level="word")
-  with pytest.raises(ValueError, match="no known context"):  # a char vocab read as words
-    text.blank_sentence("am ___ hungry", small_vocabs["char"], level="word")
-  with pytest.raises(ValueError, match="<mask>"):
-    text.blank_sentence("I am ___", text.build_vocab(["i", "am"], specials=()), level="word")

@@ -11,17 +11,17 @@ A batch is a dict of numpy arrays (B = batch_size, T = padded time, C = padded w
 Every batch has exactly B rows, T is a multiple of `pad_to` and C a multiple of `char_pad_to`
 (capped by `max_chars`), so a jitted step sees few distinct shapes.
 
-Order is a pure function of (seed, epoch): `epoch_plan` sorts the examples into length
-buckets (of width `pad_to`), shuffles within each bucket with
-`np.random.default_rng((seed, epoch))`, cuts consecutive batches and shuffles their order.
-`batch_for_step(step)` is batch `step % steps_per_epoch` of epoch `step // steps_per_epoch`,
-so a run resumed at step k sees exactly the batches an uninterrupted run would.
-Evaluation (`eval_batches`) goes through the examples sorted by length, each exactly once.
+Training order is `sampling.BucketedEpochs` (`StepBatcher(step)` is a pure function of
+(seed, step), so a resumed run sees exactly the batches an uninterrupted one would);
+evaluation (`eval_plan`) goes through the examples sorted by length, each exactly once.
 """
 
 from typing import Iterable, Mapping, NamedTuple, Protocol, Sequence
 
 import numpy as np
+
+from birnn_jax.data import sampling
+from birnn_jax.data.sampling import check_positive, steps_per_epoch  # noqa: F401 (re-export)
 
 Batch = dict[str, np.ndarray]
 
@@ -80,47 +80,6 @@ def _encode_tags(sentence, tag_ids: Mapping[str, int], n: int) -> np.ndarray:
 
 # Order ---------------------------------------------------------------------------------------
 
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-  """Batches per epoch: ceil(num_examples / batch_size) (the last one may be short)."""
-  _check_positive(batch_size=batch_size)
-  if num_examples < 1:
-    raise ValueError("there are no examples to batch.")
-  return -(-num_examples // batch_size)
-
-
-def step_to_epoch_index(step: int, num_examples: int, batch_size: int) -> tuple[int, int]:
-  """(epoch, index of the batch within that epoch) of global training step `step` (from 0)."""
-  if step < 0:
-    raise ValueError(f"step must be >= 0, got {step}.")
-  return divmod(step, steps_per_epoch(num_examples, batch_size))
-
-
-def epoch_plan(lengths: Sequence[int] | np.ndarray, batch_size: int, seed: int, epoch: int,
-               pad_to: int = 8) -> list[np.ndarray]:
-  """The example indices of each batch of one training epoch (a pure function of its args).
-
-  Examples are sorted by length bucket (ceil(length / pad_to)) with a random order inside
-  each bucket, cut into consecutive batches of `batch_size` (the last may be short), and the
-  batches are shuffled; both draws come from `np.random.default_rng((seed, epoch))`.
-
-  Args:
-    lengths: int [N], the length of each example.
-
-  Returns:
-    steps_per_epoch(N, batch_size) int64 arrays of indices; together each index exactly once.
-  """
-  _check_positive(pad_to=pad_to)
-  if seed < 0 or epoch < 0:
-    raise ValueError(f"seed and epoch must be >= 0, got seed={seed}, epoch={epoch}.")
-  lengths = np.asarray(lengths)
-  num_batches = steps_per_epoch(len(lengths), batch_size)
-  rng = np.random.default_rng((seed, epoch))
-  buckets = -(-lengths.astype(np.int64) // pad_to)
-  order = np.argsort(buckets * len(lengths) + rng.permutation(len(lengths)))
-  batches = [order[i * batch_size:(i + 1) * batch_size] for i in range(num_batches)]
-  return [batches[i] for i in rng.permutation(num_batches)]
-
-
 def eval_plan(lengths: Sequence[int] | np.ndarray, batch_size: int) -> list[np.ndarray]:
   """The example indices of each evaluation batch: sorted by length, each index once."""
   order = np.argsort(np.asarray(lengths), kind="stable")
@@ -148,7 +107,7 @@ def make_batch(examples: Sequence[Example], indices: Sequence[int] | np.ndarray,
     The batch dict described in the module docstring.
   """
   char_pad_to = char_pad_to or pad_to
-  _check_positive(batch_size=batch_size, pad_to=pad_to, char_pad_to=char_pad_to,
+  check_positive(batch_size=batch_size, pad_to=pad_to, char_pad_to=char_pad_to,
                   max_chars=1 if max_chars is None else max_chars)
   rows = [examples[i] for i in np.asarray(indices, dtype=np.int64).reshape(-1)]
   if not 1 <= len(rows) <= batch_size:
@@ -206,68 +165,28 @@ def _round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
 
 
-def _check_positive(**values: int) -> None:
-  for name, value in values.items():
-    if value < 1:
-      raise ValueError(f"{name} must be >= 1, got {value}.")
-
-
 # Batches -------------------------------------------------------------------------------------
 
-def epoch_batches(examples: Sequence[Example], batch_size: int, seed: int, epoch: int,
-                  pad_to: int = 8, max_chars: int | None = None,
-                  char_pad_to: int | None = None) -> list[Batch]:
-  """All training batches of one epoch, in order (see `epoch_plan` and `make_batch`)."""
-  plan = epoch_plan(_lengths(examples), batch_size, seed, epoch, pad_to)
-  return [make_batch(examples, idx, batch_size, pad_to, max_chars, char_pad_to)
-          for idx in plan]
-
-
-def batch_for_step(examples: Sequence[Example], batch_size: int, seed: int, step: int,
-                   pad_to: int = 8, max_chars: int | None = None,
-                   char_pad_to: int | None = None) -> Batch:
-  """The training batch of global step `step`: batch `index` of `epoch_batches(..., epoch)`
-  where (epoch, index) = step_to_epoch_index(step, ...). Builds only that batch."""
-  lengths = _lengths(examples)
-  epoch, index = step_to_epoch_index(step, len(lengths), batch_size)
-  plan = epoch_plan(lengths, batch_size, seed, epoch, pad_to)
-  return make_batch(examples, plan[index], batch_size, pad_to, max_chars, char_pad_to)
-
-
 class StepBatcher:
-  """`batch_for_step` for one training set, keeping the current epoch's plan between calls.
+  """The padded training batch of each step, in `sampling.BucketedEpochs` order.
 
       batcher = StepBatcher(train_examples, batch_size=32, seed=config.seed)
-      batch = batcher(step)   # == batch_for_step(train_examples, 32, config.seed, step)
+      batch = batcher(step)   # a pure function of (examples, seed, step): exact resume
   """
 
   def __init__(self, examples: Sequence[Example], batch_size: int, seed: int,
                pad_to: int = 8, max_chars: int | None = None, char_pad_to: int | None = None):
     self.examples, self.batch_size, self.seed = examples, batch_size, seed
     self._pad = dict(pad_to=pad_to, max_chars=max_chars, char_pad_to=char_pad_to)
-    self._lengths = _lengths(examples)
-    self.steps_per_epoch = steps_per_epoch(len(examples), batch_size)
-    self._epoch, self._plan = None, []
+    self.sampler = sampling.BucketedEpochs(_lengths(examples), batch_size, seed, pad_to)
+    self.steps_per_epoch = self.sampler.steps_per_epoch
 
   def indices(self, step: int) -> np.ndarray:
     """The example indices of the rows of step `step`'s batch (its real rows, in order)."""
-    epoch, index = step_to_epoch_index(step, len(self.examples), self.batch_size)
-    if epoch != self._epoch:
-      self._plan = epoch_plan(self._lengths, self.batch_size, self.seed, epoch,
-                              self._pad["pad_to"])
-      self._epoch = epoch
-    return self._plan[index]
+    return self.sampler.indices(step)
 
   def __call__(self, step: int) -> Batch:
     return make_batch(self.examples, self.indices(step), self.batch_size, **self._pad)
-
-
-def eval_batches(examples: Sequence[Example], batch_size: int, pad_to: int = 8,
-                 max_chars: int | None = None, char_pad_to: int | None = None) -> list[Batch]:
-  """Batches covering every example exactly once, sorted by length (`eval_plan` gives the
-  example index of each row, to put predictions back in file order)."""
-  return [make_batch(examples, idx, batch_size, pad_to, max_chars, char_pad_to)
-          for idx in eval_plan(_lengths(examples), batch_size)]
 
 
 def _lengths(examples: Sequence[Example]) -> np.ndarray:

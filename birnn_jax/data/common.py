@@ -22,20 +22,12 @@ import tempfile
 import urllib.request
 from typing import BinaryIO
 
+from birnn_jax.errors import DataError  # re-exported: readers raise it
+
 ENV_VAR = "BIRNN_DATA_DIR"
 CACHE_DIR = pathlib.Path("~/.cache/birnn_jax").expanduser()
 BUNDLED_DIR = pathlib.Path(__file__).resolve().parent / "bundled"
 COMPRESSED_SUFFIX = ".xz"
-
-
-class DataError(ValueError):
-  """Malformed or missing data; the message names the file and line when there is one."""
-
-  def __init__(self, message: str, path: str | os.PathLike | None = None,
-               line: int | None = None):
-    self.path, self.line, self.problem = path, line, message
-    where = "" if path is None else f"{path}:{line}: " if line is not None else f"{path}: "
-    super().__init__(where + message)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,6 +3,8 @@ its module name (`config.task`), so adding a task never touches the trainer."""
 
 import importlib
 
+from birnn_jax import errors
+
 from birnn_jax.tasks.base import Task
 
 
@@ -11,6 +13,6 @@ def get_task_class(name: str) -> type[Task]:
     module = importlib.import_module(f"birnn_jax.tasks.{name}")
   except ModuleNotFoundError as e:
     if e.name == f"birnn_jax.tasks.{name}":
-      raise ValueError(f"config.task={name!r}: no module birnn_jax/tasks/{name}.py.") from e
+      raise errors.ConfigError(f"config.task={name!r}: no module birnn_jax/tasks/{name}.py.") from e
     raise
   return module.Task

@@ -12,108 +12,30 @@ windows, deterministic mode), `heldout_perplexity` (test split, teacher forcing:
 window visible), `future_hidden_perplexity` (test split, each position t scored by running the
 model on x_<=t only, lengths = t+1) and a `sample` continuing `config.predict.prefix`.
 
-Also the Time Machine helpers the masked-LM and biLM tasks share: `load_corpus` (vocabulary
-built from train and saved in the workdir), `vocab_path`, `load_saved_vocab`, `chunk_stream`,
-`pad_batch`, `batches`, and generation that only ever reads the past (`sample_next`,
-`generate`, `prefix_logits_fn`).
+Generation only ever reads the past (`sample_next`, `generate`, `prefix_logits_fn`).
 """
 
-import pathlib
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from birnn_jax import config_lib
+from birnn_jax import errors
 from birnn_jax import losses
 from birnn_jax import models
+from birnn_jax.data import sampling
 from birnn_jax.data import text
 from birnn_jax.data.vocab import PAD, UNK, Vocab
 from birnn_jax.tasks import base
+from birnn_jax.tasks import common
 
-# Held-out streams are cut into rows of seq_len; rows are batched train.batch_size at a time.
-HELDOUT_SPLITS = ("valid", "test")
 
 
 # ------------------------------------------------------------------------------------------------
-# Shared helpers (masked LM, LM, biLM).
-
-
-def vocab_path(config, workdir: str | pathlib.Path) -> pathlib.Path:
-  """workdir/vocab_<level>_minfreq<k>.json: named by what builds it, so a run of another
-  level or min_freq in the same workdir (--force_fresh) never reads or clobbers this one."""
-  d = config.data
-  return pathlib.Path(workdir) / f"vocab_{d.level}_minfreq{d.min_freq}.json"
-
-
-def load_corpus(config, workdir: str | pathlib.Path) -> text.TextCorpus:
-  """The Time Machine at `config.data.level` (vocab from train, `config.data.min_freq`).
-
-  The vocabulary is saved in the workdir (`vocab_path`) the first time, so eval and predict
-  read the ids the checkpoint was trained with. ValueError if a saved one differs from the
-  one the training text gives now (the data changed under the run).
-  """
-  corpus = text.load_time_machine(config.data.dir or None, config.data.level,
-                                  config.data.min_freq)
-  path = vocab_path(config, workdir)
-  if path.exists():
-    if Vocab.load(path) != corpus.vocab:
-      raise ValueError(f"{path} differs from the vocabulary built from the training text "
-                       "now (did the data change since this run began?): the checkpoint's "
-                       "ids would be wrong. Use a fresh --workdir.")
-  elif jax.process_index() == 0:
-    corpus.vocab.save(path)
-  return corpus
-
-
-def load_saved_vocab(config, workdir: str | pathlib.Path,
-                     expected_size: int | None = None) -> Vocab:
-  """The vocabulary saved in the workdir during training; ValueError if its size is not the
-  one the checkpoint's embedding expects."""
-  path = vocab_path(config, workdir)
-  if not path.exists():
-    raise FileNotFoundError(f"no {path}: train first (--mode=train) with the same --workdir.")
-  vocab = Vocab.load(path)
-  if expected_size is not None and len(vocab) != expected_size:
-    raise ValueError(f"{path} has {len(vocab)} tokens but the checkpoint's embedding has "
-                     f"{expected_size}; the workdir mixes runs.")
-  return vocab
-
-
-def chunk_stream(ids: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-  """A stream cut into consecutive rows: (tokens <int32>[N, seq_len], lengths <int32>[N]).
-
-  Every token lands in exactly one row; the last row may be shorter (padded with PAD).
-  """
-  ids = np.asarray(ids, dtype=np.int32)
-  n = -(-len(ids) // seq_len)
-  tokens = np.full((n, seq_len), PAD, dtype=np.int32)
-  tokens.reshape(-1)[:len(ids)] = ids
-  lengths = np.full(n, seq_len, dtype=np.int32)
-  if n:
-    lengths[-1] = len(ids) - (n - 1) * seq_len
-  return tokens, lengths
-
-
-def pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
-  """Pads every array's leading axis to `size` with zeros (zero-length rows weigh nothing)."""
-  pad = size - len(next(iter(batch.values())))
-  if pad <= 0:
-    return batch
-  return {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
-          for k, v in batch.items()}
-
-
-def batches(arrays: dict[str, np.ndarray], size: int) -> Iterable[dict[str, np.ndarray]]:
-  """Consecutive batches of `size` rows (the last one padded)."""
-  n = len(next(iter(arrays.values())))
-  for start in range(0, n, size):
-    yield pad_batch({k: v[start:start + size] for k, v in arrays.items()}, size)
-
-
-def num_params(params) -> int:
-  return int(sum(np.prod(np.shape(p)) for p in jax.tree.leaves(params)))
+# Generation that only ever reads the past.
 
 
 def sample_next(logits: np.ndarray, temperature: float, rng: np.random.Generator,
@@ -173,13 +95,32 @@ def encode_prompt(prompt: str, vocab: Vocab, level: str) -> np.ndarray:
   tokens = text.tokenize(text.preprocess(prompt).strip(), level)
   ids = text.encode(tokens, vocab) if tokens else np.zeros(0, np.int32)
   if not any(i != UNK and t != " " for t, i in zip(tokens, ids)):
-    raise ValueError(f"no known token in {prompt!r}: give a prefix with words from the "
+    raise errors.InputError(f"no known token in {prompt!r}: give a prefix with words from the "
                      "training text (letters a-z).")
   return ids
 
 
 # ------------------------------------------------------------------------------------------------
 # The LM task.
+
+
+class LanguageModel(nn.Module):
+  """Token ids [B, T] -> next-token logits [B, T, V]: O_t = H_t W_hq + b_q predicts x_{t+1}.
+
+  Right when `encoder` is forward-only (H_t reads x_<=t); the "wrong application" when it is
+  bidirectional (H_t has read x_{t+1} itself). Same parameters as `models.Tagger` with V tags.
+  """
+  vocab_size: int
+  embed_size: int
+  encoder: nn.Module
+  embed_dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, lengths: jax.Array, deterministic: bool = True):
+    x = nn.Embed(self.vocab_size, self.embed_size, name="embed")(tokens)
+    x = nn.Dropout(self.embed_dropout)(x, deterministic=deterministic)
+    h, _ = self.encoder(x, lengths, deterministic=deterministic)
+    return nn.Dense(self.vocab_size, name="head")(h).astype(jnp.float32)
 
 
 def word_rate(sample: str, prefix: str, known_words: set[str]) -> float:
@@ -216,15 +157,17 @@ class Task(base.Task):
     config_lib.check_at_least(config, {
         "data.seq_len": 2, "data.stride": 1, "data.min_freq": 1, "data.train_eval_windows": 1,
         "predict.num_tokens": 1, "predict.word_rate_tokens": 1})
-    config_lib.check(d.future_hidden_rows >= 0, "data.future_hidden_rows", d.future_hidden_rows,
-          ">= 0 (0 = all of the test split)")
-    config_lib.check(p.temperature >= 0, "predict.temperature", p.temperature, ">= 0 (0 = greedy)")
-    self.corpus = load_corpus(config, workdir)
+    config_lib.check(d.future_hidden_rows >= 0, "data.future_hidden_rows",
+                     d.future_hidden_rows, ">= 0 (0 = all of the test split)")
+    config_lib.check(p.temperature >= 0, "predict.temperature", p.temperature,
+                     ">= 0 (0 = greedy)")
+    self.corpus = common.time_machine_corpus(config, workdir)
     self.vocab = self.corpus.vocab
     # Training windows of seq_len + 1: inputs w[:, :-1], targets w[:, 1:].
     self.train_windows = text.windows(self.corpus.train, d.seq_len + 1, d.stride)
+    self.sampler = sampling.Stream(len(self.train_windows), config.train.batch_size, config.seed)
     self.heldout = {split: self._teacher_forced(self.corpus.split(split))
-                    for split in HELDOUT_SPLITS}
+                    for split in self.eval_splits}
     # A fixed, evenly spaced subset of training windows for an honest train perplexity.
     n = len(self.train_windows)
     pick = np.linspace(0, n - 1, min(n, d.train_eval_windows)).astype(np.int64)
@@ -239,8 +182,8 @@ class Task(base.Task):
 
   def _teacher_forced(self, ids: np.ndarray) -> dict[str, np.ndarray]:
     """Every next-token prediction of a held-out stream once: x_i predicts x_{i+1}."""
-    tokens, lengths = chunk_stream(ids[:-1], self.config.data.seq_len)
-    targets, _ = chunk_stream(ids[1:], self.config.data.seq_len)
+    tokens, lengths = common.chunk_stream(ids[:-1], self.config.data.seq_len)
+    targets, _ = common.chunk_stream(ids[1:], self.config.data.seq_len)
     mask = np.arange(tokens.shape[1])[None, :] < lengths[:, None]
     return {"tokens": tokens, "targets": targets, "lengths": lengths, "mask": mask}
 
@@ -253,14 +196,16 @@ class Task(base.Task):
   def model(self):
     if self._model is None:
       m = self.config.model
-      self._model = models.Tagger(vocab_size=len(self.vocab), embed_size=m.embed_size,
+      self._model = LanguageModel(vocab_size=len(self.vocab), embed_size=m.embed_size,
                                   encoder=models.birnn_from_config(m),
-                                  num_tags=len(self.vocab), embed_dropout=m.embed_dropout)
+                                  embed_dropout=m.embed_dropout)
     return self._model
 
+  def steps_per_epoch(self):
+    return self.sampler.steps_per_epoch
+
   def train_batch(self, step):
-    w = text.batch_for_step(self.train_windows, self.config.train.batch_size,
-                            self.config.seed, step)
+    w = self.train_windows[self.sampler.indices(step)]
     return self._from_windows(w)
 
   def eval_batches(self, split):
@@ -272,13 +217,13 @@ class Task(base.Task):
       arrays = self.future_hidden
     else:
       raise ValueError(f"unknown split {split!r}.")
-    return batches(arrays, self.config.train.batch_size)
+    return common.fixed_batches(arrays, self.config.train.batch_size)
 
   def metric_sums(self, logits, batch):
     return losses.token_classification_sums(logits, batch["targets"], batch["mask"])
 
   def derived_metrics(self, means):
-    return {**means, "perplexity": float(np.exp(means["loss"]))}
+    return {**means, "perplexity": common.perplexity(means["loss"])}
 
   def extra_results(self, params, evaluate):
     p = self.config.predict
@@ -286,7 +231,7 @@ class Task(base.Task):
            "future_hidden_perplexity": evaluate(params, "test_future_hidden")["perplexity"],
            "future_hidden_positions": int(len(self.future_hidden["lengths"])),
            "sample": self.generate(params, p.prefix),
-           "num_params": num_params(params)}
+           "num_params": common.num_params(params)}
     # How much of a longer sample (same prefix and seed) is made of words of the book.
     long = self.generate(params, p.prefix, num_tokens=p.word_rate_tokens)
     known = set(text.decode(self.corpus.train, self.vocab, self.config.data.level).split())
@@ -300,7 +245,8 @@ class Task(base.Task):
     num_tokens = p.num_tokens if num_tokens is None else num_tokens
     temperature = p.temperature if temperature is None else temperature
     seed = p.seed if seed is None else seed
-    vocab = load_saved_vocab(self.config, self.workdir, params["embed"]["embedding"].shape[0])
+    vocab = common.saved_vocab(common.time_machine_vocab_path(self.config, self.workdir),
+                               params["embed"]["embedding"].shape[0])
     prompt = encode_prompt(prefix, vocab, self.config.data.level)
     next_logits = prefix_logits_fn(self.model(), params, len(prompt) + num_tokens)
     ids = generate(next_logits, prompt, num_tokens, temperature, seed,

@@ -2,12 +2,12 @@
 
 Random tokens of each training window are chosen as targets (`config.data.mask_rate`) and
 corrupted BERT-style (`config.data.mask_probs`: [MASK] / random token / unchanged, see
-`text.mask_tokens`); an encoder plus a per-token softmax predicts the original token, with the
+`mask_tokens`); an encoder plus a per-token softmax predicts the original token, with the
 loss on the targets only. `variants` trains the same model three ways on the same data:
 - 'bidirectional': H_t = [H->_t, H<-_t] reads the whole sentence;
 - 'forward': a forward-only stack, H_t reads x_<=t (the masked position and its left);
 - 'backward': the same forward-only stack run on each sequence reversed within its length and
-  the outputs reversed back (`Reversed`), so H_t reads x_>=t.
+  the outputs reversed back (`common.Reversed`), so H_t reads x_>=t.
 
 Held-out evaluation (valid during training, test at the end) scores fixed masks: the split is
 cut into rows of seq_len, and `config.data.eval_copies` copies of it are masked at rate
@@ -17,33 +17,29 @@ Metrics: `masked_accuracy` (top-1 on the targets) and `perplexity` (exp of the m
 cross-entropy). PAD and UNK are never targets (an unknown word has nothing to predict).
 """
 
+from typing import Iterable, Sequence
+
 import flax.linen as nn
-from flax.linen.recurrent import flip_sequences
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from birnn_jax import config_lib
+from birnn_jax import errors
 from birnn_jax import losses
 from birnn_jax import models
+from birnn_jax.data import sampling
 from birnn_jax.data import text
-from birnn_jax.data.vocab import PAD, UNK
+from birnn_jax.data.vocab import PAD, UNK, Vocab
 from birnn_jax.tasks import base
-from birnn_jax.tasks import lm
+from birnn_jax.tasks import common
 
 VARIANTS = ("bidirectional", "forward", "backward")
+MASK_TOKEN = common.TIME_MACHINE_SPECIALS[0]
+# BERT's corruption of the chosen targets: [MASK], a random token, unchanged.
+MASK_PROBS = (0.8, 0.1, 0.1)
 EVAL_PROBS = (1.0, 0.0, 0.0)   # held-out targets are always [MASK]
-
-
-class Reversed(nn.Module):
-  """Runs `encoder` on each sequence reversed within its length and reverses its outputs
-  back, so a forward-only encoder becomes a backward-only one (padding stays padding)."""
-  encoder: nn.Module
-
-  def __call__(self, x, lengths, deterministic: bool = True):
-    flip = lambda a: flip_sequences(a, lengths, num_batch_dims=1, time_major=False)
-    y, final = self.encoder(flip(x), lengths, deterministic=deterministic)
-    return flip(y), final
+BLANK = "___"
 
 
 class MaskedLM(nn.Module):
@@ -81,19 +77,19 @@ def target_positions(target_mask: np.ndarray, width: int) -> tuple[np.ndarray, n
 
 
 def max_targets(rate: float, seq_len: int) -> int:
-  """The most targets `text.mask_tokens` picks in a row of seq_len: max(1, round(rate * T))."""
+  """The most targets `mask_tokens` picks in a row of seq_len: max(1, round(rate * T))."""
   return max(1, int(np.floor(rate * seq_len + 0.5)))
 
 
 def encoder_from_config(model_config) -> nn.Module:
   """The BiRNN of `config.model`, wrapped in `Reversed` when `model.reverse` (backward-only)."""
   encoder = models.birnn_from_config(model_config)
-  return Reversed(encoder) if model_config.reverse else encoder
+  return common.Reversed(encoder) if model_config.reverse else encoder
 
 
 def sentence_tokens(sentence: str, level: str) -> list[str | None]:
-  """The tokens `text.blank_sentence` reads from `sentence`, None at each blank."""
-  pieces = [text.preprocess(p) for p in sentence.split(text.BLANK)]
+  """The tokens `blank_sentence` reads from `sentence`, None at each blank."""
+  pieces = [text.preprocess(p) for p in sentence.split(BLANK)]
   if level == "char":
     pieces[0], pieces[-1] = pieces[0].lstrip(), pieces[-1].rstrip()
   out = []
@@ -102,6 +98,145 @@ def sentence_tokens(sentence: str, level: str) -> list[str | None]:
     out.extend(text.tokenize(piece, level))
   return out
 
+
+# Masking -------------------------------------------------------------------------------------
+
+def _valid_mask(ids: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+  """Real-token mask <bool>[B, T] from None (all real), lengths <int>[B] or a mask <bool>[B, T]."""
+  if valid is None:
+    return np.ones(ids.shape, dtype=bool)
+  valid = np.asarray(valid)
+  if valid.dtype == bool:
+    if valid.shape != ids.shape:
+      raise ValueError(f"mask shape {valid.shape} != ids shape {ids.shape}.")
+    return valid
+  if valid.shape != ids.shape[:1] or not np.issubdtype(valid.dtype, np.integer):
+    raise ValueError(f"lengths must be <int>[B={ids.shape[0]}], got {valid.dtype}{valid.shape}.")
+  if np.any(valid < 0) or np.any(valid > ids.shape[1]):
+    raise ValueError(f"lengths must lie in [0, T={ids.shape[1]}], got {valid}.")
+  return np.arange(ids.shape[1])[None, :] < valid[:, None]
+
+
+def mask_tokens(ids: np.ndarray, valid: np.ndarray | None, rate: float,
+                rng: np.random.Generator, mask_id: int, vocab_size: int,
+                special_ids: Iterable[int] = (), probs: Sequence[float] = MASK_PROBS
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """BERT-style corruption for masked-token fill-in.
+
+  Candidates are the real positions (inside `valid`) whose id is neither in `special_ids` nor
+  `mask_id`. In each row with c candidates exactly k = min(c, max(1, floor(rate * c + 0.5)))
+  are chosen uniformly at random as targets (k = 0 when rate = 0 or c = 0). The "at least
+  one" rule means every non-empty row contributes to the loss; it raises the effective rate
+  only on rows shorter than 1 / (2 * rate) candidates. Each target independently becomes
+  `mask_id` with probs[0], a random token with probs[1] (uniform over [0, vocab_size) minus
+  `special_ids` and `mask_id`; it may equal the original), or stays unchanged with probs[2].
+  Padding and special positions are never chosen and never changed.
+
+  Args:
+    ids: <int>[B, T] token ids.
+    valid: which positions are real: None (all), lengths <int>[B] (t < lengths[b]), or
+      <bool>[B, T].
+    rate: the fraction of candidates to choose, in [0, 1].
+    rng: the numpy Generator; the result is a pure function of its state and the inputs.
+    mask_id: the [MASK] id.
+    vocab_size: random replacements are drawn from [0, vocab_size).
+    special_ids: ids never chosen nor drawn (PAD, and UNK/BOS/... as the task wants).
+    probs: (mask, random, keep) probabilities of a target's corruption, summing to 1.
+
+  Returns:
+    inputs <int32>[B, T]: the corrupted ids the model reads.
+    targets <int32>[B, T]: the original ids (`ids`); only positions in target_mask are scored.
+    target_mask <bool>[B, T]: the chosen targets.
+  """
+  ids = np.asarray(ids)
+  if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+    raise ValueError(f"ids must be <int>[B, T], got {ids.dtype}{ids.shape}.")
+  if not 0.0 <= rate <= 1.0:
+    raise ValueError(f"rate must lie in [0, 1], got {rate}.")
+  probs = np.asarray(probs, dtype=np.float64)
+  if probs.shape != (3,) or np.any(probs < 0) or abs(probs.sum() - 1) > 1e-9:
+    raise ValueError(f"probs must be 3 non-negative numbers summing to 1, got {tuple(probs)}.")
+  excluded = np.unique(np.asarray(list(special_ids) + [mask_id], dtype=np.int64))
+  candidates = _valid_mask(ids, valid) & ~np.isin(ids, excluded)
+
+  # Choose k per row: random scores, non-candidates last, the k lowest ranks win.
+  counts = candidates.sum(axis=1)
+  k = np.zeros_like(counts) if rate == 0 else np.minimum(
+      counts, np.maximum(1, np.floor(rate * counts + 0.5).astype(counts.dtype)))
+  scores = np.where(candidates, rng.random(ids.shape), np.inf)
+  ranks = np.argsort(np.argsort(scores, axis=1, kind="stable"), axis=1, kind="stable")
+  target_mask = candidates & (ranks < k[:, None])
+
+  # Corrupt the targets.
+  u = rng.random(ids.shape)
+  to_mask = target_mask & (u < probs[0])
+  to_random = target_mask & (u >= probs[0]) & (u < probs[0] + probs[1])
+  inputs = ids.astype(np.int32, copy=True)
+  inputs[to_mask] = mask_id
+  n_random = int(to_random.sum())
+  if n_random:
+    pool = np.setdiff1d(np.arange(vocab_size, dtype=np.int64), excluded)
+    if pool.size == 0:
+      raise ValueError(f"no token to draw: vocab_size {vocab_size} minus specials {excluded}.")
+    inputs[to_random] = pool[rng.integers(0, pool.size, size=n_random)]
+  return inputs, ids.astype(np.int32, copy=True), target_mask
+
+
+def blank_sentence(sentence: str, vocab: Vocab, blank: str = BLANK, *, level: str
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """A user's sentence with blanks, as ids for `predict`: "I am ___ hungry" -> [i, am, MASK,
+  hungry] and the blank positions [2].
+
+  The text between blanks is preprocessed the d2l way (lower case, non-letters to spaces) and
+  tokenised at `level`; each `blank` becomes one MASK token (at char level one character:
+  spaces around it are kept, so "the ___ime" asks for one letter). Leading/trailing spaces of
+  the whole sentence are dropped.
+
+  `level` is required (keyword) and must be the vocab's level: a char vocab read at word level
+  knows no word, which is reported as "no known context".
+
+  Returns:
+    ids <int32>[L]: MASK at each blank, UNK for unknown tokens.
+    positions <int64>[K]: the index of each blank in ids, in order (K >= 1).
+
+  Raises:
+    InputError: no blank in `sentence`, or no known context: every non-blank token (not
+      counting spaces) is unknown to `vocab`, or there is none.
+  """
+  text.check_level(level)
+  if not blank or blank not in sentence:
+    raise errors.InputError(f"no blank {blank!r} in {sentence!r}: mark each word to fill in "
+                            f"with {blank!r}.")
+  pieces = [text.preprocess(p) for p in sentence.split(blank)]
+  if level == "char":
+    pieces[0], pieces[-1] = pieces[0].lstrip(), pieces[-1].rstrip()
+  mask = mask_id(vocab)
+  ids, positions = [], []
+  known = 0
+  for i, piece in enumerate(pieces):
+    if i:
+      positions.append(len(ids))
+      ids.append(mask)
+    tokens = text.tokenize(piece, level)
+    piece_ids = text.encode(tokens, vocab).tolist() if tokens else []
+    known += sum(1 for t, j in zip(tokens, piece_ids) if j != UNK and t != " ")
+    ids.extend(piece_ids)
+  if not known:
+    raise errors.InputError(f"no known context in {sentence!r}: every token besides the blanks is unknown "
+                     f"to the vocabulary (or there is none), so the blanks cannot be filled.")
+  return np.asarray(ids, dtype=np.int32), np.asarray(positions, dtype=np.int64)
+
+
+def mask_id(vocab: Vocab) -> int:
+  """The id of `MASK_TOKEN` in `vocab`; ValueError if the vocab has none (the Time Machine
+  vocabularies of `common.time_machine_corpus` reserve it)."""
+  if MASK_TOKEN not in vocab:
+    raise ValueError(f"the vocabulary has no {MASK_TOKEN!r} token; build it with "
+                     f"text.build_vocab(..., specials=({MASK_TOKEN!r},)).")
+  return vocab.token_to_id(MASK_TOKEN)
+
+
+# The task ------------------------------------------------------------------------------------
 
 class Task(base.Task):
   """Masked-token prediction with a bidirectional, forward-only or backward-only encoder."""
@@ -125,20 +260,21 @@ class Task(base.Task):
       config_lib.check(0.0 <= m[key] < 1.0, f"model.{key}", m[key], "a rate in [0, 1)")
     config_lib.check(not (m.reverse and m.bidirectional), "model.reverse", m.reverse,
              "False when model.bidirectional (reverse makes a backward-only encoder)")
-    self.corpus = lm.load_corpus(config, workdir)
+    self.corpus = common.time_machine_corpus(config, workdir)
     self.vocab = self.corpus.vocab
-    self.mask_id = text.mask_id(self.vocab)
+    self.mask_id = mask_id(self.vocab)
     self.special_ids = tuple(range(self.vocab.num_reserved))   # PAD, UNK, <mask>
     self.train_windows = text.windows(self.corpus.train, d.seq_len, d.stride)
+    self.sampler = sampling.Stream(len(self.train_windows), config.train.batch_size, config.seed)
     self.num_slots = max_targets(d.mask_rate, d.seq_len)
-    self.heldout = {split: self._fixed_masks(split) for split in lm.HELDOUT_SPLITS}
+    self.heldout = {split: self._fixed_masks(split) for split in self.eval_splits}
     self._model = None
 
   def _fixed_masks(self, split: str) -> dict[str, np.ndarray]:
     """`eval_copies` maskings of the split's rows, every target a [MASK]; the masks depend
     on (config.seed, split, copy) only, never on the model."""
     d = self.config.data
-    tokens, lengths = lm.chunk_stream(self.corpus.split(split), d.seq_len)
+    tokens, lengths = common.chunk_stream(self.corpus.split(split), d.seq_len)
     parts = []
     for copy in range(d.eval_copies):
       rng = np.random.default_rng([self.config.seed, 7, text.SPLIT_NAMES.index(split), copy])
@@ -146,7 +282,7 @@ class Task(base.Task):
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
   def _mask(self, tokens, lengths, rng, probs) -> dict[str, np.ndarray]:
-    inputs, targets, target_mask = text.mask_tokens(
+    inputs, targets, target_mask = mask_tokens(
         tokens, lengths, self.config.data.mask_rate, rng, self.mask_id, len(self.vocab),
         special_ids=self.special_ids, probs=probs)
     positions, valid = target_positions(target_mask, self.num_slots)
@@ -166,16 +302,19 @@ class Task(base.Task):
   def model_inputs(self, batch):
     return batch["tokens"], batch["lengths"], batch["positions"]
 
+  def steps_per_epoch(self):
+    return self.sampler.steps_per_epoch
+
   def train_batch(self, step):
     d, seed = self.config.data, self.config.seed
-    w = text.batch_for_step(self.train_windows, self.config.train.batch_size, seed, step)
+    w = self.train_windows[self.sampler.indices(step)]
     rng = np.random.default_rng([seed, 5, step])
     lengths = rng.integers(d.min_length, d.seq_len + 1, size=len(w)).astype(np.int32)
     w = np.where(np.arange(d.seq_len)[None, :] < lengths[:, None], w, PAD).astype(np.int32)
     return self._mask(w, lengths, rng, tuple(d.mask_probs))
 
   def eval_batches(self, split):
-    return lm.batches(self.heldout[split], self.config.train.batch_size)
+    return common.fixed_batches(self.heldout[split], self.config.train.batch_size)
 
   def metric_sums(self, logits, batch):
     sums = losses.token_classification_sums(logits, batch["position_targets"],
@@ -183,20 +322,21 @@ class Task(base.Task):
     return {"loss": sums["loss"], "masked_accuracy": sums["accuracy"], "count": sums["count"]}
 
   def derived_metrics(self, means):
-    return {**means, "perplexity": float(np.exp(means["loss"]))}
+    return {**means, "perplexity": common.perplexity(means["loss"])}
 
   def extra_results(self, params, evaluate):
     mask = self.heldout["test"]["mask"]
     per_copy = mask.reshape(self.config.data.eval_copies, -1, mask.shape[1])
-    return {"num_params": lm.num_params(params), "test_num_targets": int(mask.sum()),
+    return {"num_params": common.num_params(params), "test_num_targets": int(mask.sum()),
             "test_distinct_targets": int(per_copy.any(axis=0).sum())}
 
   def fill_blanks(self, params, sentence: str) -> list[list[tuple[str, float]]]:
     """For each `___` in `sentence`, the top-k (token, probability) fillers, all blanks
     masked at once. Uses the vocabulary saved in the workdir. ValueError (from
-    `text.blank_sentence`) for a sentence with no blank or no known word."""
-    vocab = lm.load_saved_vocab(self.config, self.workdir, params["embed"]["embedding"].shape[0])
-    ids, positions = text.blank_sentence(sentence, vocab, level=self.config.data.level)
+    `blank_sentence`) for a sentence with no blank or no known word."""
+    vocab = common.saved_vocab(common.time_machine_vocab_path(self.config, self.workdir),
+                               params["embed"]["embedding"].shape[0])
+    ids, positions = blank_sentence(sentence, vocab, level=self.config.data.level)
     logits = self.model().apply({"params": params}, ids[None, :],
                                 np.asarray([len(ids)], np.int32), positions[None, :],
                                 deterministic=True)
@@ -210,7 +350,7 @@ class Task(base.Task):
     fillers = self.fill_blanks(params, sentence)
     level = self.config.data.level
     tokens = sentence_tokens(sentence, level)
-    vocab = lm.load_saved_vocab(self.config, self.workdir)
+    vocab = common.saved_vocab(common.time_machine_vocab_path(self.config, self.workdir))
     unknown = [t for t in dict.fromkeys(tokens)
                if t not in (None, " ") and vocab.token_to_id(t) == UNK]
     best = iter(options[0][0] for options in fillers)

@@ -23,8 +23,9 @@ The model (Plank et al. 2016 style), for the words of a sentence x_1..x_T:
   cross-entropy on the real tokens only.
 
 Data: vocabularies come from train only (words with `data.min_freq`, all characters) and are
-saved in the workdir as vocab_words.json / vocab_chars.json; when they exist there they are
-loaded instead, so `eval` and `predict` read the ids the checkpoint was trained with.
+saved in the workdir as vocab_words.json / vocab_chars.json (`common.workdir_vocab`: a saved
+one is reused, one that the data no longer builds is refused), so `eval` and `predict` read
+the ids the checkpoint was trained with.
 Words longer than `data.max_chars` characters keep their first and last `max_chars // 2`
 characters (prefix and suffix carry the morphology). Batches are length-bucketed and padded
 (`data.pad_to` words, exactly `data.max_chars` characters) so jit sees few shapes. The
@@ -50,16 +51,15 @@ tokenised, and prints `word/TAG` pairs.
 """
 
 import collections
-import pathlib
 import re
 
-from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from birnn_jax import config_lib
+from birnn_jax import errors
 from birnn_jax import losses
 from birnn_jax import models
 from birnn_jax.data import batching
@@ -67,6 +67,7 @@ from birnn_jax.data import conllu_data
 from birnn_jax.data.vocab import PAD, UNK, Vocab
 from birnn_jax.tasks import base
 from birnn_jax.tasks import bilm as bilm_lib
+from birnn_jax.tasks import common
 
 WORD_VOCAB_FILE = "vocab_words.json"
 CHAR_VOCAB_FILE = "vocab_chars.json"
@@ -164,26 +165,12 @@ def drop_words(words: np.ndarray, probs: np.ndarray, rng: np.random.Generator) -
   return np.where(drop, UNK, words).astype(words.dtype)
 
 
-def load_or_build_vocab(path: pathlib.Path, built: Vocab) -> Vocab:
-  """The vocabulary saved at `path` if there is one (the ids a checkpoint in this workdir
-  was trained with), else `built`, saved there."""
-  if path.exists():
-    saved = Vocab.load(path)
-    if saved != built:
-      logging.warning("%s differs from the vocabulary built from train with this config; "
-                      "using the saved one (the ids of this workdir's checkpoints).", path)
-    return saved
-  if jax.process_index() == 0:
-    built.save(path)
-  return built
-
-
 def load_bilm(workdir: str) -> bilm_lib.FrozenFeatures:
-  """The frozen biLM of a trained bilm_time_machine run, or a ValueError naming the key."""
+  """The frozen biLM of a trained bilm_time_machine run, or a ConfigError naming the key."""
   try:
     return bilm_lib.FrozenFeatures.from_workdir(workdir)
-  except (FileNotFoundError, ValueError) as e:
-    raise ValueError(f"config.model.bilm_workdir={workdir!r} is invalid: {e}") from e
+  except errors.BirnnError as e:
+    raise errors.ConfigError(f"config.model.bilm_workdir={workdir!r} is invalid: {e}") from e
 
 
 # Model ----------------------------------------------------------------------------------------
@@ -267,8 +254,8 @@ class Task(base.Task):
     config_lib.check_at_least(config, {"data.max_length": 1, "data.min_freq": 1,
                                        "data.max_chars": 2, "data.pad_to": 1,
                                        "data.eval_batch_size": 1})
-    config_lib.check(d.word_dropout_alpha >= 0, "data.word_dropout_alpha", d.word_dropout_alpha,
-           ">= 0 (0 disables)")
+    config_lib.check(d.word_dropout_alpha >= 0, "data.word_dropout_alpha",
+                     d.word_dropout_alpha, ">= 0 (0 disables)")
     for key in ("word_dropout", "embed_dropout", "output_dropout"):
       config_lib.check(0.0 <= m[key] < 1.0, f"model.{key}", m[key], "a rate in [0, 1)")
     for key in ("char_embed_size", "char_hidden_size"):
@@ -295,17 +282,17 @@ class Task(base.Task):
                               min_freq=d.min_freq)
     built_chars = Vocab.build(w for s in splits.train for w, _ in s)
     self.workdir.mkdir(parents=True, exist_ok=True)
-    self.word_vocab = load_or_build_vocab(self.workdir / WORD_VOCAB_FILE, built_words)
-    self.char_vocab = load_or_build_vocab(self.workdir / CHAR_VOCAB_FILE, built_chars)
+    self.word_vocab = common.workdir_vocab(self.workdir / WORD_VOCAB_FILE, built_words)
+    self.char_vocab = common.workdir_vocab(self.workdir / CHAR_VOCAB_FILE, built_chars)
     self.char_encoder = CharEncoder(self.char_vocab, d.max_chars)
     self.sentences = {split: getattr(splits, split) for split in conllu_data.SPLITS}
     self.examples = {name: self.encode(sentences, tagged=True)
                      for name, sentences in self.sentences.items()}
     self.train_forms = frozenset(counts)
     self.word_drop_probs = rare_word_drop_probs(self.word_vocab, counts, d.word_dropout_alpha)
-    self._pad = dict(pad_to=d.pad_to, max_chars=d.max_chars, char_pad_to=d.max_chars)
+    self.padding = dict(pad_to=d.pad_to, max_chars=d.max_chars, char_pad_to=d.max_chars)
     self.batcher = batching.StepBatcher(self.examples["train"], config.train.batch_size,
-                                        config.seed, **self._pad)
+                                        config.seed, **self.padding)
     self.bilm = load_bilm(m.bilm_workdir) if m.bilm_workdir else None
     self._bilm_inputs = {name: self.encode_bilm(sentences)
                          for name, sentences in self.sentences.items()}
@@ -356,7 +343,7 @@ class Task(base.Task):
   def fixed_batches(self, examples, bilm_inputs, batch_size: int):
     """(example indices, model-ready batch) covering `examples` once, sorted by length."""
     for idx in batching.eval_plan([len(ex.words) for ex in examples], batch_size):
-      batch = batching.make_batch(examples, idx, batch_size, **self._pad)
+      batch = batching.make_batch(examples, idx, batch_size, **self.padding)
       yield idx, dedup_chars(self.with_bilm(batch, bilm_inputs, idx))
 
   def steps_per_epoch(self):
@@ -468,7 +455,7 @@ class Task(base.Task):
     """`word/TAG` for each token of `text` (see `tokenize`), one line."""
     words = tokenize(text, lambda w: self.normalize(w) in self.word_vocab)
     if not words:
-      raise ValueError("--text has no words to tag.")
+      raise errors.InputError("--text has no words to tag.")
     sentences = [[(w, TAGS[0]) for w in words]]
     tags = self.tag_examples(params, self.encode(sentences, tagged=False),
                              self.encode_bilm(sentences), batch_size=1)[0]

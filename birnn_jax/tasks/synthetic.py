@@ -3,10 +3,12 @@ need the right context; see `data/synthetic.py` for the generator and the ceilin
 
 import numpy as np
 
+from birnn_jax import config_lib
 from birnn_jax import losses
 from birnn_jax import models
 from birnn_jax.data.synthetic import SyntheticTagging
 from birnn_jax.tasks import base
+from birnn_jax.tasks import common
 
 
 def generator(config) -> SyntheticTagging:
@@ -22,9 +24,7 @@ class Task(base.Task):
   def __init__(self, config, workdir):
     super().__init__(config, workdir)
     self.data = generator(config)
-    if config.data.num_test_sequences <= 0:
-      raise ValueError("config.data.num_test_sequences must be positive, got "
-                       f"{config.data.num_test_sequences}.")
+    config_lib.check_at_least(config, {"data.num_test_sequences": 1})
     # Held-out sentences come from their own stream, never from the training stream.
     test_rng = np.random.default_rng([config.seed, 1])
     self.test = self.data.batch(test_rng, config.data.num_test_sequences)
@@ -39,15 +39,7 @@ class Task(base.Task):
     return self.data.batch(rng, self.config.train.batch_size)
 
   def eval_batches(self, split):
-    size = self.config.train.batch_size
-    n = len(self.test["lengths"])
-    for start in range(0, n, size):
-      batch = {k: v[start:start + size] for k, v in self.test.items()}
-      pad = size - len(batch["lengths"])
-      if pad:  # Zero-length rows keep the shape fixed and weigh nothing.
-        batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
-                 for k, v in batch.items()}
-      yield batch
+    return common.fixed_batches(self.test, self.config.train.batch_size)
 
   def metric_sums(self, logits, batch):
     return losses.token_classification_sums(logits, batch["tags"], batch["mask"])

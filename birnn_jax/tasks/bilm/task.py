@@ -41,33 +41,29 @@ the context-free embedding, the forward-only and backward-only halves of the mix
 biLM mix, next to the best a per-word lookup table can do.
 """
 
-import json
-import math
-import pathlib
-import re
+
 from typing import Sequence
 
-import flax.linen as nn
-from flax.linen.recurrent import flip_sequences
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
 from birnn_jax import config_lib
+from birnn_jax import errors
 from birnn_jax import metrics as metrics_lib
 from birnn_jax import models
-from birnn_jax.data import common
+from birnn_jax.data import common as data_common
+from birnn_jax.data import sampling
 from birnn_jax.data import text as text_lib
-from birnn_jax.data.vocab import PAD, UNK, Vocab
+from birnn_jax.data.vocab import PAD, UNK
 from birnn_jax.tasks import base
-
-Array = jax.Array
+from birnn_jax.tasks import common
+from birnn_jax.tasks.bilm import probe as probe_lib
+from birnn_jax.tasks.bilm.model import BiLM, mix_weights
 
 VOCAB_FILE = "vocab_words.json"
 SENTENCE_SEP = "|"
-PROBE_CLASSES = ("none", "pause", "end")
 STREAM_BATCH = 256  # windows per call when reading a whole split for the probe
 
 # Built-in polysemy demo: passages of the book (verbatim, some cut short), each with the
@@ -103,195 +99,18 @@ DEMO = {
 }
 
 
-# ------------------------------------------------------------------------------------------------
-# The model.
-
-
-def mix_weights(weights: Sequence[float], num_layers: int) -> np.ndarray:
-  """s = softmax(w) over the L + 1 representations; () gives equal weights 1 / (L + 1)."""
-  w = np.zeros(num_layers + 1) if len(weights) == 0 else np.asarray(weights, np.float64)
-  if w.shape != (num_layers + 1,):
-    raise ValueError(f"config.model.mix_weights={tuple(weights)!r} is invalid: expected () or "
-                     f"{num_layers + 1} numbers (the embedding and {num_layers} layers).")
-  e = np.exp(w - w.max())
-  return (e / e.sum()).astype(np.float32)
-
-
-class BiLM(nn.Module):
-  """ELMo's biLM: a forward and a backward LM with a shared embedding and softmax.
-
-  Attributes:
-    vocab_size: V.
-    layer: a forward-only single-layer `models.BiRNN`; cloned for each layer of each
-      direction (2 * num_layers independent stacks' layers, none shared).
-    num_layers: L, layers per direction.
-    dropout: rate on the embeddings, between layers and before the softmax (training only).
-    residual: add a layer's input to its output from the second layer on (ELMo does).
-    mix_weights: fixed softmax-normalised layer weights s_0..s_L (see `mix_weights`).
-    mix_gamma: ELMo's scale gamma.
-
-  The embedding width is the layer's hidden size H, so h_0 = [e; e] matches [f_j; b_j].
-  """
-  vocab_size: int
-  layer: models.BiRNN
-  num_layers: int = 2
-  dropout: float = 0.0
-  residual: bool = False
-  mix_weights: tuple[float, ...] = ()
-  mix_gamma: float = 1.0
-
-  def setup(self):
-    if self.layer.bidirectional or self.layer.num_layers != 1:
-      raise ValueError("BiLM.layer must be a forward-only single-layer BiRNN (each LM reads "
-                       "only one side of every target).")
-    self.embed = nn.Embed(self.vocab_size, self.layer.hidden_size)
-    self.forward_lm = [self.layer.clone(parent=None) for _ in range(self.num_layers)]
-    self.backward_lm = [self.layer.clone(parent=None) for _ in range(self.num_layers)]
-    self.softmax = nn.Dense(self.vocab_size)
-    self.drop = nn.Dropout(self.dropout)
-
-  def _stack(self, layers, x_BxTxE: Array, lengths_B: Array, deterministic: bool
-             ) -> list[Array]:
-    """The outputs [B, T, H] of every layer of one forward-only stack."""
-    outputs, y = [], x_BxTxE
-    for j, layer in enumerate(layers):
-      layer_in = self.drop(y, deterministic=deterministic) if j else y
-      y, _ = layer(layer_in, lengths_B)
-      if self.residual and j:
-        y = y + layer_in
-      outputs.append(y)
-    return outputs
-
-  def states_from_embeddings(self, x_BxTxE: Array, lengths_B: Array,
-                             deterministic: bool = True) -> tuple[list[Array], list[Array]]:
-    """(forward, backward): per-layer hidden states [B, T, H] of each LM, in text order.
-
-    forward[j][:, t] depends on x[:, :t+1] only; backward[j][:, t] on x[:, t:lengths] only.
-    """
-    x_BxTxE = self.drop(x_BxTxE, deterministic=deterministic)
-    flip = lambda a: flip_sequences(a, lengths_B, num_batch_dims=1, time_major=False)
-    forward = self._stack(self.forward_lm, x_BxTxE, lengths_B, deterministic)
-    backward = [flip(y) for y in
-                self._stack(self.backward_lm, flip(x_BxTxE), lengths_B, deterministic)]
-    return forward, backward
-
-  def logits_from_embeddings(self, x_BxTxE: Array, lengths_B: Array,
-                             deterministic: bool = True) -> dict[str, Array]:
-    """Next-token logits of the forward LM and previous-token logits of the backward LM,
-    [B, T, V] each, through the one shared softmax."""
-    forward, backward = self.states_from_embeddings(x_BxTxE, lengths_B, deterministic)
-    head = lambda h: self.softmax(self.drop(h, deterministic=deterministic)).astype(jnp.float32)
-    return {"forward": head(forward[-1]), "backward": head(backward[-1])}
-
-  def __call__(self, tokens_BxT: Array, lengths_B: Array, deterministic: bool = True):
-    return self.logits_from_embeddings(self.embed(tokens_BxT), lengths_B, deterministic)
-
-  def layer_states(self, tokens_BxT: Array, lengths_B: Array) -> Array:
-    """[L + 1, B, T, 2H]: h_0 = [e; e], h_j = [f_j; b_j]; zeros at padding."""
-    e = self.embed(tokens_BxT)
-    e = e * (jnp.arange(tokens_BxT.shape[1]) < lengths_B[:, None])[..., None]
-    forward, backward = self.states_from_embeddings(e, lengths_B)
-    layers = [jnp.concatenate([e, e], -1)] + [
-        jnp.concatenate([f, b], -1) for f, b in zip(forward, backward)]
-    return jnp.stack(layers)
-
-  def elmo(self, tokens_BxT: Array, lengths_B: Array) -> Array:
-    """ELMo vectors [B, T, 2H] = gamma * sum_j s_j h_j (fixed s; see the module docstring)."""
-    s = jnp.asarray(mix_weights(self.mix_weights, self.num_layers))
-    return self.mix_gamma * jnp.einsum("l,lbtd->btd", s, self.layer_states(tokens_BxT,
-                                                                          lengths_B))
-
-
-# ------------------------------------------------------------------------------------------------
-# Data: word windows, and the punctuation labels of the raw text.
-
 
 def raw_time_machine(data_dir: str) -> str:
   """The book's raw text (what `text.read_time_machine` preprocesses), same resolution."""
   text_lib.read_time_machine(data_dir or None)  # resolves, downloads if needed, validates
   path = text_lib.time_machine_path(data_dir or None)
-  return text_lib.decode_utf8(common.read_bytes(path), path)
-
-
-def punctuation_labels(raw: str) -> tuple[list[str], np.ndarray]:
-  """(words, labels <int32>[N]): the d2l word tokens of `raw` and what followed each in the
-  original: 0 'none', 1 'pause' (, ; : or --), 2 'end' (. ! ?). The last word gets 'end'.
-
-  d2l's preprocessing keeps exactly the runs of letters, so they are the word tokens and the
-  text between two runs is the punctuation the model never sees.
-  """
-  spans = [(m.start(), m.end()) for m in re.finditer("[A-Za-z]+", raw)]
-  words = [raw[a:b].lower() for a, b in spans]
-  labels = np.zeros(len(spans), np.int32)
-  for i, ((_, end), (start, _)) in enumerate(zip(spans, spans[1:])):
-    gap = raw[end:start]
-    if any(c in gap for c in ".!?"):
-      labels[i] = 2
-    elif any(c in gap for c in ",;:") or "--" in gap:
-      labels[i] = 1
-  if len(labels):
-    labels[-1] = 2
-  return words, labels
+  return text_lib.decode_utf8(data_common.read_bytes(path), path)
 
 
 def sentences_from_text(text: str) -> list[str]:
   """'one | two | ...' -> the non-empty sentences."""
   return [s.strip() for s in text.split(SENTENCE_SEP) if s.strip()]
 
-
-def probe_scores(pred: np.ndarray, gold: np.ndarray, num_classes: int) -> dict[str, float]:
-  """Balanced accuracy (the mean of per-class recalls: 1 / num_classes for any constant
-  prediction), its standard error, and macro-averaged F1."""
-  recalls, variances, f1s = [], [], []
-  for c in range(num_classes):
-    gold_c, pred_c = gold == c, pred == c
-    r = float(np.mean(pred_c[gold_c])) if gold_c.any() else 0.0
-    recalls.append(r)
-    variances.append(r * (1 - r) / max(int(gold_c.sum()), 1))
-    denom = pred_c.sum() + gold_c.sum()
-    f1s.append(float(2 * np.sum(pred_c & gold_c) / denom) if denom else 0.0)
-  return {"balanced_accuracy": float(np.mean(recalls)),
-          "balanced_accuracy_stderr": float(np.sqrt(np.sum(variances)) / num_classes),
-          "macro_f1": float(np.mean(f1s))}
-
-
-def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
-  """Per-class weights that make every class weigh the same in total (mean weight 1)."""
-  counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-  return np.where(counts > 0, len(labels) / (num_classes * np.maximum(counts, 1)), 0.0)
-
-
-def ridge_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-                num_classes: int, ridge: float) -> np.ndarray:
-  """A linear probe: closed-form, class-balanced ridge regression on one-hot labels
-  (standardised features plus an unpenalised bias); returns the argmax class of each test
-  row. Balancing (each class weighs the same) keeps the probe from just predicting the
-  majority class of an imbalanced label."""
-  mean, std = x_train.mean(0), x_train.std(0) + 1e-6
-  prep = lambda x: np.concatenate([(x - mean) / std, np.ones((len(x), 1))], 1).astype(
-      np.float64)
-  a, b = prep(x_train), prep(x_test)
-  weights = class_weights(y_train, num_classes)[y_train][:, None]
-  targets = np.eye(num_classes)[y_train]
-  reg = ridge * np.eye(a.shape[1])
-  reg[-1, -1] = 0.0
-  w = np.linalg.solve(a.T @ (weights * a) + reg, a.T @ (weights * targets))
-  return np.argmax(b @ w, axis=1)
-
-
-def lookup_probe(ids_train: np.ndarray, y_train: np.ndarray, ids_test: np.ndarray,
-                 num_classes: int) -> np.ndarray:
-  """The best context-free classifier: a table from word type to the class that is most
-  frequent for it after the same class balancing as the probe (class 0 for types unseen in
-  train). No feature of the word alone can do better on the training tokens."""
-  counts = np.zeros((int(max(ids_train.max(), ids_test.max())) + 1, num_classes))
-  np.add.at(counts, (ids_train, y_train), 1)
-  table = np.argmax(counts * class_weights(y_train, num_classes), axis=1)
-  return table[ids_test]
-
-
-# ------------------------------------------------------------------------------------------------
-# The task.
 
 
 class Task(base.Task):
@@ -316,19 +135,19 @@ class Task(base.Task):
                      config.probe.train_tokens, ">= 0 (0 = the whole train split)")
     mix_weights(tuple(m.mix_weights), m.num_layers)  # validates the length
     raw = raw_time_machine(d.dir)
-    words, self.labels = punctuation_labels(raw)
+    words, self.labels = probe_lib.punctuation_labels(raw)
     if words != text_lib.tokenize(text_lib.preprocess(raw), "word"):
       raise RuntimeError("punctuation_labels no longer aligns with d2l's word tokens.")
     train, valid, test = text_lib.split_stream(words)
     # Built from train only, deterministically from (data, data.min_freq), which a resumed
     # or predicting run checks against config.json; saved for readers outside the library.
-    self.vocab = text_lib.build_vocab(train, d.min_freq)
-    path = self.workdir / VOCAB_FILE
-    if jax.process_index() == 0 and (not path.exists() or Vocab.load(path) != self.vocab):
-      self.vocab.save(path)
+    self.vocab = common.workdir_vocab(self.workdir / VOCAB_FILE,
+                                      text_lib.build_vocab(train, d.min_freq,
+                                                           common.TIME_MACHINE_SPECIALS))
     self.ids = {name: text_lib.encode(part, self.vocab)
                 for name, part in zip(text_lib.SPLIT_NAMES, (train, valid, test))}
     self.train_windows = text_lib.windows(self.ids["train"], d.seq_len, d.train_stride)
+    self.sampler = sampling.Stream(len(self.train_windows), config.train.batch_size, config.seed)
     self._apply = {}
 
   # Training ----------------------------------------------------------------------------------
@@ -342,22 +161,19 @@ class Task(base.Task):
                 mix_weights=tuple(float(w) for w in m.mix_weights),
                 mix_gamma=float(m.mix_gamma))
 
+  def steps_per_epoch(self):
+    return self.sampler.steps_per_epoch
+
   def train_batch(self, step):
     c = self.config
-    tokens = text_lib.batch_for_step(self.train_windows, c.train.batch_size, c.seed, step)
+    tokens = self.train_windows[self.sampler.indices(step)]
     return {"tokens": tokens, "lengths": np.full(len(tokens), c.data.seq_len, np.int32)}
 
   def eval_batches(self, split):
-    size, seq_len = self.config.train.batch_size, self.config.data.seq_len
+    seq_len = self.config.data.seq_len
     w = text_lib.windows(self.ids[split], seq_len)
-    for start in range(0, len(w), size):
-      tokens = w[start:start + size]
-      lengths = np.full(len(tokens), seq_len, np.int32)
-      pad = size - len(tokens)
-      if pad:  # zero-length rows keep the shape fixed and weigh nothing
-        tokens = np.concatenate([tokens, np.zeros((pad, seq_len), np.int32)])
-        lengths = np.concatenate([lengths, np.zeros(pad, np.int32)])
-      yield {"tokens": tokens, "lengths": lengths}
+    return common.fixed_batches({"tokens": w, "lengths": np.full(len(w), seq_len, np.int32)},
+                                self.config.train.batch_size)
 
   def metric_sums(self, logits, batch):
     """The joint objective: mean forward NLL + mean backward NLL (each direction predicts
@@ -383,7 +199,7 @@ class Task(base.Task):
     means = dict(means)
     for name in ("forward", "backward"):
       if f"{name}_loss" in means:
-        means[f"{name}_perplexity"] = math.exp(min(means[f"{name}_loss"], 50.0))
+        means[f"{name}_perplexity"] = common.perplexity(means[f"{name}_loss"])
     return means
 
   # Vectors -----------------------------------------------------------------------------------
@@ -463,7 +279,7 @@ class Task(base.Task):
     if p.text:
       return sentences_from_text(p.text), None
     if p.word not in DEMO:
-      raise ValueError(f"config.predict.text is empty and there are no built-in sentences "
+      raise errors.ConfigError(f"config.predict.text is empty and there are no built-in sentences "
                        f"for config.predict.word={p.word!r} (built in: {sorted(DEMO)}); "
                        "give the sentences in config.predict.text.")
     return [s for _, s in DEMO[p.word]], [sense for sense, _ in DEMO[p.word]]
@@ -474,7 +290,7 @@ class Task(base.Task):
     occurrence of `word` in `sentences` (labels 's<i>:<position>')."""
     word = word.lower()
     if self.vocab.token_to_id(word) == UNK:
-      raise ValueError(f"{word!r} is not in the vocabulary (train-split words seen "
+      raise errors.InputError(f"{word!r} is not in the vocabulary (train-split words seen "
                        f">= {self.config.data.min_freq} times); pick another predict.word.")
     labels, vectors, missing = [], [], []
     for i, (tokens, vecs) in enumerate(self.embed(params, sentences)):
@@ -485,7 +301,7 @@ class Task(base.Task):
         labels.append(f"s{i + 1}:{t}")
         vectors.append(vecs[t])
     if missing:
-      raise ValueError(f"the word {word!r} does not occur in sentence(s) {missing}.")
+      raise errors.InputError(f"the word {word!r} does not occur in sentence(s) {missing}.")
     embedding = np.asarray(params["embed"]["embedding"])[self.vocab.token_to_id(word)]
     return labels, np.stack(vectors), np.tile(embedding, (len(labels), 1))
 
@@ -493,7 +309,7 @@ class Task(base.Task):
     """(results, printable report): cosine similarities of `word`'s ELMo vectors across
     `sentences`, and of its context-free embedding (1.0 everywhere, by construction)."""
     labels, ctx, free = self.word_vectors(params, sentences, word)
-    sim, free_sim = cosine_matrix(ctx), cosine_matrix(free)
+    sim, free_sim = probe_lib.cosine_matrix(ctx), probe_lib.cosine_matrix(free)
     lines = [f"Cosine similarity of the biLM (ELMo) vectors of {word!r}:"]
     lines += [f"  s{i + 1}: {s}" + (f"   [{senses[i]}]" if senses else "")
               for i, s in enumerate(sentences)]
@@ -523,7 +339,7 @@ class Task(base.Task):
                               self.embed_layers(params, sentences)], axis=1)  # [L+1, K, 2H]
         result["by_layer"] = {}
         for j, vecs in enumerate(per_layer):
-          sim_j = cosine_matrix(vecs)
+          sim_j = probe_lib.cosine_matrix(vecs)
           result["by_layer"][f"h{j}"] = {"same_sense_mean_cosine": float(sim_j[same & off].mean()),
                                          "cross_sense_mean_cosine": float(sim_j[~same].mean())}
     return result, "\n".join(lines)
@@ -544,28 +360,27 @@ class Task(base.Task):
     features = {"context_free": states[0][:, :h], "forward_only": elmo[:, :h],
                 "backward_only": elmo[:, h:], "bilm": elmo}
     y_train, y_test = labels[:n_train], labels[n_train:]
-    k = len(PROBE_CLASSES)
+    k = len(probe_lib.PROBE_CLASSES)
     out = {"label": "what followed the word in the original text: " + " / ".join(
-               PROBE_CLASSES), "metric": "balanced accuracy (chance = 1/3)",
+               probe_lib.PROBE_CLASSES), "metric": "balanced accuracy (chance = 1/3)",
            "train_tokens": int(n_train), "test_tokens": int(len(y_test)),
            "test_class_fractions": {c: float(np.mean(y_test == i))
-                                    for i, c in enumerate(PROBE_CLASSES)}}
+                                    for i, c in enumerate(probe_lib.PROBE_CLASSES)}}
     scored = {"constant_class": np.zeros(len(y_test), np.int64),
-              "context_free_lookup": lookup_probe(stream[:n_train], y_train,
+              "context_free_lookup": probe_lib.lookup_probe(stream[:n_train], y_train,
                                                   stream[n_train:], k)}
     for name, x in features.items():
-      scored[name] = ridge_probe(x[:n_train], y_train, x[n_train:], k,
+      scored[name] = probe_lib.ridge_probe(x[:n_train], y_train, x[n_train:], k,
                                  self.config.probe.ridge)
     for name, pred in scored.items():
-      out.update({f"{name}_{metric}": v for metric, v in probe_scores(pred, y_test, k).items()})
+      out.update({f"{name}_{metric}": v for metric, v in probe_lib.probe_scores(pred, y_test, k).items()})
     return out
 
   def extra_results(self, params, evaluate):
     sentences, senses = self.demo_sentences()
     demo, report = self.similarity_report(params, sentences, self.config.predict.word, senses)
-    print("\n" + report)
     probe = self.probe(params)
-    return {"polysemy": demo, "probe": probe,
+    return {"polysemy": demo, "polysemy_report": report, "probe": probe,
             "probe_bilm_beats_context_free": bool(
                 probe["bilm_balanced_accuracy"] > max(
                     probe["context_free_balanced_accuracy"],
@@ -582,7 +397,10 @@ class Task(base.Task):
 
   @classmethod
   def summarize(cls, config, results):
-    r = results[""]
+    """results.json is the run's results without the printable report, which leads the
+    verdict instead."""
+    r = dict(results[""])
+    report = r.pop("polysemy_report")
     probe, demo = r["probe"], r["polysemy"]
     pct = lambda name: (f"{probe[name + '_balanced_accuracy']:.1%} +/- "
                         f"{probe[name + '_balanced_accuracy_stderr']:.1%}")
@@ -595,85 +413,4 @@ class Task(base.Task):
     if "same_sense_mean_cosine" in demo:
       verdict += (f" {demo['word']!r}: same-sense cosine {demo['same_sense_mean_cosine']:.3f}"
                   f", cross-sense {demo['cross_sense_mean_cosine']:.3f} (context-free 1.0).")
-    return r, verdict
-
-
-# ------------------------------------------------------------------------------------------------
-# Frozen features for another task (ELMo's use: the POS tagger's extra inputs).
-
-
-def load_pretrained(workdir) -> tuple[Task, dict]:
-  """(task, params) of a trained biLM run: its config.json and latest checkpoint."""
-  from birnn_jax import train  # pylint: disable=g-import-not-at-top (train imports tasks)
-  path = pathlib.Path(workdir) / "config.json"
-  if not path.is_file():
-    raise FileNotFoundError(f"{path} does not exist: expected the workdir of a trained biLM "
-                            "run (python launch.py --config=experiments/bilm_time_machine.py).")
-  config = ml_collections.ConfigDict(json.loads(path.read_text()))
-  if config.get("task") != "bilm":
-    raise ValueError(f"{path} is a {config.get('task')!r} run, not a biLM ('bilm') run.")
-  trainer, params = train.load_trained(config, workdir)
-  return trainer.task, params
-
-
-def book_token(form: str) -> str:
-  """Another corpus's token as the book's preprocessing would read it: its letters,
-  lowercased ("Don't" -> "dont", "3.5" -> ''; '' means the book would have no token)."""
-  return text_lib.preprocess(form).replace(" ", "")
-
-
-class FrozenFeatures:
-  """Per-token biLM layer states h_0..h_L for the tokens of another corpus, e.g. EWT.
-
-  Each sentence is read the way the book was: every token becomes its letters, lowercased
-  (`book_token`); tokens without letters (punctuation, numbers), which the book's
-  preprocessing deletes, are left out of the biLM's input and get zero vectors; words not in
-  the biLM's vocabulary read as <unk>. The biLM is frozen: its params are constants here.
-
-      features = FrozenFeatures.from_workdir("/tmp/bilm")
-      encoded = [features.encode(forms) for forms in sentences]
-      x = features(encoded, batch_size=32, num_steps=48)   # [32, 48, L + 1, 2H]
-  """
-
-  def __init__(self, task: Task, params):
-    self.task, self.params = task, params
-    model = task.model()
-
-    def gather(params, tokens, lengths, positions):
-      states = model.apply({"params": params}, tokens, lengths, method="layer_states")
-      states = jnp.moveaxis(states, 0, 2)                      # [B, T', L + 1, 2H]
-      picked = jnp.take_along_axis(states, jnp.maximum(positions, 0)[:, :, None, None], 1)
-      return jnp.where((positions >= 0)[:, :, None, None], picked, 0.0)
-
-    self._gather = jax.jit(gather)
-
-  @classmethod
-  def from_workdir(cls, workdir) -> "FrozenFeatures":
-    return cls(*load_pretrained(workdir))
-
-  def encode(self, forms: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(ids int32 [n'], the biLM's input, and positions int32 [len(forms)]: each form's
-    index into ids, -1 for a form with no letters)."""
-    tokens = [book_token(f) for f in forms]
-    has_letters = np.array([bool(t) for t in tokens], bool)
-    positions = np.where(has_letters, np.cumsum(has_letters) - 1, -1).astype(np.int32)
-    return text_lib.encode([t for t in tokens if t], self.task.vocab), positions
-
-  def __call__(self, encoded: Sequence[tuple[np.ndarray, np.ndarray]], batch_size: int,
-               num_steps: int, pad_to: int = 16) -> np.ndarray:
-    """float32 [batch_size, num_steps, L + 1, 2H] for the rows `encoded` (then zero rows).
-    The biLM's input is padded to a multiple of `pad_to` so jit sees few shapes."""
-    longest = max([len(ids) for ids, _ in encoded] + [1])
-    tokens = np.full((batch_size, -(-longest // pad_to) * pad_to), PAD, np.int32)
-    lengths = np.zeros(batch_size, np.int32)
-    positions = np.full((batch_size, num_steps), -1, np.int32)
-    for row, (ids, pos) in enumerate(encoded):
-      tokens[row, :len(ids)], lengths[row] = ids, len(ids)
-      positions[row, :len(pos)] = pos
-    return np.asarray(self._gather(self.params, tokens, lengths, positions))
-
-
-def cosine_matrix(x: np.ndarray) -> np.ndarray:
-  x = np.asarray(x, np.float64)
-  unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-  return np.clip(unit @ unit.T, -1.0, 1.0)
+    return r, report + "\n\n" + verdict
