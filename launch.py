@@ -7,19 +7,15 @@ on stderr and exit status 1; anything else is a bug and keeps its traceback. SIG
 during training save a checkpoint and exit 0 (see `train.stop_requested_on_signals`).
 """
 
-import difflib
 import errno
-import importlib.util
 import logging as std_logging
 import os
 import pathlib
-import re
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
-import ml_collections
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -55,23 +51,18 @@ def fail(message: str, status: int = 1):
 
 
 def is_expected(error: BaseException) -> bool:
-  """Whether `error` is one the user can fix from its message alone."""
-  from birnn_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from birnn_jax import train  # pylint: disable=g-import-not-at-top
-  from birnn_jax.data.common import DataError  # pylint: disable=g-import-not-at-top
-  if isinstance(error, (DataError, train.ConfigMismatchError, train.NonFiniteError,
-                        checkpoint.WorkdirError)):
+  """Whether `error` is one the user can fix from its message alone: the library's own
+  (`birnn_jax.errors.BirnnError`), or the disk refusing a write."""
+  from birnn_jax import errors  # pylint: disable=g-import-not-at-top
+  if isinstance(error, errors.BirnnError):
     return True
-  if isinstance(error, ValueError):  # the codebase's convention: config errors name the key
-    return str(error).startswith("config.")
-  if isinstance(error, FileNotFoundError) and error.errno is None:
-    return True  # raised by us with a message, e.g. "no checkpoint in ...; train first"
   return isinstance(error, OSError) and error.errno in _DISK_ERRNOS
 
 
 def main(argv):
   del argv
   from birnn_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from birnn_jax import errors  # pylint: disable=g-import-not-at-top
   from birnn_jax import train  # pylint: disable=g-import-not-at-top
   try:
     config = _CONFIG.value
@@ -92,7 +83,7 @@ def main(argv):
         raise app.UsageError("--mode=predict needs --text (or --prefix).")
       try:
         print(train.predict(config, workdir, text))
-      except ValueError as e:  # a task's way to refuse an input it cannot read (no blank, ...)
+      except errors.InputError as e:  # a task refusing an input it cannot read (no blank, ...)
         fail(f"--mode=predict: {e}")
   except KeyboardInterrupt:
     fail("interrupted (outside the training loop, so no new step was lost); re-run the "
@@ -101,39 +92,9 @@ def main(argv):
     if not is_expected(e):
       raise
     message = str(e)
-    if isinstance(e, OSError) and not isinstance(e, train.ckpt_lib.WorkdirError):
+    if isinstance(e, OSError) and not isinstance(e, errors.BirnnError):
       message += f" (workdir {workdir})"
     fail(message)
-
-
-def unknown_overrides(argv: list[str]) -> list[str]:
-  """`--config.<key>` overrides whose key the config file does not declare, each with a
-  'did you mean' hint when one is close."""
-  spec = next((a.split("=", 1)[1] for a in argv if re.match(r"^--?config=", a)), None)
-  if spec is None:
-    return []
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("launch_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  config = module.get_config(arg) if arg else module.get_config()
-  bad = []
-  for a in argv:
-    match = re.match(r"^--?config\.([^=]+)", a)
-    if not match:
-      continue
-    node, parts = config, match.group(1).split(".")
-    for i, part in enumerate(parts):
-      if isinstance(node, ml_collections.ConfigDict) and part in node:
-        node = node[part]
-        continue
-      known = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-      close = difflib.get_close_matches(part, known, n=1)
-      where = ".".join(["config"] + parts[:i])
-      bad.append(f"--config.{match.group(1)}: {where} has no key {part!r}" +
-                 (f" (did you mean {close[0]!r}?)" if close else ""))
-      break
-  return bad
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -142,8 +103,9 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError) as e:
+    from birnn_jax import config_lib  # pylint: disable=g-import-not-at-top
     try:
-      bad = unknown_overrides(argv)
+      bad = config_lib.unknown_override_hints(argv)
     except Exception:  # pylint: disable=broad-exception-caught
       bad = []
     if not bad:

@@ -189,7 +189,7 @@ def restore(manager: ocp.CheckpointManager, target, step: int | None = None,
     return restored
   if failed:
     raise failed[0][1]
-  raise FileNotFoundError(f"no checkpoint in {manager.directory}.")
+  raise errors.NoCheckpointError(f"no checkpoint in {manager.directory}.")
 
 
 def restore_latest(workdir: str | pathlib.Path, train: ml_collections.ConfigDict,

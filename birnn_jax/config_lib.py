@@ -5,9 +5,11 @@ Experiment files (`experiments/*.py`) start from `base_config()` and add their o
 """
 
 import dataclasses
+import difflib
 import importlib.util
 import math
 import os
+import re
 
 import ml_collections
 
@@ -88,6 +90,34 @@ def load_experiment(path: str | os.PathLike, arg: str | None = None
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
+
+
+def unknown_override_hints(argv: list[str]) -> list[str]:
+  """The `--config.<key>=...` overrides in `argv` whose key the `--config=<file>[:arg]` file
+  does not declare, each as a line with a 'did you mean' hint when a key is close.
+  (ml_collections' own error for these is a KeyError with a traceback.)"""
+  spec = next((a.split("=", 1)[1] for a in argv if re.match(r"^--?config=", a)), None)
+  if spec is None:
+    return []
+  path, _, arg = spec.partition(":")
+  config = load_experiment(path, arg or None)
+  bad = []
+  for a in argv:
+    match = re.match(r"^--?config\.([^=]+)", a)
+    if not match:
+      continue
+    node, parts = config, match.group(1).split(".")
+    for i, part in enumerate(parts):
+      if isinstance(node, ml_collections.ConfigDict) and part in node:
+        node = node[part]
+        continue
+      known = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      close = difflib.get_close_matches(part, known, n=1)
+      where = ".".join(["config"] + parts[:i])
+      bad.append(f"--config.{match.group(1)}: {where} has no key {part!r}" +
+                 (f" (did you mean {close[0]!r}?)" if close else ""))
+      break
+  return bad
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,6 +15,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 
+from birnn_jax import errors
+
 # Environment variables read when the config leaves a setting at its default.
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
@@ -49,10 +51,10 @@ def distributed_settings(mesh_config: ml_collections.ConfigDict,
   pid = mesh_config.process_id if mesh_config.process_id >= 0 else from_env(
       ENV_PROCESS_ID, "process_id")
   if num is not None and num <= 0:
-    raise ValueError(f"config.mesh.num_processes={num} is invalid: expected a positive "
+    raise errors.ConfigError(f"config.mesh.num_processes={num} is invalid: expected a positive "
                      "count of processes (0 = from $JAX_NUM_PROCESSES or auto-detected).")
   if pid is not None and (pid < 0 or (num is not None and pid >= num)):
-    raise ValueError(f"config.mesh.process_id={pid} is invalid: expected 0 <= id < "
+    raise errors.ConfigError(f"config.mesh.process_id={pid} is invalid: expected 0 <= id < "
                      f"config.mesh.num_processes={num}.")
   address = mesh_config.coordinator_address or environ.get(ENV_COORDINATOR) or None
   return {"coordinator_address": address, "num_processes": num, "process_id": pid}
@@ -90,12 +92,12 @@ def make_mesh(mesh_config: ml_collections.ConfigDict) -> Mesh:
   devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
   count = len(devices) if mesh_config.data == -1 else mesh_config.data
   if count > len(devices):
-    raise ValueError(f"config.mesh.data={mesh_config.data} but only {len(devices)} "
+    raise errors.ConfigError(f"config.mesh.data={mesh_config.data} but only {len(devices)} "
                      "devices are visible.")
   processes = jax.process_count()
   if count < len(devices) and processes > 1:
     if count % processes:
-      raise ValueError(f"config.mesh.data={mesh_config.data} must divide by the "
+      raise errors.ConfigError(f"config.mesh.data={mesh_config.data} must divide by the "
                        f"{processes} processes (each contributes the same number of "
                        "devices), or be -1 for all devices.")
     per_process = count // processes
@@ -107,7 +109,7 @@ def make_mesh(mesh_config: ml_collections.ConfigDict) -> Mesh:
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
   size = mesh.shape["data"]
   if batch_size % size:
-    raise ValueError(f"config.train.batch_size={batch_size} must divide by the "
+    raise errors.ConfigError(f"config.train.batch_size={batch_size} must divide by the "
                      f"{size} devices of the 'data' mesh axis (config.mesh.data).")
 
 

@@ -100,7 +100,7 @@ def check_best_metric(best_metric: str, eval_metrics: dict) -> None:
   """A misspelt best metric would silently keep no best checkpoint: fail instead."""
   name = best_metric.removeprefix("eval_")
   if not best_metric.startswith("eval_") or name not in eval_metrics:
-    raise ValueError(f"config.train.best_metric={best_metric!r} is not an evaluation "
+    raise errors.ConfigError(f"config.train.best_metric={best_metric!r} is not an evaluation "
                      f"metric; expected one of {sorted('eval_' + k for k in eval_metrics)}.")
 
 
@@ -124,8 +124,8 @@ class Trainer:
       ckpt_lib.ensure_writable(self.workdir, probe=False)
     self.manager = ckpt_lib.make_manager(self.workdir, config.train, read_only=read_only)
     if read_only and self.manager.latest_step() is None:
-      raise FileNotFoundError(f"no checkpoint in {self.manager.directory}; train first "
-                              "(--mode=train) with the same --workdir.")
+      raise errors.NoCheckpointError(f"no checkpoint in {self.manager.directory}; train first "
+                                     "(--mode=train) with the same --workdir.")
     self.task = tasks.get_task_class(config.task)(config, self.workdir)
     self.model = self.task.model()
     self.schedule = config_lib.resolve_schedule(config.train, self.task.steps_per_epoch())

@@ -199,3 +199,15 @@ def test_schedule_errors_name_the_key(key):
   config.train[key] = -1.0
   with pytest.raises(ValueError, match=rf"config\.train\.{key}=-1\.0"):
     config_lib.resolve_schedule(config.train, 10)
+
+
+# --- hints for overrides of keys a config lacks --------------------------------------------------
+
+def test_unknown_override_hints_name_the_key_and_a_close_one():
+  argv = ["launch.py", "--config=experiments/synthetic_tagging.py:smoke",
+          "--config.train.batchsize=4", "--config.model.hidden_size=8", "--config.nope.x=1"]
+  hints = config_lib.unknown_override_hints(argv)
+  assert hints == ["--config.train.batchsize: config.train has no key 'batchsize' "
+                   "(did you mean 'batch_size'?)",
+                   "--config.nope.x: config has no key 'nope'"]
+  assert config_lib.unknown_override_hints(["launch.py", "--config.train.x=1"]) == []

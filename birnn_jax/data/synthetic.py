@@ -20,6 +20,8 @@ import dataclasses
 
 import numpy as np
 
+from birnn_jax import errors
+
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticTagging:
@@ -31,13 +33,13 @@ class SyntheticTagging:
 
   def __post_init__(self):
     if not 0 < self.num_ambiguous < self.vocab_size:
-      raise ValueError(f"config.data.num_ambiguous={self.num_ambiguous} must be in "
+      raise errors.ConfigError(f"config.data.num_ambiguous={self.num_ambiguous} must be in "
                        f"(0, vocab_size={self.vocab_size}).")
     if not 1 <= self.min_length <= self.max_length:
-      raise ValueError(f"config.data.min_length={self.min_length} and config.data.max_length="
+      raise errors.ConfigError(f"config.data.min_length={self.min_length} and config.data.max_length="
                        f"{self.max_length} must satisfy 1 <= min <= max.")
     if self.num_classes < 2:
-      raise ValueError(f"config.data.num_classes={self.num_classes} must be >= 2.")
+      raise errors.ConfigError(f"config.data.num_classes={self.num_classes} must be >= 2.")
 
   @property
   def num_tags(self) -> int:

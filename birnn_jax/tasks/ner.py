@@ -45,6 +45,7 @@ from seqeval import scheme as seqeval_scheme
 from seqeval.metrics import sequence_labeling
 
 from birnn_jax import config_lib
+from birnn_jax import errors
 from birnn_jax import crf as crf_lib
 from birnn_jax.data import batching
 from birnn_jax.data import iob2
@@ -372,7 +373,7 @@ class Task(base.Task):
     """The sentence with its entities bracketed, then one `TYPE: words` line per entity."""
     tokens = pos.tokenize(text, lambda w: self.normalize(w) in self.word_vocab)
     if not tokens:
-      raise ValueError("--text has no words to tag.")
+      raise errors.InputError("--text has no words to tag.")
     examples = self.encode([[(w, "O") for w in tokens]], tagged=False)
     labels = self.predict_labels(params, examples, batch_size=1)[0]
     found = sequence_labeling.get_entities(labels)
