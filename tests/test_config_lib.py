@@ -20,17 +20,22 @@ def smoke_config() -> ml_collections.ConfigDict:
   return config_lib.load_experiment(ROOT / "experiments" / "synthetic_tagging.py", "smoke")
 
 
-def test_there_are_experiments():
-  assert "synthetic_tagging" in [p.stem for p in EXPERIMENTS]
+def test_every_task_has_an_experiment():
+  tasks_dir = ROOT / "birnn_jax" / "tasks"
+  task_names = {p.stem for p in tasks_dir.glob("*.py")} | {
+      p.name for p in tasks_dir.iterdir() if (p / "__init__.py").is_file()}
+  task_names -= {"__init__", "base", "common"}
+  configured = {config_lib.load_experiment(p).task for p in EXPERIMENTS}
+  assert configured == task_names
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
 @pytest.mark.parametrize("arg", [None, "smoke"])
 def test_every_experiment_config_is_valid(path, arg):
   config = config_lib.load_experiment(path, arg)
-  assert isinstance(config, ml_collections.ConfigDict)
   config_lib.validate(config)
-  assert tasks.get_task_class(config.task) is not None
+  task_class = tasks.get_task_class(config.task)
+  assert task_class.__module__.startswith(f"birnn_jax.tasks.{config.task}")
   # The shared groups are all there and every base key is declared (no config.get defaults).
   base = config_lib.base_config()
   for group in ("model", "data", "optim", "train", "mesh"):

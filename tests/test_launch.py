@@ -91,8 +91,8 @@ def test_smoke_results(smoke_run):
   workdir, proc = smoke_run
   assert proc.returncode == 0, proc.stderr[-4000:]
   results = json.loads((workdir / "results.json").read_text())
-  for key in ("bidirectional_accuracy", "unidirectional_accuracy", "left_context_ceiling"):
-    assert isinstance(results[key], float) and 0.0 <= results[key] <= 1.0, (key, results)
+  # The ceiling of a left-context tagger is above the chance of guessing among the classes.
+  assert 1 / 3 < results["left_context_ceiling"] < 1
   assert isinstance(results["verdict_pass"], bool)
   for name in VARIANTS:
     assert results[f"{name}_accuracy"] == json.loads(

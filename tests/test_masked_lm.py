@@ -36,7 +36,9 @@ def trained(tmp_path_factory):
   cfg = variant("bidirectional")
   cfg.train.num_steps = 2
   results = train.train_and_evaluate(cfg, workdir)
-  assert np.isfinite(results["test_loss"]) and 0 <= results["test_masked_accuracy"] <= 1
+  # The accuracy is a count of correct blanks over the test targets: a whole number of them.
+  correct = results["test_masked_accuracy"] * results["test_num_targets"]
+  assert np.isfinite(results["test_loss"]) and correct == pytest.approx(round(correct), abs=1e-3)
   trainer, params = train.load_trained(cfg, workdir)
   return trainer.task, params, workdir
 
@@ -199,7 +201,8 @@ def test_smoke_experiment_end_to_end(tmp_path):
   saved = json.loads((tmp_path / "results.json").read_text())
   for name in ("bidirectional", "forward", "backward"):
     assert set(saved[name]) >= {"masked_accuracy", "perplexity"}
-    assert 0 <= saved[name]["masked_accuracy"] <= 1 and saved[name]["perplexity"] > 1
+    correct = saved[name]["masked_accuracy"] * saved[name]["num_targets"]
+    assert correct == pytest.approx(round(correct), abs=1e-3) and saved[name]["perplexity"] > 1
     assert common.time_machine_vocab_path(smoke_config(), tmp_path / name).exists()
   assert saved["verdict_pass"] == summary["verdict_pass"]
 

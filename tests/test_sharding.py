@@ -45,6 +45,7 @@ def worker(spec: dict) -> None:
   sys.path.insert(0, str(ROOT))
   from birnn_jax import train  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
+  traces = count_traces(train)
   trainer = train.Trainer(smoke_config(spec["overrides"]), spec["workdir"])
   resumed_from = trainer.manager.latest_step()
   results = trainer.train()
@@ -53,9 +54,26 @@ def worker(spec: dict) -> None:
       "process_index": jax.process_index(), "process_count": jax.process_count(),
       "device_count": jax.device_count(), "local_device_count": jax.local_device_count(),
       "mesh_size": trainer.mesh.size, "resumed_from": resumed_from,
-      "train_step_compiles": trainer.train_step._cache_size(),  # pylint: disable=protected-access
-      "eval_step_compiles": trainer.eval_step._cache_size(),  # pylint: disable=protected-access
+      "train_step_compiles": traces["train_step"], "eval_step_compiles": traces["eval_step"],
       "results": results}), flush=True)
+
+
+def count_traces(train) -> dict[str, int]:
+  """Wraps `train.make_steps` so that each trace of the train and eval steps (a jit
+  compile: the Python body runs only while JAX traces it) is counted in the returned dict."""
+  traces = {"train_step": 0, "eval_step": 0}
+  make_steps = train.make_steps
+
+  def counting_make_steps(*args, **kwargs):
+    def counted(name, fn):
+      def traced(*inputs):
+        traces[name] += 1
+        return fn(*inputs)
+      return traced
+    return tuple(counted(name, fn) for name, fn in zip(traces, make_steps(*args, **kwargs)))
+
+  train.make_steps = counting_make_steps
+  return traces
 
 
 def check_put_batch(mesh) -> None:
