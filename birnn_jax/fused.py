@@ -302,6 +302,17 @@ def _fused_scan_fwd(spec, params, x, real, h0s, c0s):
 
 
 def _fused_scan_bwd(spec, residuals, cotangents):
+  """The cuDNN-style backward pass of `fused_scan`: (d params, d x, None, d h0s, d c0s).
+
+  One reverse `lax.scan` (time runs backwards for the forward direction and forwards for the
+  backward one, both in the same step) carries dL/dh and dL/dc and writes the gradient of
+  every step's gate pre-activations, dxp [T, B, G*H] per direction; padded steps pass the
+  carry's gradient through untouched. Every weight gradient and dL/dx are then a few 2-D
+  matmuls over all [T*B] rows at once, after the scan, instead of one small matmul per step.
+  It is one function because the scan body, the buffers it writes and the matmuls that read
+  them share a layout (time order, stacked directions) that separate pieces would each have
+  to re-derive; the steps are commented in place.
+  """
   params, x_TxBxD, real_TxB, h0s, c0s, h_all, c_all, acts = residuals
   dh_all, dc_last = cotangents
   num_steps, batch, _ = x_TxBxD.shape
