@@ -178,21 +178,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check(bool(config.task), "task", config.task, "a task module name")
   check(m.cell in cells.CELLS, "model.cell", m.cell, f"one of {sorted(cells.CELLS)}")
   check(m.activation in cells.ACTIVATIONS, "model.activation", m.activation,
-         f"one of {sorted(cells.ACTIVATIONS)}")
+        f"one of {sorted(cells.ACTIVATIONS)}")
   for key in ("hidden_size", "num_layers", "embed_size", "unroll"):
     check(m[key] > 0, f"model.{key}", m[key], "a positive integer")
   check(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "a rate in [0, 1)")
   check(m.merge in bidirectional.MERGES, "model.merge", m.merge,
-         f"one of {bidirectional.MERGES}")
+        f"one of {bidirectional.MERGES}")
   check(m.merge != "none" or not m.bidirectional, "model.merge", m.merge,
-         "a merge that gives one array ('none' returns a pair, which a head cannot read)")
+        "a merge that gives one array ('none' returns a pair, which a head cannot read)")
   check(m.impl in bidirectional.impl_names(), "model.impl", m.impl,
          f"one of {bidirectional.impl_names()}")
   check(m.dtype in DTYPES, "model.dtype", m.dtype, f"one of {DTYPES}")
   check(o.name in optim_lib.OPTIMIZERS, "optim.name", o.name,
-         f"one of {optim_lib.OPTIMIZERS}")
+        f"one of {optim_lib.OPTIMIZERS}")
   check(o.schedule in optim_lib.SCHEDULES, "optim.schedule", o.schedule,
-         f"one of {optim_lib.SCHEDULES}")
+        f"one of {optim_lib.SCHEDULES}")
   check(o.learning_rate > 0, "optim.learning_rate", o.learning_rate, "> 0")
   check(o.clip_norm >= 0, "optim.clip_norm", o.clip_norm, ">= 0 (0 disables)")
   check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, ">= 0")
@@ -203,4 +203,4 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check(t.nan_policy in ("stop", "skip"), "train.nan_policy", t.nan_policy,
          "'stop' or 'skip'")
   check(config.mesh.data == -1 or config.mesh.data > 0, "mesh.data", config.mesh.data,
-         "-1 (all devices) or a positive count")
+        "-1 (all devices) or a positive count")
