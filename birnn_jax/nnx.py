@@ -22,6 +22,7 @@ This module is `birnn_jax.nnx`; it imports flax's as `from flax import nnx` (abs
 the two never shadow each other.
 """
 
+import functools
 from typing import Any
 
 from flax import nnx
@@ -48,6 +49,16 @@ ATTRIBUTES = ("cell", "hidden_size", "num_layers", "bidirectional", "merge",
 # ------------------------------------------------------------------------------- cells
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _init_params(core: cells_lib.RecurrentCell, in_features: int, key: Array) -> dict:
+  """The Linen cell's own `init` for D inputs, so the parameters' names, shapes, dtypes and
+  initialiser are defined in one place. Jitted, so it compiles once per cell configuration:
+  run eagerly, each of its random and matmul ops would compile on its own for every new
+  shape (seconds on a small CPU)."""
+  x_1xD = jnp.zeros((1, in_features), jnp.float32)
+  return core.init(key, core.initialize_carry(None, x_1xD.shape), x_1xD)["params"]
+
+
 class Cell(nnx.RNNCellBase):
   """A PyTorch-compatible cell: NNX parameters around the pure maths of its Linen twin.
 
@@ -70,11 +81,7 @@ class Cell(nnx.RNNCellBase):
       raise ValueError(f"in_features must be a positive int, got {in_features!r}.")
     self.core = core
     self.in_features = in_features
-    # The Linen cell's own init makes the parameters, so their names, shapes, dtypes and
-    # initialiser are defined in one place.
-    x_1xD = jnp.zeros((1, in_features), jnp.float32)
-    params = core.init(rngs.params(), core.initialize_carry(None, x_1xD.shape), x_1xD)
-    params = params["params"]
+    params = _init_params(core, in_features, rngs.params())
     self.param_names = tuple(sorted(params))
     for name in self.param_names:
       setattr(self, name, nnx.Param(params[name]))
