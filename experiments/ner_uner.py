@@ -14,7 +14,11 @@ softmax head's rate of invalid IOB2 sequences. See birnn_jax/tasks/ner.py.
 
 `--config.data.dir` takes any folder of UNER files (*-train.iob2, *-dev.iob2, *-test.iob2,
 plain or .xz), e.g. another UNER language. Unset, the bundled UNER Danish-DDT is read.
-`:smoke` runs the same code on the real files with a tiny model in seconds.
+`:smoke` runs the same code (all three variants) on the real files with a tiny model.
+
+Chosen on dev F1 of the `crf` variant (seed 0), never on test: batch 32 for 12 epochs gave
+dev 64.4; case-sensitive word lookup with a 50/100 character BiLSTM (batch 32, 8 epochs)
+60.7; batch 16 for 8 epochs, the default, 67.1.
 """
 
 from birnn_jax import config_lib
@@ -26,16 +30,18 @@ def get_config(arg=None):
   c.compare_variants = True         # train crf / softmax / crf_forward and compare them
   c.model.head = "crf"              # crf | softmax (one model: compare_variants=False)
   c.model.cell = "lstm"
-  c.model.hidden_size = 128
+  # Lample et al. (2016)-sized: 100 per direction over the sentence, 25-d characters with 50
+  # per direction; these, the dropouts and the batch size were chosen on dev, never on test.
+  c.model.hidden_size = 100
   c.model.num_layers = 2
   c.model.dropout = 0.33            # between the two sentence-level layers
   c.model.impl = "fused"
   c.model.embed_size = 100          # word embedding (lowercased words)
-  c.model.char_embed_size = 50
-  c.model.char_hidden_size = 100    # per direction; case is kept in the characters
+  c.model.char_embed_size = 25
+  c.model.char_hidden_size = 50     # per direction; case is kept in the characters
   c.model.word_dropout = 0.1
-  c.model.embed_dropout = 0.33
-  c.model.output_dropout = 0.33
+  c.model.embed_dropout = 0.5
+  c.model.output_dropout = 0.5
 
   c.data.max_length = 256           # a guard: the longest DDT sentence has 91 tokens
   c.data.min_freq = 1
@@ -50,12 +56,12 @@ def get_config(arg=None):
   c.optim.schedule = "cosine"
   c.optim.clip_norm = 5.0
 
-  epoch = 137                       # steps: ceil(4,383 training sentences / 32)
-  c.train.batch_size = 32
-  c.train.num_steps = 10 * epoch
-  c.train.log_every = epoch // 2
-  c.train.eval_every = epoch
-  c.train.checkpoint_every = epoch
+  # In epochs, so the config serves a UNER corpus of any size (Danish-DDT: 274 steps each).
+  c.train.batch_size = 16
+  c.train.num_epochs = 8.0
+  c.train.log_every_epochs = 0.5
+  c.train.eval_every_epochs = 1.0
+  c.train.checkpoint_every_epochs = 1.0
   c.train.best_metric = "eval_f1"
   c.train.best_mode = "max"
   if arg == "smoke":
@@ -63,11 +69,12 @@ def get_config(arg=None):
     c.model.embed_size = 16
     c.model.char_embed_size = 8
     c.model.char_hidden_size = 8
-    c.model.impl = "scan"
     c.data.max_chars = 8
     c.data.pad_to = 96                # one padded length (T = 96) for every batch: few compiles
     c.data.eval_batch_size = 600
-    c.train.batch_size = 16
+    c.train.num_epochs = 0.0          # a few steps, not epochs
+    c.train.log_every_epochs = c.train.eval_every_epochs = 0.0
+    c.train.checkpoint_every_epochs = 0.0
     c.train.num_steps = 8
     c.train.log_every = 4
     c.train.eval_every = 8

@@ -45,8 +45,8 @@ from seqeval import scheme as seqeval_scheme
 from seqeval.metrics import sequence_labeling
 
 from birnn_jax import config_lib
-from birnn_jax import errors
 from birnn_jax import crf as crf_lib
+from birnn_jax import errors
 from birnn_jax.data import batching
 from birnn_jax.data import iob2
 from birnn_jax.data.vocab import Vocab
