@@ -47,9 +47,9 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from birnn_jax import config_lib
+from birnn_jax import losses
 from birnn_jax import errors
 from birnn_jax import metrics as metrics_lib
 from birnn_jax import models
@@ -182,17 +182,16 @@ class Task(base.Task):
     t = jnp.arange(tokens.shape[1])[None, :]
     real = t < lengths[:, None]
     # forward at t predicts tokens[t + 1]; backward at t predicts tokens[t - 1].
-    fwd_mask = (real & (t + 1 < lengths[:, None]))[:, :-1].astype(jnp.float32)
-    bwd_mask = (real & (t >= 1))[:, 1:].astype(jnp.float32)
+    fwd_mask = (real & (t + 1 < lengths[:, None]))[:, :-1]
+    bwd_mask = (real & (t >= 1))[:, 1:]
     out = {}
     for name, lg, targets, mask in (
         ("forward", logits["forward"][:, :-1], tokens[:, 1:], fwd_mask),
         ("backward", logits["backward"][:, 1:], tokens[:, :-1], bwd_mask)):
-      nll = optax.softmax_cross_entropy_with_integer_labels(lg, targets)
-      out[f"{name}_loss"] = jnp.sum(nll * mask)
-      out[f"{name}_accuracy"] = jnp.sum((jnp.argmax(lg, -1) == targets) * mask)
+      sums = losses.token_classification_sums(lg, targets, mask)
+      out[f"{name}_loss"], out[f"{name}_accuracy"] = sums["loss"], sums["accuracy"]
+      out["count"] = sums["count"]   # the same in both directions
     out["loss"] = out["forward_loss"] + out["backward_loss"]
-    out["count"] = jnp.sum(fwd_mask)
     return out
 
   def derived_metrics(self, means):
