@@ -9,6 +9,11 @@ and the input x [B, T, D]. Implementations:
 Before timing, ours are checked against torch with copied weights (`birnn_jax.from_torch`)
 on a small slice (outputs and input gradient), and the run stops if they disagree.
 
+Each implementation is timed in a process of its own (one per implementation and round,
+the order alternating between rounds; the table shows medians over rounds): in one process
+torch's and XLA's idle worker threads compete for the CPU cores (a torch step measured
+50.9 ms beside JAX and 35-39 ms alone), and on a GPU the two libraries' memory pools would.
+
   python benchmarks/bench_rnn.py                       # CPU shapes
   python benchmarks/bench_rnn.py --device=gpu          # GPU shapes
   python benchmarks/bench_rnn.py --shapes=8x256x64x128,64x128x256x256 --cells=lstm
@@ -22,6 +27,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
@@ -56,9 +62,12 @@ def parse_args(argv=None):
   parser.add_argument("--unroll", type=int, default=1, help="scan unroll of ours")
   parser.add_argument("--reps", type=int, default=10, help="timed steps per measurement")
   parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--rounds", type=int, default=3,
+                      help="processes per implementation (the table shows the median)")
   parser.add_argument("--out", default=None)
   parser.add_argument("--skip_check", action="store_true",
                       help="skip the numerical agreement check against torch")
+  parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
   return parser.parse_args(argv)
 
 
@@ -219,61 +228,60 @@ def fmt_bytes(memory) -> str:
   return f"{memory / 2**20:.1f}MiB"
 
 
-def main(argv=None):
-  args = parse_args(argv)
-  register_variants()
-  args.device = args.device or ("gpu" if jax.default_backend() == "gpu" else "cpu")
-  if args.shapes:
-    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+def measure(impl, cell, shape, args, torch) -> dict:
+  """One row's timings in this process."""
+  if impl == "torch":
+    res = bench_torch(torch, cell, shape, args.dtype, args)
   else:
-    shapes = list(SHAPES[args.device])
-  cells = args.cells.split(",")
-  impls = args.impls.split(",")
-  torch = try_torch() if "torch" in impls else None
-  if "torch" in impls and torch is None:
-    print("torch not importable: skipping it", flush=True)
-    impls.remove("torch")
-  dtype = jnp.dtype(args.dtype)
-  out_path = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                      f"results_{args.device}.json")
-  env = dict(python=platform.python_version(), jax=jax.__version__, flax=flax.__version__,
-             backend=jax.default_backend(), devices=[str(d) for d in jax.devices()],
-             torch=torch.__version__ if torch else None,
-             torch_threads=torch.get_num_threads() if torch else None,
-             cpu_count=os.cpu_count(), load_average_at_start=os.getloadavg(),
-             dtype=args.dtype, reps=args.reps,
-             unroll=args.unroll, argv=sys.argv)
-  print(json.dumps(env), flush=True)
+    res = bench_jax(impl, cell, shape, jnp.dtype(args.dtype), args)
+  res["median_ms"] = statistics.median(res["times_ms"])
+  res["median_cpu_ms"] = statistics.median(time_it.cpu_ms)  # All threads' CPU time.
+  return res
 
-  checks = {}
-  if torch is not None and not args.skip_check:
-    ours = [i for i in impls if i not in ("flax", "torch")]
-    for cell in cells:
-      checks[cell] = check_against_torch(torch, cell, ours, shapes[0], args)
 
-  rows = []
-  for shape in shapes:
-    for cell in cells:
-      results = {}
-      for impl in impls:
-        print(f"{cell} B,T,D,H={shape} {impl} ...", end=" ", flush=True)
-        if impl == "torch":
-          res = bench_torch(torch, cell, shape, args.dtype, args)
-        else:
-          res = bench_jax(impl, cell, shape, dtype, args)
-        res["median_ms"] = statistics.median(res["times_ms"])
-        res["median_cpu_ms"] = statistics.median(time_it.cpu_ms)  # All threads' CPU time.
-        res["tokens_per_s"] = shape[0] * shape[1] / (res["median_ms"] / 1e3)
-        print(f"{res['median_ms']:.1f} ms, cpu {res['median_cpu_ms']:.1f} ms "
-              f"(compile {res['compile_s']:.1f} s)", flush=True)
-        results[impl] = res
-      for impl, res in results.items():
-        for base in ("flax", "torch"):
-          if base in results and impl != base:
-            res[f"speedup_vs_{base}"] = results[base]["median_ms"] / res["median_ms"]
-        rows.append(dict(cell=cell, B=shape[0], T=shape[1], D=shape[2], H=shape[3],
-                         impl=impl, **res))
+def worker_main(args, shapes, cells) -> None:
+  """--worker=<impl>: every (shape, cell) row of one implementation ('check': the numerical
+  check of ours against torch), printed as one RESULT line of JSON."""
+  register_variants()
+  if args.worker == "check":
+    # Full float32 matmuls (a GPU's default may be TF32): the check's tolerance is 1e-4.
+    jax.config.update("jax_default_matmul_precision", "highest")
+    torch = try_torch()
+    ours = [i for i in args.impls.split(",") if i not in ("flax", "torch")]
+    out = {cell: check_against_torch(torch, cell, ours, shapes[0], args) for cell in cells}
+  else:
+    torch = try_torch() if args.worker == "torch" else None
+    out = dict(backend=jax.default_backend(), devices=[str(d) for d in jax.devices()],
+               rows=[dict(cell=cell, shape=shape, **measure(args.worker, cell, shape, args,
+                                                            torch))
+                     for shape in shapes for cell in cells])
+  print("RESULT " + json.dumps(out), flush=True)
 
+
+def run_worker(args, worker: str, shapes) -> object:
+  cmd = [sys.executable, os.path.abspath(__file__), f"--worker={worker}",
+         f"--device={args.device}", "--shapes=" + ",".join("x".join(map(str, s)) for s in shapes),
+         f"--cells={args.cells}", f"--impls={args.impls}", f"--dtype={args.dtype}",
+         f"--unroll={args.unroll}", f"--reps={args.reps}", f"--warmup={args.warmup}"]
+  proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+  for line in proc.stdout.splitlines():
+    if line.startswith("  check"):
+      print(line, flush=True)
+  if proc.returncode or not lines:
+    raise SystemExit(f"{worker} failed (rc={proc.returncode}):\n{proc.stderr[-3000:]}")
+  return json.loads(lines[-1][len("RESULT "):])
+
+
+def default_device() -> str:
+  """JAX's backend, asked of a child process: initialising a GPU backend here would hold
+  memory that the timed processes need."""
+  out = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"],
+                       capture_output=True, text=True, check=False).stdout.strip()
+  return "gpu" if out.endswith("gpu") or out == "cuda" else "cpu"
+
+
+def print_table(rows) -> None:
   header = (f"{'cell':5} {'B':>4} {'T':>5} {'D':>4} {'H':>5} {'impl':15} {'ms/step':>9} "
             f"{'cpu ms':>9} {'tokens/s':>10} {'compile s':>9} {'memory':>9} {'vs flax':>8} "
             f"{'vs torch':>8}")
@@ -284,7 +292,82 @@ def main(argv=None):
           f"{r['median_ms']:>9.1f} {r['median_cpu_ms']:>9.1f} {r['tokens_per_s']:>10.0f} "
           f"{r['compile_s']:>9.2f} {fmt_bytes(r['memory']):>9} {vs[0]:>8} {vs[1]:>8}")
   print("(vs X = X's ms/step / this row's ms/step: above 1 means this row is faster; "
-        "cpu ms = CPU time of all threads per step)")
+        "ms/step = median over rounds of each process's median; cpu ms = CPU time of all "
+        "threads per step)")
+
+
+def combine(per_round: list[dict[str, list]], shapes, cells, impls) -> list[dict]:
+  """Rows with medians over rounds (and each round's median) and the speedups."""
+  rows = []
+  for shape in shapes:
+    for cell in cells:
+      results = {}
+      for impl in impls:
+        got = [next(r for r in rnd[impl]["rows"]
+                    if r["cell"] == cell and tuple(r["shape"]) == shape) for rnd in per_round]
+        res = dict(got[0], median_ms=statistics.median(g["median_ms"] for g in got),
+                   median_cpu_ms=statistics.median(g["median_cpu_ms"] for g in got),
+                   round_median_ms=[g["median_ms"] for g in got])
+        res.pop("shape")
+        res["tokens_per_s"] = shape[0] * shape[1] / (res["median_ms"] / 1e3)
+        results[impl] = res
+      for impl, res in results.items():
+        for base in ("flax", "torch"):
+          if base in results and impl != base:
+            res[f"speedup_vs_{base}"] = results[base]["median_ms"] / res["median_ms"]
+        rows.append(dict(B=shape[0], T=shape[1], D=shape[2], H=shape[3], impl=impl, **res))
+  return rows
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  args.device = args.device or default_device()
+  if args.shapes:
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+  else:
+    shapes = list(SHAPES[args.device])
+  cells = args.cells.split(",")
+  if args.worker:
+    return worker_main(args, shapes, cells)
+  impls = args.impls.split(",")
+  torch = try_torch() if "torch" in impls else None
+  if "torch" in impls and torch is None:
+    print("torch not importable: skipping it", flush=True)
+    impls.remove("torch")
+  out_path = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                      f"results_{args.device}.json")
+  env = dict(python=platform.python_version(), jax=jax.__version__, flax=flax.__version__,
+             torch=torch.__version__ if torch else None,
+             torch_threads=torch.get_num_threads() if torch else None,
+             cpu_count=os.cpu_count(), load_average_at_start=os.getloadavg(),
+             dtype=args.dtype, reps=args.reps, rounds=args.rounds,
+             unroll=args.unroll, argv=sys.argv, one_process_per_impl_and_round=True)
+  print(json.dumps(env), flush=True)
+  checks = {}
+  if torch is not None and not args.skip_check and any(i not in ("flax", "torch")
+                                                       for i in impls):
+    checks = run_worker(args, "check", shapes)
+  per_round = []
+  for r in range(args.rounds):
+    order = impls if r % 2 == 0 else impls[::-1]  # alternate, so drift cancels
+    per_round.append({})
+    for impl in [i for i in order if i in impls]:
+      try:
+        per_round[-1][impl] = got = run_worker(args, impl, shapes)
+      except SystemExit as e:
+        if impl != "torch":
+          raise
+        print(f"torch failed, left out: {str(e).splitlines()[0]}", flush=True)
+        impls.remove("torch")
+        env["torch_error"] = str(e)[-2000:]
+        continue
+      env.setdefault("backend", got["backend"])
+      env.setdefault("devices", got["devices"])
+      print(f"round {r} {impl}: " + ", ".join(
+          f"{x['cell']} {'x'.join(map(str, x['shape']))} {x['median_ms']:.1f} ms"
+          for x in got["rows"]), flush=True)
+  rows = combine(per_round, shapes, cells, impls)
+  print_table(rows)
   env["load_average_at_end"] = os.getloadavg()
   with open(out_path, "w") as f:
     json.dump(dict(env=env, checks=checks, results=rows), f, indent=1)

@@ -10,7 +10,8 @@ What survives what:
   donate the state's buffers) while the files are written; the step still appears only once
   complete. The next `save`, or `wait_for_saves`, waits for it and reports its errors.
 - A step folder that exists but cannot be read (a deletion cut short, a damaged disk) is moved
-  aside to `<step>.unreadable` by `restore`, which then resumes from the step before.
+  aside to `<step>.unreadable-<timestamp>` by `restore`, which then resumes from the step
+  before.
 - Host-side values that belong with a step (the trainer's partial metric sums since the last
   log row) go to `checkpoints/host_state.json`, written atomically *before* the step's save
   starts (and after the previous save has finished), so every complete checkpoint has its

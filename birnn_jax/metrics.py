@@ -7,8 +7,12 @@ import json
 import math
 import pathlib
 import time
+from typing import Callable
 
 from absl import logging
+import jax
+
+from birnn_jax import losses
 
 
 class MetricWriter:
@@ -97,6 +101,86 @@ def plot_curves(workdir: str | pathlib.Path) -> list[pathlib.Path]:
     plt.close(fig)
     out.append(path)
   return out
+
+
+class MetricWindow:
+  """The training metrics of the steps since the last log row.
+
+  The train step returns its metric sums (plus `finite` flags) as device arrays; `add` only
+  keeps them, so the loop never waits for a step to finish. `settle` fetches every pending
+  step in one transfer (the trainer calls it before each log, eval and save) and adds each
+  step's values to float64 host sums in step order, the same numbers as summing step by
+  step. `row` turns the sums into a metrics row and empties the window. `saved` and
+  `restore` carry a window across a checkpoint (the `_steps`/`_skipped` keys of its
+  host_state entry), so a run resumed between two rows logs an uninterrupted run's rows.
+  """
+
+  FLAGS = ("finite", "params_finite")   # per-step booleans, not summed
+
+  def __init__(self, sums: dict[str, float] | None = None, steps: float = 0.0,
+               skipped: float = 0.0):
+    self.sums = dict(sums or {})
+    self.steps, self.skipped = steps, skipped   # counted steps, skipped (non-finite) steps
+    self._pending: list[tuple[int, dict]] = []
+
+  @classmethod
+  def restore(cls, saved: dict[str, float]) -> "MetricWindow":
+    saved = dict(saved)
+    return cls(steps=saved.pop("_steps", 0.0), skipped=saved.pop("_skipped", 0.0),
+               sums=saved)
+
+  def saved(self) -> dict[str, float]:
+    """The window as a JSON-able dict (`restore` reads it); settle first."""
+    self._check_settled("saved")
+    out = dict(self.sums)
+    if self.steps:
+      out["_steps"] = self.steps
+    if self.skipped:
+      out["_skipped"] = self.skipped
+    return out
+
+  def add(self, step: int, step_metrics: dict[str, jax.Array]) -> None:
+    """Keeps step `step`'s metrics (device arrays) for the next `settle`."""
+    self._pending.append((step, step_metrics))
+
+  @property
+  def num_pending(self) -> int:
+    return len(self._pending)
+
+  def settle(self, accept: Callable[[int, dict], bool]) -> None:
+    """Fetches the pending steps' metrics and sums them in step order. `accept(step,
+    host_metrics)` says whether a step counts (False: a skipped update); it may raise
+    instead (nan_policy='stop'), and then no later step is added."""
+    pending, self._pending = self._pending, []
+    fetched = jax.device_get([m for _, m in pending])
+    for (step, _), step_metrics in zip(pending, fetched):
+      if not accept(step, step_metrics):
+        self.skipped += 1
+        continue
+      for k, v in step_metrics.items():
+        if k not in self.FLAGS:
+          self.sums[k] = self.sums.get(k, 0.0) + float(v)
+      self.steps += 1
+
+  def row(self, derived_metrics: Callable[[dict], dict]) -> dict[str, float]:
+    """`train_<metric>` means over the window's steps (`derived_metrics(means)`, a task's),
+    `train_grad_norm` and `train_skipped_steps` (if any); then the window is empty."""
+    self._check_settled("row")
+    row = {}
+    if self.steps:  # else nan_policy='skip' skipped every step since the last row
+      sums = dict(self.sums)
+      grad_norm = sums.pop("grad_norm", 0.0) / self.steps
+      row = {f"train_{k}": v for k, v in derived_metrics(losses.means(sums)).items()}
+      row["train_grad_norm"] = grad_norm
+    if self.skipped:
+      row["train_skipped_steps"] = self.skipped
+    self.sums, self.steps, self.skipped = {}, 0.0, 0.0
+    return row
+
+  def _check_settled(self, what: str) -> None:
+    if self._pending:
+      raise RuntimeError(f"MetricWindow.{what}() with {len(self._pending)} steps not "
+                         "settled: call settle() first.")
 
 
 class Progress:

@@ -7,6 +7,7 @@ steps see one global array. So the batches, and the losses, do not depend on how
 devices or processes there are.
 """
 
+import functools
 import os
 
 from absl import logging
@@ -144,11 +145,21 @@ def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   sharding = batch_sharding(mesh)
   if jax.process_count() == 1:
     check_batch_size(size, mesh)
-    return jax.device_put(batch, sharding)
+    if all(isinstance(v, np.ndarray) for v in batch.values()):
+      return _placer(sharding)(batch)
+    return jax.device_put(batch, sharding)   # e.g. features already on a device
   rows = process_rows(mesh, size)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)[rows],
                                                     np.shape(v))
           for k, v in batch.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def _placer(sharding: NamedSharding):
+  """A jitted identity that places a batch of numpy arrays with `sharding`: the same arrays
+  as `jax.device_put(batch, sharding)`, for about a tenth of its host time (it goes
+  through jit's C++ dispatch), which the trainer spends on every step."""
+  return jax.jit(lambda batch: batch, in_shardings=(sharding,), out_shardings=sharding)
 
 
 def any_process(flag: bool) -> bool:

@@ -5,6 +5,12 @@ provides data, model and metrics (see `tasks/base.py`). The train state is a pla
 `{"step", "params", "opt_state"}` that orbax saves; steps are pure jitted functions with
 explicit shardings on a ("data",) mesh. Resume order: the workdir's latest checkpoint, else
 a fresh start.
+
+`Trainer.train` keeps the devices busy: between log, eval and save steps the host never
+waits for them (batches are made and placed ahead on a thread, `prefetch`; each step's
+metrics stay on the devices in a `metrics.MetricWindow`; periodic checkpoints are written
+in the background). Non-finite steps are found when the window is settled, before any row
+or save, so a non-finite state is never saved.
 """
 
 import contextlib
@@ -199,7 +205,10 @@ class Trainer:
     batch = next(iter(self.task.eval_batches(self.task.eval_splits[0])), None)
     if batch is None:
       return None
-    spec = lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
+    # With the batch's sharding, the first real evaluation reuses this trace.
+    data = sharding.batch_sharding(self.mesh)
+    spec = lambda x: jax.ShapeDtypeStruct(
+        np.shape(x), jax.dtypes.canonicalize_dtype(np.asarray(x).dtype), sharding=data)
     sums = jax.eval_shape(self.eval_step, params, jax.tree.map(spec, batch))
     return list(self.task.derived_metrics(losses.means({k: 1.0 for k in sums})))
 
@@ -234,7 +243,7 @@ class Trainer:
                       "command to resume from step %d.", stopped_by, step,
                       self.manager.directory, step)
       return {"stopped_at_step": step, "stopped_by": stopped_by}
-    return self.final_results(state["params"], step, time.monotonic() - start)
+    return self._final_results(state["params"], step, time.monotonic() - start)
 
   def _loop(self, state, step: int, window: metrics_lib.MetricWindow,
             writer: metrics_lib.MetricWriter) -> tuple[dict, int, str | None]:
@@ -264,6 +273,9 @@ class Trainer:
           window.settle(self._accept)
         if not due:
           continue
+        # Rows wait for the checkpoints before them to be complete: a background write
+        # then never spans more than one log interval.
+        ckpt_lib.wait_for_saves(self.manager)
         eval_metrics = self._log(step, state["params"], window, writer, progress, due)
         if "save" in due:
           self._save(step, state, window, eval_metrics, wait=stop_now or step == num_steps)
@@ -337,7 +349,7 @@ class Trainer:
       raise
     ckpt_lib.wait_for_saves(self.manager)
 
-  def final_results(self, params, step: int, train_seconds: float) -> dict:
+  def _final_results(self, params, step: int, train_seconds: float) -> dict:
     """Every eval split's metrics and the task's extra results, written to results.json."""
     results = {"steps": step, "train_seconds": round(train_seconds, 2)}
     if self.schedule.steps_per_epoch:

@@ -56,17 +56,24 @@ class SyntheticTagging:
     return np.where(words_T < self.num_ambiguous, next_tag, classes)
 
   def batch(self, rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
-    """tokens, tags [B, max_length] int32; lengths [B] int32; mask [B, max_length] bool."""
+    """tokens, tags [B, max_length] int32; lengths [B] int32; mask [B, max_length] bool.
+
+    Sentence b's words are the next lengths[b] draws, sentence after sentence: one draw of
+    all of them gives the same numbers as one draw per sentence, several times faster (the
+    trainer makes a batch per step, beside the device's work)."""
     lengths = rng.integers(self.min_length, self.max_length + 1, size=batch_size)
-    tokens = np.zeros((batch_size, self.max_length), np.int32)
-    tags = np.zeros((batch_size, self.max_length), np.int32)
-    for b, n in enumerate(lengths):
-      words = rng.integers(0, self.vocab_size, size=n)
-      tokens[b, :n] = words + 1
-      tags[b, :n] = self.tags(words)
     mask = np.arange(self.max_length)[None, :] < lengths[:, None]
-    return {"tokens": tokens, "tags": tags, "lengths": lengths.astype(np.int32),
-            "mask": mask}
+    words_BT = np.zeros((batch_size, self.max_length), np.int64)
+    words_BT[mask] = rng.integers(0, self.vocab_size, size=int(lengths.sum()))  # row-major
+    classes = words_BT % self.num_classes
+    next_tag = np.concatenate([self.num_classes + classes[:, 1:],
+                               np.zeros((batch_size, 1), np.int64)], axis=1)
+    last = np.arange(self.max_length)[None, :] == lengths[:, None] - 1
+    next_tag = np.where(last, 2 * self.num_classes, next_tag)
+    tags = np.where(words_BT < self.num_ambiguous, next_tag, classes)
+    return {"tokens": np.where(mask, words_BT + 1, 0).astype(np.int32),
+            "tags": np.where(mask, tags, 0).astype(np.int32),
+            "lengths": lengths.astype(np.int32), "mask": mask}
 
   def hazard(self, t: np.ndarray) -> np.ndarray:
     """P(length == t + 1 | length > t) under lengths uniform in [min_length, max_length]."""
