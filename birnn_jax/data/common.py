@@ -189,3 +189,17 @@ def corpus_dir(corpus: Corpus, configured: str | None = None,
           "\n  ".join(failures) + f"\nPlace {name} (plain or .xz) in {folder} by hand, or "
           f"point config.data.dir or ${ENV_VAR} at a folder holding {corpus.subdir}/.", folder)
   return folder
+
+
+def decode_line(raw: bytes, path: str | os.PathLike, number: int) -> str:
+  """One line of a UTF-8 text file without its line ending (LF or CRLF) and, on line 1, a
+  byte-order mark; DataError naming file and line for bytes that are not UTF-8."""
+  raw = raw.rstrip(b"\n")
+  if raw.endswith(b"\r"):
+    raw = raw[:-1]
+  try:
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise DataError(f"invalid UTF-8 (byte 0x{raw[e.start]:02x} at byte offset {e.start} of "
+                    "the line).", path, number) from e
+  return text[1:] if number == 1 and text.startswith("\ufeff") else text

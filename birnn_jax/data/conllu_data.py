@@ -173,7 +173,7 @@ class _CheckedLines:
   def __iter__(self) -> Iterator[str]:
     block, next_word = [], 1
     for self.line, raw in enumerate(self._file, 1):
-      text = self._decode(raw)
+      text = common.decode_line(raw, self.path, self.line)
       if not text.strip():
         if block:
           self.blocks.append((block[0][0], block))
@@ -191,17 +191,6 @@ class _CheckedLines:
 
   def _error(self, message: str) -> DataError:
     return DataError(message, self.path, self.line)
-
-  def _decode(self, raw: bytes) -> str:
-    raw = raw.rstrip(b"\n")
-    if raw.endswith(b"\r"):
-      raw = raw[:-1]
-    try:
-      text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-      raise self._error(f"invalid UTF-8 (byte 0x{raw[e.start]:02x} at byte offset "
-                        f"{e.start} of the line).") from e
-    return text[1:] if self.line == 1 and text.startswith("\ufeff") else text
 
   def _check_comment(self, text: str) -> None:
     key, _, value = text[1:].partition("=")

@@ -108,7 +108,7 @@ def _sentences(path, file: BinaryIO, labels: Collection[str] | None
   start = 0
   number = 0
   for number, raw in enumerate(file, 1):
-    text = _decode(raw, path, number)
+    text = common.decode_line(raw, path, number)
     if not text.strip():
       if sentence:
         yield start, sentence
@@ -121,18 +121,6 @@ def _sentences(path, file: BinaryIO, labels: Collection[str] | None
     sentence.append(_token(text, len(sentence) + 1, labels, path, number))
   if sentence:
     yield start, sentence
-
-
-def _decode(raw: bytes, path, number: int) -> str:
-  raw = raw.rstrip(b"\n")
-  if raw.endswith(b"\r"):
-    raw = raw[:-1]
-  try:
-    text = raw.decode("utf-8")
-  except UnicodeDecodeError as e:
-    raise DataError(f"invalid UTF-8 (byte 0x{raw[e.start]:02x} at byte offset {e.start} of "
-                    "the line).", path, number) from e
-  return text[1:] if number == 1 and text.startswith("\ufeff") else text
 
 
 def _token(text: str, expected_id: int, labels: Collection[str] | None, path,
