@@ -157,6 +157,7 @@ def worker_bare(args, config, workdir) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from birnn_jax import sharding  # pylint: disable=g-import-not-at-top
   from birnn_jax import train  # pylint: disable=g-import-not-at-top
+  from birnn_jax.tasks import pos  # pylint: disable=g-import-not-at-top
   log_every, steps = (int(v) for v in args.window.split(","))
   trainer = train.Trainer(config, workdir)
   host = [trainer.task.train_batch(s) for s in range(log_every, log_every + steps)]
@@ -177,6 +178,7 @@ def worker_bare(args, config, workdir) -> dict:
 def worker_dump(args, config, workdir) -> dict:
   """Writes the window's batches and what the torch model needs to `args.path` (.npz)."""
   from birnn_jax import train  # pylint: disable=g-import-not-at-top
+  from birnn_jax.tasks import pos  # pylint: disable=g-import-not-at-top
   log_every, steps = (int(v) for v in args.window.split(","))
   trainer = train.Trainer(config, workdir)
   task = trainer.task
@@ -189,6 +191,10 @@ def worker_dump(args, config, workdir) -> dict:
               word_dropout=m.word_dropout, embed_dropout=m.embed_dropout,
               output_dropout=m.output_dropout, learning_rate=config.optim.learning_rate,
               clip_norm=config.optim.clip_norm, num_steps=config.train.num_steps)
+  # torch packs each form to its own length, so it gets the table whole, not its tiers.
+  for b in host:
+    table = pos.char_table(b["chars"])
+    b["chars"] = table.reshape(len(b["words"]), -1, table.shape[-1])
   arrays = {f"{i}/{k}": v for i, b in enumerate(host) for k, v in b.items()}
   np.savez(args.path, meta=json.dumps(meta), num_batches=len(host), **arrays)
   return dict(batches=len(host))

@@ -9,6 +9,7 @@ devices or processes there are.
 
 import functools
 import os
+from typing import Any
 
 from absl import logging
 import jax
@@ -132,26 +133,28 @@ def process_rows(mesh: Mesh, batch_size: int) -> np.ndarray:
   return np.concatenate([np.arange(a, b) for a, b in spans])
 
 
-def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """A global host batch -> global arrays sharded along batch.
+def put_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, Any]:
+  """A global host batch (a dict whose values are arrays or tuples of arrays, every one with
+  the batch as its leading axis) -> the same tree of global arrays sharded along batch.
 
   Every process passes the same global batch; each feeds only the rows its own devices
   hold (with one process, all of them).
   """
-  sizes = {k: np.shape(v)[0] for k, v in batch.items()}
-  if len(set(sizes.values())) != 1:
+  leaves, tree = jax.tree.flatten(batch)
+  sizes = jax.tree.map(lambda v: np.shape(v)[0], batch)
+  if len(set(jax.tree.leaves(sizes))) != 1:
     raise ValueError(f"batch arrays disagree on the batch (leading) size: {sizes}.")
-  size = next(iter(sizes.values()))
+  size = np.shape(leaves[0])[0]
   sharding = batch_sharding(mesh)
   if jax.process_count() == 1:
     check_batch_size(size, mesh)
-    if all(isinstance(v, np.ndarray) for v in batch.values()):
+    if all(isinstance(v, np.ndarray) for v in leaves):
       return _placer(sharding)(batch)
     return jax.device_put(batch, sharding)   # e.g. features already on a device
   rows = process_rows(mesh, size)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)[rows],
-                                                    np.shape(v))
-          for k, v in batch.items()}
+  return jax.tree.unflatten(tree, [
+      jax.make_array_from_process_local_data(sharding, np.asarray(v)[rows], np.shape(v))
+      for v in leaves])
 
 
 @functools.lru_cache(maxsize=None)

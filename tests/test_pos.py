@@ -174,6 +174,28 @@ def test_bilm_features_enter_through_a_learned_mix():
   assert np.abs(grads["bilm_gamma"]) > 0 and np.abs(grads["bilm_mix"]).sum() > 0
 
 
+def test_extra_features_are_appended_and_none_changes_nothing():
+  """`extra` [B, T, F] (e.g. NER's casing embedding) widens x_t by F; None is the plain
+  tagger (same parameters, same logits)."""
+  model = tiny_model()
+  words, chars, lengths = tiny_inputs()
+  plain = model.init(jax.random.key(0), words, chars, None, lengths)
+  np.testing.assert_array_equal(
+      model.apply(plain, words, chars, None, lengths, extra=None),
+      model.apply(plain, words, chars, None, lengths))
+  extra = np.random.default_rng(3).normal(size=words.shape + (4,)).astype(np.float32)
+  variables = model.init(jax.random.key(0), words, chars, None, lengths, extra=extra)
+  in_plain = jax.tree.map(np.shape, plain["params"])
+  in_extra = jax.tree.map(np.shape, variables["params"])
+  assert jax.tree.structure(in_plain) == jax.tree.structure(in_extra)
+  assert in_plain != in_extra     # only the first encoder layer's input width differs
+  a = model.apply(variables, words, chars, None, lengths, extra=extra)
+  changed = extra.copy()
+  changed[0, 2] += 1.0
+  b = model.apply(variables, words, chars, None, lengths, extra=changed)
+  assert not np.allclose(a[0, 2], b[0, 2]) and np.allclose(a[1:], b[1:], atol=1e-6)
+
+
 @pytest.mark.parametrize("key, value, match", [
     ("model.bilm_layers", "some", "config.model.bilm_layers"),
     ("data.train_sentences", -1, "config.data.train_sentences"),
@@ -201,13 +223,32 @@ def test_bilm_variants_need_a_bilm():
   assert list(pos.Task.variants(load_config())) == [""]
 
 
-def test_dedup_chars_gives_the_same_logits():
-  words, chars, lengths = tiny_inputs()
+def char_rows(rng, batch, steps, width, lengths):
+  """int32 [batch, steps, width]: position (b, t) holds a random form of lengths[b, t]."""
+  ids = rng.integers(1, 20, (batch, steps, width))
+  return np.where(np.arange(width) < lengths[..., None], ids, PAD).astype(np.int32)
+
+
+@pytest.mark.parametrize("width, long_forms, tiered", [
+    (6, 2, False),       # C < 8: one table
+    (16, 2, True),       # a few long forms: tiers of 16, 8 and 4 characters
+    (16, 12, False)])    # more long forms than the 16-character tier holds: one table
+def test_dedup_chars_gives_the_same_logits(width, long_forms, tiered):
+  rng = np.random.default_rng(0)
+  words, _, lengths = tiny_inputs()
+  size, steps = words.shape
+  char_lengths = np.where(np.arange(steps) < lengths[:, None], rng.integers(1, 5, words.shape), 0)
+  char_lengths.reshape(-1)[:long_forms] = width          # long forms at the first positions
+  chars = char_rows(rng, size, steps, width, char_lengths)
   chars[1, :5], chars[2, 0] = chars[0, :5], chars[0, 7]     # repeated word forms
   batch = pos.dedup_chars({"words": words, "chars": chars, "lengths": lengths})
-  size, steps = words.shape
-  assert batch["chars"].shape[:2] == (size, steps // 2)
-  table = batch["chars"].reshape(-1, chars.shape[-1])
+  assert isinstance(batch["chars"], tuple) == tiered
+  tiers = batch["chars"] if tiered else (batch["chars"],)
+  assert [t.shape[:1] for t in tiers] == [(size,)] * len(tiers)   # shardable along batch
+  assert sum(t.shape[1] for t in tiers) == steps // 2
+  if tiered:
+    assert [t.shape[2] for t in tiers] == [16, 8, 4]
+  table = pos.char_table(batch["chars"])          # no form is cut short by its tier
   np.testing.assert_array_equal(table[batch["char_index"]], chars)
   model = tiny_model()
   variables = model.init(jax.random.key(0), words, chars, None, lengths)

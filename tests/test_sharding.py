@@ -198,6 +198,13 @@ def test_mesh_and_batch_on_local_devices():
   assert placed["tokens"].sharding == sharding.batch_sharding(mesh)
   np.testing.assert_array_equal(np.asarray(placed["tokens"]), batch["tokens"])
   np.testing.assert_array_equal(sharding.process_rows(mesh, n), np.arange(n))
+  # A value may be a tuple of arrays (the POS task's character tiers), each split by batch.
+  tiers = {"chars": (np.ones((n, 2, 16)), np.zeros((n, 3, 8))), "lengths": np.arange(n)}
+  placed = sharding.put_batch(tiers, mesh)
+  assert [t.shape for t in placed["chars"]] == [(n, 2, 16), (n, 3, 8)]
+  assert placed["chars"][1].sharding == sharding.batch_sharding(mesh)
+  with pytest.raises(ValueError, match="leading"):
+    sharding.put_batch({"chars": (np.ones((n, 2)), np.ones((n + 1, 2)))}, mesh)
   too_many = jax.device_count() + 1
   with pytest.raises(ValueError, match=f"config.mesh.data={too_many}"):
     sharding.make_mesh(mesh_config(data=too_many))
