@@ -104,7 +104,7 @@ def warm_up(trainer, batches) -> None:
   from birnn_jax import sharding  # pylint: disable=g-import-not-at-top
   seen, state, rng = set(), trainer.init_state(), jax.random.key(0)
   for batch in batches:
-    shapes = tuple(sorted((k, np.shape(v)) for k, v in batch.items()))
+    shapes = (jax.tree.structure(batch), tuple(np.shape(v) for v in jax.tree.leaves(batch)))
     if shapes not in seen:
       seen.add(shapes)
       state, _ = trainer.train_step(state, sharding.put_batch(batch, trainer.mesh), rng)

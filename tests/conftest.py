@@ -52,7 +52,7 @@ def compile_cache(_compile_cache_dir):
   compilation_cache.reset_cache()
 
 
-def _random_variables(module, *args, seed=0, scale=0.5, **kwargs):
+def random_variables_for(module, *args, seed=0, scale=0.5, **kwargs):
   """Variables of `module.init(key, *args, **kwargs)`'s structure, drawn U(-scale, scale)
   with numpy: no recurrence is compiled just to make parameters."""
   rng = np.random.default_rng(seed)
@@ -64,4 +64,4 @@ def _random_variables(module, *args, seed=0, scale=0.5, **kwargs):
 @pytest.fixture(scope="session")
 def random_variables():
   """`random_variables(module, *init_args, seed=0, scale=0.5)` -> variables for `module`."""
-  return _random_variables
+  return random_variables_for

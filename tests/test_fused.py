@@ -11,6 +11,7 @@ import pytest
 from birnn_jax import BiRNN
 from birnn_jax import bidirectional
 from birnn_jax import fused
+from conftest import random_variables_for
 
 # Tiny arrays: compile time dominates, so compile with few optimisations (conftest.py).
 pytestmark = pytest.mark.usefixtures("fast_compile")
@@ -62,7 +63,7 @@ class FusedTest(parameterized.TestCase):
     # Given a stack and the same parameters for both implementations,
     x, lengths = inputs()
     reference = BiRNN(hidden_size=H, impl="reference", **attrs)
-    params = reference.init(jax.random.key(1), x, lengths)["params"]
+    params = random_variables_for(reference, x, lengths, seed=1)["params"]
     # when both run forward and backward,
     expected = forward_and_grads(reference, params, x, lengths)
     actual = forward_and_grads(reference.clone(impl="fused"), params, x, lengths)
@@ -79,7 +80,7 @@ class FusedTest(parameterized.TestCase):
     reference = BiRNN(hidden_size=H, impl="reference", **attrs)
     forward_cell, backward_cell = reference.make_cells()
     self.assertIsNone(fused.fusable_spec(forward_cell, backward_cell))
-    params = reference.init(jax.random.key(1), x, lengths)["params"]
+    params = random_variables_for(reference, x, lengths, seed=1)["params"]
     expected = forward_and_grads(reference, params, x, lengths)
     actual = forward_and_grads(reference.clone(impl="fused"), params, x, lengths)
     self.assert_trees_close(actual, expected)
@@ -92,7 +93,7 @@ class FusedTest(parameterized.TestCase):
   def test_unroll_gives_same_numbers(self):
     x, lengths = inputs()
     module = BiRNN(cell="lstm", hidden_size=H, impl="fused")
-    params = module.init(jax.random.key(1), x, lengths)["params"]
+    params = random_variables_for(module, x, lengths, seed=1)["params"]
     expected = forward_and_grads(module, params, x, lengths)
     actual = forward_and_grads(module.clone(unroll=3), params, x, lengths)  # T % 3 != 0.
     self.assert_trees_close(actual, expected, atol=1e-6, rtol=1e-6)
@@ -102,7 +103,7 @@ class FusedTest(parameterized.TestCase):
     # Given one bidirectional layer's cells and parameters,
     x, lengths = inputs()
     module = BiRNN(cell=cell[:4], hidden_size=H, proj_size=2 if "proj" in cell else None)
-    params = module.init(jax.random.key(1), x, lengths)["params"]["layer_0"]
+    params = random_variables_for(module, x, lengths, seed=1)["params"]["layer_0"]
     forward_cell, backward_cell = module.make_cells()
     carries = tuple(c.initialize_carry(None, x[:, 0].shape)
                     for c in (forward_cell, backward_cell))
@@ -123,7 +124,7 @@ class FusedTest(parameterized.TestCase):
   def test_bfloat16_close_to_float32(self):
     x, lengths = inputs()
     module = BiRNN(cell="lstm", hidden_size=H, impl="fused")
-    params = module.init(jax.random.key(1), x, lengths)["params"]
+    params = random_variables_for(module, x, lengths, seed=1)["params"]
     expected = forward_and_grads(module, params, x, lengths)
     actual = forward_and_grads(module.clone(dtype=jnp.bfloat16), params,
                                x.astype(jnp.bfloat16), lengths)
@@ -136,14 +137,16 @@ def test_birnn_remat_attribute_gives_reference_gradients():
   x = jax.random.normal(jax.random.key(3), (3, 5, 4))
   lengths = jnp.array([5, 0, 2])
   ref = BiRNN(cell="lstm", hidden_size=3, impl="reference")
-  variables = ref.init(jax.random.key(0), x, lengths)
+  variables = random_variables_for(ref, x, lengths)
 
-  def loss(model, params):
-    y, (h, c) = model.apply({"params": params}, x, lengths)
-    return jnp.sum(y ** 2) + jnp.sum(h * c)
+  def grad(model):
+    def loss(params):
+      y, (h, c) = model.apply({"params": params}, x, lengths)
+      return jnp.sum(y ** 2) + jnp.sum(h * c)
+    return jax.jit(jax.grad(loss))(variables["params"])
 
-  expected = jax.grad(lambda p: loss(ref, p))(variables["params"])
-  got = jax.grad(lambda p: loss(ref.clone(impl="fused", remat=True), p))(variables["params"])
+  expected = grad(ref)
+  got = grad(ref.clone(impl="fused", remat=True))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), got, expected)
 
 
