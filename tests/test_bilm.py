@@ -39,7 +39,7 @@ def setup(tmp_path_factory):
 
 def dependence(fn, x, lengths):
   """[B, T, B, T]: whether output (b, t) of fn (-> [B, T, V]) depends on input x[b', s]."""
-  proj = jax.random.normal(jax.random.key(1), (fn(x, lengths).shape[-1],))
+  proj = jax.random.normal(jax.random.key(1), (jax.eval_shape(fn, x, lengths).shape[-1],))
   jac = jax.jit(jax.jacrev(lambda x, lengths: fn(x, lengths) @ proj))(x, lengths)
   # jac: [B, T, B, T, E]
   return np.asarray(jnp.abs(jac).sum(-1)) > 0
@@ -68,7 +68,7 @@ def test_changing_a_target_token_leaves_its_prediction_unchanged(setup):
   _, task, model, params = setup
   batch = task.train_batch(0)
   tokens, lengths = np.asarray(batch["tokens"]), np.asarray(batch["lengths"])
-  apply = lambda tok: model.apply({"params": params}, tok, lengths)
+  apply = jax.jit(lambda tok: model.apply({"params": params}, tok, lengths))
   before = apply(tokens)
   t = 5
   changed = tokens.copy()

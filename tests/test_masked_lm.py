@@ -141,20 +141,15 @@ def test_each_variant_reads_its_side(tmp_path, name, left, right):
   tokens = jnp.asarray(np.random.default_rng(0).integers(3, len(task.vocab), (2, 8)), jnp.int32)
   lengths = jnp.asarray([8, 6], jnp.int32)
   everywhere = jnp.tile(jnp.arange(8, dtype=jnp.int32), (2, 1))
-  params = model.init(jax.random.key(0), tokens, lengths, everywhere)["params"]
+  params = jax.jit(model.init)(jax.random.key(0), tokens, lengths, everywhere)["params"]
+  apply = jax.jit(lambda tokens: model.apply({"params": params}, tokens, lengths, everywhere))
   t = 3
-
-  def out_at_t(tokens):
-    return model.apply({"params": params}, tokens, lengths, everywhere)[:, t]
-
-  base = out_at_t(tokens)
-  changed_left = not np.allclose(out_at_t(tokens.at[:, t - 1].set(3)), base, atol=1e-6)
-  changed_right = not np.allclose(out_at_t(tokens.at[:, t + 1].set(3)), base, atol=1e-6)
+  base = apply(tokens)[:, t]
+  changed_left = not np.allclose(apply(tokens.at[:, t - 1].set(3))[:, t], base, atol=1e-6)
+  changed_right = not np.allclose(apply(tokens.at[:, t + 1].set(3))[:, t], base, atol=1e-6)
   assert (changed_left, changed_right) == (left, right)
   # Padding never leaks in: changing row 1's padded tail changes nothing.
-  padded = model.apply({"params": params}, tokens.at[1, 6:].set(4), lengths, everywhere)
-  np.testing.assert_allclose(
-      padded, model.apply({"params": params}, tokens, lengths, everywhere), atol=1e-6)
+  np.testing.assert_allclose(apply(tokens.at[1, 6:].set(4)), apply(tokens), atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------
