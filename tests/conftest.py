@@ -52,6 +52,18 @@ def compile_cache(_compile_cache_dir):
   compilation_cache.reset_cache()
 
 
+@pytest.fixture(scope="module")
+def subprocess_env(_compile_cache_dir):
+  """An environment for launch.py subprocesses: they share the session's XLA cache and
+  compile options with the in-process tests, so each distinct program compiles once."""
+  out = dict(os.environ)
+  out.update(JAX_COMPILATION_CACHE_DIR=str(_compile_cache_dir),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+             JAX_DISABLE_MOST_OPTIMIZATIONS="1", JAX_PLATFORMS="cpu")
+  return out
+
+
 def random_variables_for(module, *args, seed=0, scale=0.5, **kwargs):
   """Variables of `module.init(key, *args, **kwargs)`'s structure, drawn U(-scale, scale)
   with numpy: no recurrence is compiled just to make parameters."""

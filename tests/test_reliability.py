@@ -66,15 +66,8 @@ TMP_SUFFIX = ".orbax-checkpoint-tmp"
 # --- helpers -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def env(_compile_cache_dir):
-  """The subprocesses share the session's XLA cache and compile options with the in-process
-  tests, so each distinct program compiles once per session."""
-  out = dict(os.environ)
-  out.update(JAX_COMPILATION_CACHE_DIR=str(_compile_cache_dir),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-             JAX_DISABLE_MOST_OPTIMIZATIONS="1", JAX_PLATFORMS="cpu")
-  return out
+def env(subprocess_env):
+  return subprocess_env
 
 
 def command(workdir, *args, config=SMOKE) -> list[str]:

@@ -330,14 +330,8 @@ def test_a_reader_lists_again_when_the_run_deletes_the_step_it_reads(tmp_path):
 # --- launch.py (subprocesses) --------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def env(_compile_cache_dir):
-  """The runs share one XLA cache and fast compiles (as tests/test_reliability.py's)."""
-  out = dict(os.environ)
-  out.update(JAX_COMPILATION_CACHE_DIR=str(_compile_cache_dir),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-             JAX_DISABLE_MOST_OPTIMIZATIONS="1", JAX_PLATFORMS="cpu")
-  return out
+def env(subprocess_env):
+  return subprocess_env
 
 
 def command(workdir, *args) -> list[str]:

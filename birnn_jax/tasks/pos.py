@@ -300,6 +300,20 @@ def model_from_config(model_config, num_words: int, num_chars: int,
                    embed_dropout=m.embed_dropout, output_dropout=m.output_dropout)
 
 
+def check_encoder_config(config) -> None:
+  """Checks the keys of the word + character encoder and its batches, which the tagging
+  tasks share (POS, NER): a ConfigError naming the first impossible one."""
+  d, m = config.data, config.model
+  config_lib.check_at_least(config, {"data.max_length": 1, "data.min_freq": 1,
+                                     "data.max_chars": 2, "data.pad_to": 1,
+                                     "data.eval_batch_size": 1, "model.char_embed_size": 1,
+                                     "model.char_hidden_size": 1})
+  config_lib.check(d.word_dropout_alpha >= 0, "data.word_dropout_alpha",
+                   d.word_dropout_alpha, ">= 0 (0 disables)")
+  for key in ("word_dropout", "embed_dropout", "output_dropout"):
+    config_lib.check(0.0 <= m[key] < 1.0, f"model.{key}", m[key], "a rate in [0, 1)")
+
+
 # Task -----------------------------------------------------------------------------------------
 
 class Task(base.Task):
@@ -310,15 +324,7 @@ class Task(base.Task):
   def __init__(self, config, workdir):
     super().__init__(config, workdir)
     d, m = config.data, config.model
-    config_lib.check_at_least(config, {"data.max_length": 1, "data.min_freq": 1,
-                                       "data.max_chars": 2, "data.pad_to": 1,
-                                       "data.eval_batch_size": 1})
-    config_lib.check(d.word_dropout_alpha >= 0, "data.word_dropout_alpha",
-                     d.word_dropout_alpha, ">= 0 (0 disables)")
-    for key in ("word_dropout", "embed_dropout", "output_dropout"):
-      config_lib.check(0.0 <= m[key] < 1.0, f"model.{key}", m[key], "a rate in [0, 1)")
-    for key in ("char_embed_size", "char_hidden_size"):
-      config_lib.check(m[key] > 0, f"model.{key}", m[key], "a positive integer")
+    check_encoder_config(config)
     config_lib.check(d.train_sentences >= 0, "data.train_sentences", d.train_sentences,
                      ">= 0 (0 = all of train)")
     config_lib.check(m.bilm_layers in BILM_LAYERS, "model.bilm_layers", m.bilm_layers,
