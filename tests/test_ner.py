@@ -21,7 +21,9 @@ from seqeval.metrics import sequence_labeling
 from birnn_jax import config_lib
 from birnn_jax import crf as crf_lib
 from birnn_jax import train
+from birnn_jax.data.vocab import Vocab
 from birnn_jax.tasks import ner
+from birnn_jax.tasks import pos
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -153,7 +155,9 @@ def tiny_inputs(batch=3, steps=8, chars=5, num_words=30, num_chars=20):
 def test_heads_loss_and_predictions(head, random_variables):
   config = load_config()
   config.model.head = head
-  model = ner.model_from_config(config.model, num_words=30, num_chars=20)
+  # Character classes for the casing feature: PAD, UNK, then lower / upper / digit.
+  classes = (0, 4) + (1, 2, 3) * 6
+  model = ner.model_from_config(config.model, num_words=30, num_chars=20, classes=classes)
   b = tiny_inputs()
   inputs = (b["words"], b["chars"], None, b["lengths"])
   variables = random_variables(model, *inputs, scale=1.0)
@@ -178,6 +182,57 @@ def test_heads_loss_and_predictions(head, random_variables):
   train_out = jax.eval_shape(functools.partial(model.apply, deterministic=False),
                              variables, *inputs, rngs={"dropout": jax.random.key(0)})
   assert "predicted" not in train_out   # no decoding in the training step
+
+
+@pytest.mark.parametrize("form, want", [
+    ("hos", "lower"), ("København", "initial_cap"), ("NATO", "all_caps"), ("A", "all_caps"),
+    ("McDonald", "mixed"), ("iPhone", "mixed"), ("1998", "numeric"), ("3.", "has_digit"),
+    ("B52", "has_digit"), (".", "punct"), ("»", "punct"), ("Novo-Nordisk", "mixed"),
+    ("tv-kanal", "lower"), ("", "pad")])
+def test_casing_classes(form, want):
+  assert ner.casing(form) == want
+
+
+def test_casing_feature_in_the_model():
+  """model.casing_embed_size > 0 (the default) embeds each word's casing class, computed in
+  the graph from its character ids (also from pos.dedup_chars rows, tiers included); 0 is
+  the model without it."""
+  forms = [["Anne", "bor", "i", "AARHUS", "1998", "."], ["McDonald", "3.", "hos"]]
+  chars = Vocab.build(w for s in forms for w in s)
+  words = np.array([[2 + i for i in range(6)] + [0, 0], [2, 3, 4] + [0] * 5], np.int32)
+  char_ids = np.zeros((2, 8, 8), np.int32)
+  for b, sentence in enumerate(forms):
+    for t, w in enumerate(sentence):
+      char_ids[b, t, :len(w)] = chars.encode(w)
+  lengths = np.array([6, 3], np.int32)
+  classes = ner.char_classes(chars)
+  want = [[ner.CASINGS.index(ner.casing(w)) for w in s] + [0] * (8 - len(s)) for s in forms]
+  got = ner.casing_of_classes(jnp.asarray(classes)[char_ids])
+  np.testing.assert_array_equal(got, want)
+
+  config = load_config()
+  config.model.casing_embed_size = 0
+  plain = ner.model_from_config(config.model, 10, len(chars))
+  plain_params = plain.init(jax.random.key(0), words, char_ids, None, lengths)["params"]
+  assert "casing" not in plain_params
+  config.model.casing_embed_size = 4
+  with pytest.raises(ValueError, match="casing needs the class of each"):
+    ner.model_from_config(config.model, 10, len(chars))
+  model = ner.model_from_config(config.model, 10, len(chars), classes)
+  variables = model.init(jax.random.key(0), words, char_ids, None, lengths)
+  assert variables["params"]["casing"]["embedding"].shape == (len(ner.CASINGS), 4)
+  out = model.apply(variables, words, char_ids, None, lengths)["emissions"]
+  batch = pos.dedup_chars({"words": words, "chars": char_ids, "lengths": lengths})
+  assert isinstance(batch["chars"], tuple)      # the tiers of 8, 4 and 2 characters
+  dedup = model.apply(variables, words, batch["chars"], batch["char_index"],
+                      lengths)["emissions"]
+  np.testing.assert_allclose(dedup, out, rtol=1e-5, atol=1e-6)
+  # The casing embedding is read: changing the "initial_cap" row changes Anne's scores.
+  changed = jax.tree.map(lambda x: x, variables)
+  changed["params"]["casing"]["embedding"] = changed["params"]["casing"]["embedding"].at[
+      ner.CASINGS.index("initial_cap")].add(1.0)
+  moved = model.apply(changed, words, char_ids, None, lengths)["emissions"]
+  assert not np.allclose(moved[0, 0], out[0, 0])
 
 
 # Config and experiment -----------------------------------------------------------------------

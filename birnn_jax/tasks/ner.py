@@ -1,8 +1,11 @@
 """Named-entity recognition with a BiLSTM-CRF on UNER Danish-DDT (PER, ORG, LOC in IOB2).
 
 The encoder is the POS tagger's (`pos.PosTagger`): word embedding (lowercased words, word
-dropout) + character BiLSTM (case kept) -> a stacked BiLSTM over the sentence -> per-token
-scores O_t = H_t W_hq + b_q, here one per IOB2 label. Two heads read those scores:
+dropout) + character BiLSTM (case kept) [+ with `model.casing_embed_size` > 0, an embedding
+of the word's casing class, `CASINGS`: lower, initial_cap, all_caps, mixed, numeric,
+has_digit, punct (Reimers & Gurevych 2017), computed in the graph from its character ids]
+-> a stacked BiLSTM over the sentence -> per-token scores O_t = H_t W_hq + b_q, here one per
+IOB2 label. Two heads read those scores:
 - `model.head='crf'` (Huang et al. 2015; Lample et al. 2016): the scores are a linear-chain
   CRF's emissions, with learned tag-to-tag transition, start and end scores
   (`birnn_jax.crf`). Training minimises the sentence's negative log-likelihood, whose
@@ -49,7 +52,7 @@ from birnn_jax import crf as crf_lib
 from birnn_jax import errors
 from birnn_jax.data import batching
 from birnn_jax.data import iob2
-from birnn_jax.data.vocab import Vocab
+from birnn_jax.data.vocab import PAD_TOKEN, Vocab
 from birnn_jax.tasks import base
 from birnn_jax.tasks import common
 from birnn_jax.tasks import pos
@@ -179,6 +182,60 @@ def entities(tokens: list[str], labels: list[str]) -> list[tuple[str, str]]:
           for kind, start, end in sequence_labeling.get_entities(list(labels))]
 
 
+# Casing feature ---------------------------------------------------------------------------------
+
+# A word's casing class (Reimers & Gurevych 2017), computed in the graph from its characters.
+CASINGS = ("pad", "lower", "initial_cap", "all_caps", "mixed", "numeric", "has_digit",
+           "punct")
+_C = {name: i for i, name in enumerate(CASINGS)}
+# Character classes: 0 padding, 1 lowercase letter, 2 uppercase letter, 3 digit, 4 anything
+# else (punctuation, symbols, an unknown character).
+_PAD_CHAR, _LOWER, _UPPER, _DIGIT, _OTHER = range(5)
+
+
+def char_class(token: str) -> int:
+  """The class of one character-vocabulary token (the reserved tokens: PAD 0, UNK other)."""
+  if token == PAD_TOKEN:
+    return _PAD_CHAR
+  if len(token) != 1:
+    return _OTHER
+  if token.isdigit():
+    return _DIGIT
+  if token.isupper():
+    return _UPPER
+  if token.islower():
+    return _LOWER
+  return _OTHER
+
+
+def char_classes(char_vocab: Vocab) -> tuple[int, ...]:
+  """The class of each character id (a model attribute, so the casing is computed in jit)."""
+  return tuple(char_class(t) for t in char_vocab.tokens)
+
+
+def casing_of_classes(classes_NxC) -> jax.Array:
+  """int [..., C] character classes of words (0-padded) -> int32 [...] casing ids:
+  pad (no characters), numeric (all digits), has_digit, punct (no letters), lower (no
+  capital), all_caps (no lowercase letter), initial_cap (only the first is a capital),
+  mixed (any other mix, e.g. "McDonald")."""
+  count = lambda k: jnp.sum(classes_NxC == k, axis=-1)
+  n = jnp.sum(classes_NxC != _PAD_CHAR, axis=-1)
+  lower, upper, digit = count(_LOWER), count(_UPPER), count(_DIGIT)
+  first_upper = classes_NxC[..., 0] == _UPPER
+  out = jnp.where(first_upper & (upper == 1), _C["initial_cap"], _C["mixed"])
+  out = jnp.where(lower == 0, _C["all_caps"], out)
+  out = jnp.where(upper == 0, _C["lower"], out)
+  out = jnp.where(lower + upper == 0, _C["punct"], out)
+  out = jnp.where(digit > 0, _C["has_digit"], out)
+  out = jnp.where(digit == n, _C["numeric"], out)
+  return jnp.where(n == 0, _C["pad"], out).astype(jnp.int32)
+
+
+def casing(form: str) -> str:
+  """The casing class of a word form (host-side; what `casing_of_classes` computes)."""
+  return CASINGS[int(casing_of_classes(jnp.array([char_class(c) for c in form] or [0])))]
+
+
 # Model ------------------------------------------------------------------------------------------
 
 class NerTagger(nn.Module):
@@ -188,14 +245,28 @@ class NerTagger(nn.Module):
   the dict also holds its `transitions` [K, K], `start` [K] and `end` [K] (so the loss can
   be computed from the outputs alone). With `deterministic=True` it also holds `predicted`
   int32 [B, T]: constrained Viterbi (CRF) or the per-token argmax (softmax), 0 at padding.
+  With `casing_embed_size` > 0 each word's casing class (`CASINGS`, from its characters'
+  classes `char_classes`) is embedded and appended to the encoder's x_t.
   """
   encoder: nn.Module        # a pos.PosTagger with num_tags = len(labels)
   labels: tuple[str, ...] = LABELS
   head: str = "crf"
+  casing_embed_size: int = 0
+  char_classes: tuple[int, ...] = ()   # the class of each character id (casing only)
 
   @nn.compact
   def __call__(self, words, chars, char_index, lengths, deterministic: bool = True):
-    emissions = self.encoder(words, chars, char_index, lengths, deterministic=deterministic)
+    extra = None
+    if self.casing_embed_size:
+      classes = jnp.asarray(self.char_classes, jnp.int32)
+      if char_index is None:
+        case = casing_of_classes(classes[chars])
+      else:                          # deduplicated rows, maybe in tiers (pos.dedup_chars)
+        case = jnp.take(pos.map_char_rows(lambda t: casing_of_classes(classes[t]), chars),
+                        char_index, axis=0)
+      extra = nn.Embed(len(CASINGS), self.casing_embed_size, name="casing")(case)
+    emissions = self.encoder(words, chars, char_index, lengths, deterministic=deterministic,
+                             extra=extra)
     out = {"emissions": emissions}
     if self.head == "crf":
       crf = crf_lib.CRF(len(self.labels), **crf_lib.constraint_attributes(self.labels),
@@ -209,9 +280,16 @@ class NerTagger(nn.Module):
     return out
 
 
-def model_from_config(model_config, num_words: int, num_chars: int) -> NerTagger:
+def model_from_config(model_config, num_words: int, num_chars: int,
+                      classes: tuple[int, ...] = ()) -> NerTagger:
+  """`classes`: the class of each character id (`char_classes`), needed for casing."""
   encoder = pos.model_from_config(model_config, num_words, num_chars, num_tags=len(LABELS))
-  return NerTagger(encoder=encoder, labels=LABELS, head=model_config.head)
+  size = model_config.get("casing_embed_size", 0)
+  if size and len(classes) != num_chars:
+    raise ValueError(f"casing needs the class of each of the {num_chars} character ids, "
+                     f"got {len(classes)}.")
+  return NerTagger(encoder=encoder, labels=LABELS, head=model_config.head,
+                   casing_embed_size=size, char_classes=tuple(classes) if size else ())
 
 
 def loss_sums(outputs: dict, batch: dict, head: str) -> dict[str, jax.Array]:
@@ -243,6 +321,8 @@ class Task(base.Task):
                                        "data.eval_batch_size": 1,
                                        "model.char_embed_size": 1,
                                        "model.char_hidden_size": 1})
+    config_lib.check(m.get("casing_embed_size", 0) >= 0, "model.casing_embed_size",
+                     m.get("casing_embed_size", 0), ">= 0 (0 disables)")
     config_lib.check(m.head in HEADS, "model.head", m.head, f"one of {HEADS}")
     config_lib.check(d.word_dropout_alpha >= 0, "data.word_dropout_alpha",
                      d.word_dropout_alpha, ">= 0 (0 disables)")
@@ -291,7 +371,7 @@ class Task(base.Task):
   def model(self):
     if self._model is None:
       self._model = model_from_config(self.config.model, len(self.word_vocab),
-                                      len(self.char_vocab))
+                                      len(self.char_vocab), char_classes(self.char_vocab))
     return self._model
 
   def model_inputs(self, batch):
