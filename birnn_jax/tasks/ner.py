@@ -316,18 +316,10 @@ class Task(base.Task):
   def __init__(self, config, workdir):
     super().__init__(config, workdir)
     d, m = config.data, config.model
-    config_lib.check_at_least(config, {"data.max_length": 1, "data.min_freq": 1,
-                                       "data.max_chars": 2, "data.pad_to": 1,
-                                       "data.eval_batch_size": 1,
-                                       "model.char_embed_size": 1,
-                                       "model.char_hidden_size": 1})
+    pos.check_encoder_config(config)
     config_lib.check(m.get("casing_embed_size", 0) >= 0, "model.casing_embed_size",
                      m.get("casing_embed_size", 0), ">= 0 (0 disables)")
     config_lib.check(m.head in HEADS, "model.head", m.head, f"one of {HEADS}")
-    config_lib.check(d.word_dropout_alpha >= 0, "data.word_dropout_alpha",
-                     d.word_dropout_alpha, ">= 0 (0 disables)")
-    for key in ("word_dropout", "embed_dropout", "output_dropout"):
-      config_lib.check(0.0 <= m[key] < 1.0, f"model.{key}", m[key], "a rate in [0, 1)")
 
     corpus = iob2.load_uner(d.dir or None, labels=LABELS, max_length=d.max_length)
     self.sources = corpus.sources
