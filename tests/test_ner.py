@@ -213,25 +213,26 @@ def test_casing_feature_in_the_model():
   config = load_config()
   config.model.casing_embed_size = 0
   plain = ner.model_from_config(config.model, 10, len(chars))
-  plain_params = plain.init(jax.random.key(0), words, char_ids, None, lengths)["params"]
+  plain_params = jax.eval_shape(plain.init, jax.random.key(0), words, char_ids, None,
+                                lengths)["params"]
   assert "casing" not in plain_params
   config.model.casing_embed_size = 4
   with pytest.raises(ValueError, match="casing needs the class of each"):
     ner.model_from_config(config.model, 10, len(chars))
   model = ner.model_from_config(config.model, 10, len(chars), classes)
-  variables = model.init(jax.random.key(0), words, char_ids, None, lengths)
+  variables = jax.jit(model.init)(jax.random.key(0), words, char_ids, None, lengths)
   assert variables["params"]["casing"]["embedding"].shape == (len(ner.CASINGS), 4)
-  out = model.apply(variables, words, char_ids, None, lengths)["emissions"]
+  apply = jax.jit(lambda v, chars, index: model.apply(v, words, chars, index, lengths))
+  out = apply(variables, char_ids, None)["emissions"]
   batch = pos.dedup_chars({"words": words, "chars": char_ids, "lengths": lengths})
   assert isinstance(batch["chars"], tuple)      # the tiers of 8, 4 and 2 characters
-  dedup = model.apply(variables, words, batch["chars"], batch["char_index"],
-                      lengths)["emissions"]
+  dedup = apply(variables, batch["chars"], batch["char_index"])["emissions"]
   np.testing.assert_allclose(dedup, out, rtol=1e-5, atol=1e-6)
   # The casing embedding is read: changing the "initial_cap" row changes Anne's scores.
   changed = jax.tree.map(lambda x: x, variables)
   changed["params"]["casing"]["embedding"] = changed["params"]["casing"]["embedding"].at[
       ner.CASINGS.index("initial_cap")].add(1.0)
-  moved = model.apply(changed, words, char_ids, None, lengths)["emissions"]
+  moved = apply(changed, char_ids, None)["emissions"]
   assert not np.allclose(moved[0, 0], out[0, 0])
 
 

@@ -335,6 +335,8 @@ class Task(base.Task):
     files = {"train": d.train_file, "dev": d.dev_file, "test": d.test_file}
     config_lib.check(d.train_file or not (d.dev_file or d.test_file), "data.train_file",
                      d.train_file, "a path when data.dev_file or data.test_file is set")
+    # A wrong biLM workdir is refused before the treebank is read.
+    self.bilm = load_bilm(m.bilm_workdir) if m.bilm_workdir else None
     splits = conllu_data.load_treebank(
         None if d.train_file else conllu_data.treebank_folder(d.dir or None), files=files,
         max_length=d.max_length, dev_fraction=d.dev_fraction, seed=config.seed)
@@ -358,7 +360,6 @@ class Task(base.Task):
     self.padding = dict(pad_to=d.pad_to, max_chars=d.max_chars, char_pad_to=d.max_chars)
     self.batcher = batching.StepBatcher(self.examples["train"], config.train.batch_size,
                                         config.seed, **self.padding)
-    self.bilm = load_bilm(m.bilm_workdir) if m.bilm_workdir else None
     self._bilm_inputs = {name: self.encode_bilm(sentences)
                          for name, sentences in self.sentences.items()}
     self._eval_cache: dict[str, list] = {}
