@@ -157,7 +157,6 @@ def worker_bare(args, config, workdir) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from birnn_jax import sharding  # pylint: disable=g-import-not-at-top
   from birnn_jax import train  # pylint: disable=g-import-not-at-top
-  from birnn_jax.tasks import pos  # pylint: disable=g-import-not-at-top
   log_every, steps = (int(v) for v in args.window.split(","))
   trainer = train.Trainer(config, workdir)
   host = [trainer.task.train_batch(s) for s in range(log_every, log_every + steps)]
