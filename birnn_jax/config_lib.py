@@ -70,6 +70,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.best_metric = "eval_loss"
   c.train.best_mode = "min"
   c.train.nan_policy = "stop"    # stop | skip (skip the update of a non-finite step)
+  # > 0: evaluate (and save alongside) an exponential moving average of the parameters
+  # with this decay per step (Polyak averaging; `train.ema_decay_at`); 0 = off.
+  c.train.ema_decay = 0.0
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1        # devices on the ("data",) axis; -1 = all
@@ -202,5 +205,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check(t.best_mode in ("min", "max"), "train.best_mode", t.best_mode, "'min' or 'max'")
   check(t.nan_policy in ("stop", "skip"), "train.nan_policy", t.nan_policy,
          "'stop' or 'skip'")
+  check(0.0 <= t.get("ema_decay", 0.0) < 1.0, "train.ema_decay", t.get("ema_decay", 0.0),
+        "a decay in [0, 1) (0 disables)")
   check(config.mesh.data == -1 or config.mesh.data > 0, "mesh.data", config.mesh.data,
         "-1 (all devices) or a positive count")

@@ -67,8 +67,23 @@ def stop_requested_on_signals():
       signal.signal(s, h)
 
 
-def make_steps(task, model, tx, nan_policy: str):
-  """(train_step, eval_step), pure functions of arrays."""
+def ema_decay_at(decay: float, step):
+  """The averaging weight of the old average at update `step` (1-based): `decay`, but
+  smaller early on, (1 + step) / (10 + step), so the average soon forgets the random
+  initialisation (TensorFlow's ExponentialMovingAverage with num_updates)."""
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def eval_params(state: dict):
+  """The parameters to evaluate and predict with: the moving average when the state holds
+  one (`train.ema_decay` > 0), else the trained parameters."""
+  return state.get("ema_params", state["params"])
+
+
+def make_steps(task, model, tx, nan_policy: str, ema_decay: float = 0.0):
+  """(train_step, eval_step), pure functions of arrays. With `ema_decay` > 0 the state also
+  holds `ema_params`, an exponential moving average of the parameters after each update
+  (Polyak averaging; weight `ema_decay_at`), which evaluation reads instead."""
 
   def train_step(state, batch, rng):
     rng = jax.random.fold_in(rng, state["step"])
@@ -92,6 +107,11 @@ def make_steps(task, model, tx, nan_policy: str):
       params = keep(params, state["params"])
       opt_state = keep(opt_state, state["opt_state"])
     new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
+    if ema_decay:
+      d = ema_decay_at(ema_decay, new_state["step"].astype(jnp.float32))
+      ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state["ema_params"], params)
+      new_state["ema_params"] = (keep(ema, state["ema_params"]) if nan_policy == "skip"
+                                 else ema)
     return new_state, {**sums, "grad_norm": grad_norm, "finite": finite,
                        "params_finite": params_finite}
 
@@ -143,7 +163,8 @@ class Trainer:
     repl = sharding.replicated(self.mesh)
     data = sharding.batch_sharding(self.mesh)
     train_step, eval_step = make_steps(self.task, self.model, self.tx,
-                                       config.train.nan_policy)
+                                       config.train.nan_policy,
+                                       config.train.get("ema_decay", 0.0))
     self.train_step = jax.jit(train_step, in_shardings=(repl, data, repl),
                               out_shardings=(repl, repl), donate_argnums=0)
     self.eval_step = jax.jit(eval_step, in_shardings=(repl, data), out_shardings=repl)
@@ -153,7 +174,10 @@ class Trainer:
     batch = sharding.put_batch(self.task.train_batch(0), self.mesh)
 
     def init(key, batch):
-      return optim.init_state(self.model, self.tx, self.task.model_inputs(batch), key)
+      state = optim.init_state(self.model, self.tx, self.task.model_inputs(batch), key)
+      if self.config.train.get("ema_decay", 0.0):   # the average starts at the init
+        state["ema_params"] = jax.tree.map(jnp.copy, state["params"])
+      return state
 
     repl = sharding.replicated(self.mesh)
     return jax.jit(init, out_shardings=repl)(key, batch)
@@ -243,7 +267,7 @@ class Trainer:
                       "command to resume from step %d.", stopped_by, step,
                       self.manager.directory, step)
       return {"stopped_at_step": step, "stopped_by": stopped_by}
-    return self._final_results(state["params"], step, time.monotonic() - start)
+    return self._final_results(eval_params(state), step, time.monotonic() - start)
 
   def _loop(self, state, step: int, window: metrics_lib.MetricWindow,
             writer: metrics_lib.MetricWriter) -> tuple[dict, int, str | None]:
@@ -276,7 +300,7 @@ class Trainer:
         # Rows wait for the checkpoints before them to be complete: a background write
         # then never spans more than one log interval.
         ckpt_lib.wait_for_saves(self.manager)
-        eval_metrics = self._log(step, state["params"], window, writer, progress, due)
+        eval_metrics = self._log(step, eval_params(state), window, writer, progress, due)
         if "save" in due:
           self._save(step, state, window, eval_metrics, wait=stop_now or step == num_steps)
         if stop_now:
@@ -378,10 +402,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
 def load_trained(config, workdir):
   """(trainer, params) from the workdir's latest checkpoint, only reading the workdir (a
-  training run may be writing it)."""
+  training run may be writing it); the moving average when the run kept one."""
   trainer = Trainer(config, workdir, read_only=True)
   state = ckpt_lib.restore(trainer.manager, trainer.init_state(), read_only=True)
-  return trainer, state["params"]
+  return trainer, eval_params(state)
 
 
 def variant_dirs(config, workdir) -> dict[str, tuple[ml_collections.ConfigDict, pathlib.Path]]:

@@ -193,3 +193,50 @@ def test_train_and_evaluate_is_a_no_op_when_already_done(runs, tmp_path):
   assert set(calls) <= {0}, calls
   assert metrics_lib.read_metrics(workdir / "metrics.jsonl") == before
   assert results["test_accuracy"] == pytest.approx(runs["b"]["test_accuracy"], abs=1e-6)
+
+
+# --- parameter averaging (train.ema_decay) -----------------------------------------------
+
+def test_ema_is_off_by_default(first_step, tmp_path):
+  """ema_decay=0 (every experiment's default) keeps the state and the steps as they were."""
+  config = smoke_config(1)
+  assert config.train.ema_decay == 0.0
+  state = train.Trainer(config, tmp_path).init_state()
+  assert set(state) == {"step", "params", "opt_state"}
+  assert train.eval_params(state) is state["params"]
+
+
+def test_ema_params_are_the_hand_computed_average(tmp_path):
+  """A 3-step run with ema_decay=0.9 evaluates and saves the average that the per-step
+  parameters give by hand, and load_trained returns it."""
+  config = smoke_config(3)
+  config.train.ema_decay = 0.9
+  trainer = train.Trainer(config, tmp_path / "by_hand")
+  state = trainer.init_state()
+  assert set(state) == {"step", "params", "opt_state", "ema_params"}
+  ema = host(state["params"])
+  assert all(np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(ema), jax.tree.leaves(host(state["ema_params"]))))
+  rng = jax.random.key(config.seed + 1)     # what Trainer._loop uses
+  for step in range(1, 4):
+    batch = sharding.put_batch(trainer.task.train_batch(step - 1), trainer.mesh)
+    state, _ = trainer.train_step(state, batch, rng)
+    d = min(0.9, (1 + step) / (10 + step))    # 2/11, 3/12, 4/13: the warm-up weights
+    ema = jax.tree.map(lambda e, p, d=d: d * e + (1 - d) * p, ema, host(state["params"]))
+  got = host(train.eval_params(state))
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ema)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  assert not all(np.allclose(a, b) for a, b in zip(
+      jax.tree.leaves(got), jax.tree.leaves(host(state["params"]))))
+
+  run(config, tmp_path / "run")
+  loaded = final_params(config, tmp_path / "run")
+  for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(ema)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_ema_decay_is_validated():
+  config = smoke_config(1)
+  config.train.ema_decay = 1.0
+  with pytest.raises(ValueError, match="train.ema_decay"):
+    config_lib.validate(config)
