@@ -309,6 +309,31 @@ def bio_constraints(labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.n
   return allowed, allowed_start, np.ones(num_tags, bool)
 
 
+def iobes_constraints(labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Which transitions a valid IOBES (BIOES) sequence may use.
+
+  An entity is S-X alone or B-X I-X* E-X: after B-X or I-X only I-X or E-X may follow;
+  after anything else (O, E-X, S-X) only O, B-Y or S-Y. A sequence starts with O, B-X or
+  S-X and ends with O, E-X or S-X.
+
+  Args:
+    labels: the K tag names in id order, e.g. ("O", "B-PER", "I-PER", "E-PER", "S-PER").
+
+  Returns:
+    (allowed bool [K, K], allowed_start bool [K], allowed_end bool [K]) for `viterbi`.
+  """
+  parts = [(label[0], label[2:]) if len(label) > 2 and label[1] == "-" and label[0] in "BIES"
+           else ("O", "") for label in labels]
+  opens = np.array([p in ("B", "I") for p, _ in parts])        # an entity continues after
+  starts = np.array([p in ("O", "B", "S") for p, _ in parts])  # may come outside an entity
+  num_tags = len(parts)
+  allowed = np.zeros((num_tags, num_tags), bool)
+  for i, (_, type_i) in enumerate(parts):
+    for j, (prefix_j, type_j) in enumerate(parts):
+      allowed[i, j] = (prefix_j in ("I", "E") and type_i == type_j) if opens[i] else starts[j]
+  return allowed, starts.copy(), ~opens
+
+
 def is_valid_bio(tags: Sequence[str]) -> bool:
   """Whether a tag sequence obeys `bio_constraints` (no I-X without B-X/I-X before it)."""
   previous = ("O", "")
@@ -377,9 +402,13 @@ class CRF(nn.Module):
                    allowed_end=as_array(self.allowed_end))
 
 
-def constraint_attributes(labels: Sequence[str]) -> dict[str, tuple]:
-  """`bio_constraints(labels)` as `CRF` attributes: CRF(K, **constraint_attributes(labels))."""
-  allowed, allowed_start, allowed_end = bio_constraints(labels)
+def constraint_attributes(labels: Sequence[str], scheme: str = "iob2") -> dict[str, tuple]:
+  """`bio_constraints(labels)` (scheme 'iob2') or `iobes_constraints(labels)` ('iobes') as
+  `CRF` attributes: CRF(K, **constraint_attributes(labels))."""
+  constraints = {"iob2": bio_constraints, "iobes": iobes_constraints}
+  if scheme not in constraints:
+    raise ValueError(f"unknown tag scheme {scheme!r}; expected one of {sorted(constraints)}.")
+  allowed, allowed_start, allowed_end = constraints[scheme](labels)
   return {"allowed": tuple(map(tuple, allowed.tolist())),
           "allowed_start": tuple(allowed_start.tolist()),
           "allowed_end": tuple(allowed_end.tolist())}

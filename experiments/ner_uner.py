@@ -34,6 +34,7 @@ def get_config(arg=None):
   c.task = "ner"
   c.compare_variants = True         # train crf / softmax / crf_forward and compare them
   c.model.head = "crf"              # crf | softmax (one model: compare_variants=False)
+  c.model.tag_scheme = "iob2"       # the labels the model predicts: iob2 | iobes (BIOES)
   c.model.cell = "lstm"
   # Lample et al. (2016)-sized: 100 per direction over the sentence, 25-d characters with 50
   # per direction; these, the dropouts, the casing embedding, the batch size and the epochs

@@ -176,6 +176,48 @@ def test_bio_constraints():
   assert crf.is_valid_bio([])
 
 
+def test_iobes_constraints():
+  """After B-X / I-X only I-X or E-X; elsewhere only O, B-Y or S-Y; start O / B / S; end
+  O / E / S; and exactly the sequences they allow are well-formed IOBES."""
+  labels = ("O", "B-PER", "I-PER", "E-PER", "S-PER")
+  allowed, allowed_start, allowed_end = crf.iobes_constraints(labels)
+  np.testing.assert_array_equal(allowed, [
+      [1, 1, 0, 0, 1],
+      [0, 0, 1, 1, 0],
+      [0, 0, 1, 1, 0],
+      [1, 1, 0, 0, 1],
+      [1, 1, 0, 0, 1]])
+  np.testing.assert_array_equal(allowed_start, [1, 1, 0, 0, 1])
+  np.testing.assert_array_equal(allowed_end, [1, 0, 0, 1, 1])
+  two = ("O", "B-PER", "I-PER", "E-PER", "S-PER", "B-LOC", "I-LOC", "E-LOC", "S-LOC")
+  allowed, _, _ = crf.iobes_constraints(two)
+  assert allowed[1, 3] and not allowed[1, 7] and not allowed[2, 6]   # no type change inside
+  assert allowed[3, 5] and allowed[8, 4] and not allowed[4, 6]
+
+  def well_formed(seq):   # an entity is S-X, or B-X I-X* E-X
+    inside = None
+    for tag in seq:
+      prefix, kind = tag[0], tag[2:]
+      if inside is not None:
+        if prefix not in "IE" or kind != inside:
+          return False
+        inside = None if prefix == "E" else inside
+      elif prefix in "IE":
+        return False
+      elif prefix == "B":
+        inside = kind
+    return inside is None
+
+  allowed, allowed_start, allowed_end = crf.iobes_constraints(labels)
+  for length in range(1, 5):
+    for seq in itertools.product(range(len(labels)), repeat=length):
+      ok = (allowed_start[seq[0]] and allowed_end[seq[-1]] and
+            all(allowed[i, j] for i, j in zip(seq, seq[1:])))
+      assert ok == well_formed([labels[t] for t in seq]), [labels[t] for t in seq]
+  with pytest.raises(ValueError, match="tag scheme"):
+    crf.constraint_attributes(labels, "bilou")
+
+
 # Properties ------------------------------------------------------------------------------------
 
 def test_marginals_are_the_gradient_of_log_partition_and_sum_to_one():

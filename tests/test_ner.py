@@ -138,6 +138,38 @@ def test_entities_for_predict():
       ("PER", "Kjeld Christensen"), ("LOC", "Århus")]
 
 
+# Tag schemes ----------------------------------------------------------------------------------
+
+def test_iobes_conversion_round_trips():
+  iob2 = ["B-PER", "I-PER", "I-PER", "O", "B-LOC", "B-LOC", "I-ORG", "O", "I-LOC", "I-LOC"]
+  iobes = ner.to_iobes(iob2)
+  assert iobes == ["B-PER", "I-PER", "E-PER", "O", "S-LOC", "S-LOC", "S-ORG", "O", "B-LOC",
+                   "E-LOC"]
+  # Back to IOB2: entity for entity what seqeval's default mode saw (I-X that starts an
+  # entity becomes B-X).
+  back = [ner.to_iob2_label(t) for t in iobes]
+  assert back == ["B-PER", "I-PER", "I-PER", "O", "B-LOC", "B-LOC", "B-ORG", "O", "B-LOC",
+                  "I-LOC"]
+  assert ner.to_iobes([]) == []
+  np.testing.assert_array_equal(ner.iob2_ids(LABELS), np.arange(len(LABELS)))
+  assert [LABELS[i] for i in ner.iob2_ids(ner.IOBES_LABELS)] == [
+      ner.to_iob2_label(t) for t in ner.IOBES_LABELS]
+  # Random valid IOB2 sequences: the round trip is exact and Viterbi's IOBES constraints
+  # allow every converted sequence.
+  allowed, allowed_start, allowed_end = crf_lib.iobes_constraints(ner.IOBES_LABELS)
+  ids = {t: i for i, t in enumerate(ner.IOBES_LABELS)}
+  rng = np.random.default_rng(4)
+  for _ in range(200):
+    seq = [LABELS[i] for i in rng.integers(0, len(LABELS), rng.integers(1, 9))]
+    valid = [f"B-{t[2:]}" if t.startswith("I-") and not (i and seq[i - 1][2:] == t[2:])
+             else t for i, t in enumerate(seq)]
+    assert crf_lib.is_valid_bio(valid)
+    iobes = [ids[t] for t in ner.to_iobes(valid)]
+    assert [ner.to_iob2_label(ner.IOBES_LABELS[t]) for t in iobes] == valid
+    assert allowed_start[iobes[0]] and allowed_end[iobes[-1]]
+    assert all(allowed[i, j] for i, j in zip(iobes, iobes[1:]))
+
+
 # The model ------------------------------------------------------------------------------------
 
 def tiny_inputs(batch=3, steps=8, chars=5, num_words=30, num_chars=20):
@@ -151,10 +183,15 @@ def tiny_inputs(batch=3, steps=8, chars=5, num_words=30, num_chars=20):
               tags=tags)
 
 
+@pytest.mark.parametrize("scheme", ner.SCHEMES)
 @pytest.mark.parametrize("head", ner.HEADS)
-def test_heads_loss_and_predictions(head, random_variables):
+def test_heads_loss_and_predictions(head, scheme, random_variables):
+  """Either head in either tag scheme: the loss of the scheme's tags, and predictions as
+  IOB2 ids (valid IOB2 from the CRF's constrained Viterbi)."""
   config = load_config()
   config.model.head = head
+  config.model.tag_scheme = scheme
+  labels = ner.scheme_labels(scheme)
   # Character classes for the casing feature: PAD, UNK, then lower / upper / digit.
   classes = (0, 4) + (1, 2, 3) * 6
   model = ner.model_from_config(config.model, num_words=30, num_chars=20, classes=classes)
@@ -162,7 +199,7 @@ def test_heads_loss_and_predictions(head, random_variables):
   inputs = (b["words"], b["chars"], None, b["lengths"])
   variables = random_variables(model, *inputs, scale=1.0)
   out = jax.jit(model.apply)(variables, *inputs)
-  assert out["emissions"].shape == (3, 8, len(LABELS))
+  assert out["emissions"].shape == (3, 8, len(labels))
   pred = np.asarray(out["predicted"])
   assert np.all(pred[~b["mask"]] == 0)
   sums = ner.loss_sums(out, b, head)
@@ -177,7 +214,8 @@ def test_heads_loss_and_predictions(head, random_variables):
   else:
     log_p = jax.nn.log_softmax(out["emissions"])
     want = -jnp.sum(jnp.take_along_axis(log_p, b["tags"][..., None], -1)[..., 0] * b["mask"])
-    np.testing.assert_array_equal(pred[b["mask"]], np.argmax(out["emissions"], -1)[b["mask"]])
+    np.testing.assert_array_equal(
+        pred[b["mask"]], ner.iob2_ids(labels)[np.argmax(out["emissions"], -1)][b["mask"]])
   np.testing.assert_allclose(sums["loss"], want, rtol=1e-5)
   train_out = jax.eval_shape(functools.partial(model.apply, deterministic=False),
                              variables, *inputs, rngs={"dropout": jax.random.key(0)})
@@ -244,6 +282,8 @@ def test_config_args_and_errors(tmp_path):
     load_config("big")
   for key, value, match in [("model.head", "hmm", r"config\.model\.head='hmm'"),
                             ("model.word_dropout", 1.0, r"config\.model\.word_dropout=1\.0"),
+                            ("model.tag_scheme", "bilou",
+                             r"config\.model\.tag_scheme='bilou'"),
                             ("data.pad_to", 0, r"config\.data\.pad_to=0")]:
     config = load_config()
     group, name = key.split(".")
@@ -306,9 +346,11 @@ def write_uner(folder, copies=8):
 
 
 @pytest.mark.usefixtures("compile_cache")
-def test_any_uner_folder_trains_evaluates_and_predicts(tmp_path):
+@pytest.mark.parametrize("scheme", ner.SCHEMES)
+def test_any_uner_folder_trains_evaluates_and_predicts(tmp_path, scheme):
   config = load_config()
   config.compare_variants = False
+  config.model.tag_scheme = scheme
   config.data.dir = str(write_uner(tmp_path / "UNER_Tiny"))
   config.data.pad_to = 8
   config.data.eval_batch_size = 24
@@ -326,6 +368,8 @@ def test_any_uner_folder_trains_evaluates_and_predicts(tmp_path):
   assert saved["test_f1"] == results["test_f1"]
   rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert {"eval_f1", "eval_precision", "eval_recall", "eval_invalid_rate"} <= set(rows[-1])
+  # The in-graph dev F1 (gold tags mapped back to IOB2 ids) is seqeval's on the IOB2 labels.
+  assert rows[-1]["eval_f1"] == pytest.approx(results["dev_f1"], abs=1e-6)
   out = train.predict(config, workdir, "Anne Hansen bor i Odense.")
   lines = out.splitlines()
   assert lines[0].replace("[", "").replace("]PER", "").replace("]ORG", "").replace(

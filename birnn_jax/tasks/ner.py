@@ -61,6 +61,11 @@ from birnn_jax.tasks import pos
 LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC")
 LABEL_IDS = {label: i for i, label in enumerate(LABELS)}
 HEADS = ("crf", "softmax")
+# `model.tag_scheme`: the labels the model predicts. 'iobes' (BIOES: B-X I-X* E-X or S-X
+# alone; Lample et al. 2016) marks where an entity ends, too; its predictions are turned
+# back into IOB2 (E-X -> I-X, S-X -> B-X) before anything is scored.
+SCHEMES = ("iob2", "iobes")
+IOBES_LABELS = ("O",) + tuple(f"{p}-{t}" for t in ("PER", "ORG", "LOC") for p in "BIES")
 # compare_variants' models; the first one is what --mode=predict uses.
 VARIANTS = {"crf": {"head": "crf", "bidirectional": True},
             "softmax": {"head": "softmax", "bidirectional": True},
@@ -182,6 +187,36 @@ def entities(tokens: list[str], labels: list[str]) -> list[tuple[str, str]]:
           for kind, start, end in sequence_labeling.get_entities(list(labels))]
 
 
+# Tag schemes -----------------------------------------------------------------------------------
+
+def scheme_labels(scheme: str) -> tuple[str, ...]:
+  """The labels (in id order) a model of this tag scheme predicts."""
+  return {"iob2": LABELS, "iobes": IOBES_LABELS}[scheme]
+
+
+def to_iobes(labels: list[str]) -> list[str]:
+  """IOB2 labels -> IOBES, entity by entity as seqeval's default mode chunks them (so an
+  I-X that continues nothing starts an entity, as it is scored)."""
+  out = ["O"] * len(labels)
+  for kind, start, end in sequence_labeling.get_entities(list(labels)):
+    if start == end:
+      out[start] = f"S-{kind}"
+      continue
+    out[start], out[end] = f"B-{kind}", f"E-{kind}"
+    out[start + 1:end] = [f"I-{kind}"] * (end - start - 1)
+  return out
+
+
+def to_iob2_label(label: str) -> str:
+  """One IOBES (or IOB2) label as IOB2: E-X -> I-X, S-X -> B-X."""
+  return {"E": "I-", "S": "B-"}.get(label[:1], label[:2]) + label[2:] if label != "O" else "O"
+
+
+def iob2_ids(labels: tuple[str, ...]) -> np.ndarray:
+  """int32 [K]: the `LABELS` id of each of `labels` as IOB2 (a lookup table for jit)."""
+  return np.array([LABEL_IDS[to_iob2_label(label)] for label in labels], np.int32)
+
+
 # Casing feature ---------------------------------------------------------------------------------
 
 # A word's casing class (Reimers & Gurevych 2017), computed in the graph from its characters.
@@ -241,16 +276,18 @@ def casing(form: str) -> str:
 class NerTagger(nn.Module):
   """(words [B, T], chars, char_index, lengths [B]) -> a dict of arrays.
 
-  `emissions` float32 [B, T, K] are the encoder's per-token label scores; with the CRF head
-  the dict also holds its `transitions` [K, K], `start` [K] and `end` [K] (so the loss can
-  be computed from the outputs alone). With `deterministic=True` it also holds `predicted`
-  int32 [B, T]: constrained Viterbi (CRF) or the per-token argmax (softmax), 0 at padding.
+  `emissions` float32 [B, T, K] are the encoder's per-token scores of `labels` (those of
+  `scheme`); with the CRF head the dict also holds its `transitions` [K, K], `start` [K]
+  and `end` [K] (so the loss can be computed from the outputs alone). With
+  `deterministic=True` it also holds `predicted` int32 [B, T]: constrained Viterbi (CRF) or
+  the per-token argmax (softmax), as `LABELS` (IOB2) ids whatever the scheme, 0 at padding.
   With `casing_embed_size` > 0 each word's casing class (`CASINGS`, from its characters'
   classes `char_classes`) is embedded and appended to the encoder's x_t.
   """
   encoder: nn.Module        # a pos.PosTagger with num_tags = len(labels)
   labels: tuple[str, ...] = LABELS
   head: str = "crf"
+  scheme: str = "iob2"                 # of `labels`: iob2 | iobes (SCHEMES)
   casing_embed_size: int = 0
   char_classes: tuple[int, ...] = ()   # the class of each character id (casing only)
 
@@ -269,26 +306,31 @@ class NerTagger(nn.Module):
                              extra=extra)
     out = {"emissions": emissions}
     if self.head == "crf":
-      crf = crf_lib.CRF(len(self.labels), **crf_lib.constraint_attributes(self.labels),
-                        name="crf")
+      crf = crf_lib.CRF(len(self.labels),
+                        **crf_lib.constraint_attributes(self.labels, self.scheme), name="crf")
       out["transitions"], out["start"], out["end"] = crf.scores()
       if deterministic:
-        out["predicted"], _ = crf.decode(emissions, lengths)
+        predicted, _ = crf.decode(emissions, lengths)
     elif deterministic:
+      predicted = jnp.argmax(emissions, -1)
+    if deterministic:
       real = jnp.arange(emissions.shape[1])[None, :] < lengths[:, None]
-      out["predicted"] = jnp.where(real, jnp.argmax(emissions, -1), 0).astype(jnp.int32)
+      as_iob2 = jnp.asarray(iob2_ids(self.labels))[predicted]
+      out["predicted"] = jnp.where(real, as_iob2, 0).astype(jnp.int32)
     return out
 
 
 def model_from_config(model_config, num_words: int, num_chars: int,
                       classes: tuple[int, ...] = ()) -> NerTagger:
   """`classes`: the class of each character id (`char_classes`), needed for casing."""
-  encoder = pos.model_from_config(model_config, num_words, num_chars, num_tags=len(LABELS))
+  scheme = model_config.get("tag_scheme", "iob2")
+  labels = scheme_labels(scheme)
+  encoder = pos.model_from_config(model_config, num_words, num_chars, num_tags=len(labels))
   size = model_config.get("casing_embed_size", 0)
   if size and len(classes) != num_chars:
     raise ValueError(f"casing needs the class of each of the {num_chars} character ids, "
                      f"got {len(classes)}.")
-  return NerTagger(encoder=encoder, labels=LABELS, head=model_config.head,
+  return NerTagger(encoder=encoder, labels=labels, head=model_config.head, scheme=scheme,
                    casing_embed_size=size, char_classes=tuple(classes) if size else ())
 
 
@@ -320,6 +362,10 @@ class Task(base.Task):
     config_lib.check(m.get("casing_embed_size", 0) >= 0, "model.casing_embed_size",
                      m.get("casing_embed_size", 0), ">= 0 (0 disables)")
     config_lib.check(m.head in HEADS, "model.head", m.head, f"one of {HEADS}")
+    self.scheme = m.get("tag_scheme", "iob2")
+    config_lib.check(self.scheme in SCHEMES, "model.tag_scheme", self.scheme,
+                     f"one of {SCHEMES}")
+    self.labels = scheme_labels(self.scheme)
 
     corpus = iob2.load_uner(d.dir or None, labels=LABELS, max_length=d.max_length)
     self.sources = corpus.sources
@@ -349,8 +395,13 @@ class Task(base.Task):
     return form.lower() if self.config.data.lowercase else form
 
   def encode(self, sentences, tagged: bool) -> list[batching.Example]:
-    """Sentences of (token, label) pairs (label ignored unless `tagged`) -> Examples."""
-    return batching.encode_tagged(sentences, self.word_vocab, LABEL_IDS if tagged else None,
+    """Sentences of (token, IOB2 label) pairs (label ignored unless `tagged`) -> Examples,
+    whose tags are ids of the scheme's labels."""
+    if tagged and self.scheme == "iobes":
+      sentences = [list(zip([w for w, _ in s], to_iobes([t for _, t in s])))
+                   for s in sentences]
+    tag_ids = {label: i for i, label in enumerate(self.labels)}
+    return batching.encode_tagged(sentences, self.word_vocab, tag_ids if tagged else None,
                                   self.char_encoder, lowercase=self.config.data.lowercase)
 
   def fixed_batches(self, examples, batch_size: int):
@@ -388,10 +439,11 @@ class Task(base.Task):
   def metric_sums(self, outputs, batch):
     sums = loss_sums(outputs, batch, self.config.model.head)
     if "predicted" in outputs:   # evaluation: decoding is part of the model's eval output
-      pred = outputs["predicted"]
-      sums["accuracy"] = jnp.sum(jnp.where(batch["mask"], pred == batch["tags"], False)
+      pred = outputs["predicted"]                                # IOB2 ids
+      gold = jnp.asarray(iob2_ids(self.labels))[batch["tags"]]   # scheme ids -> IOB2 ids
+      sums["accuracy"] = jnp.sum(jnp.where(batch["mask"], pred == gold, False)
                                  .astype(jnp.float32))
-      sums.update(entity_counts(pred, batch["tags"], batch["lengths"]))
+      sums.update(entity_counts(pred, gold, batch["lengths"]))
     return sums
 
   def derived_metrics(self, means):
