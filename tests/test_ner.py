@@ -183,8 +183,8 @@ def tiny_inputs(batch=3, steps=8, chars=5, num_words=30, num_chars=20):
               tags=tags)
 
 
-@pytest.mark.parametrize("scheme", ner.SCHEMES)
-@pytest.mark.parametrize("head", ner.HEADS)
+@pytest.mark.parametrize("head, scheme", [("crf", "iob2"), ("softmax", "iob2"),
+                                          ("crf", "iobes"), ("softmax", "iobes")])
 def test_heads_loss_and_predictions(head, scheme, random_variables):
   """Either head in either tag scheme: the loss of the scheme's tags, and predictions as
   IOB2 ids (valid IOB2 from the CRF's constrained Viterbi)."""
@@ -345,12 +345,33 @@ def write_uner(folder, copies=8):
   return folder
 
 
-@pytest.mark.usefixtures("compile_cache")
-@pytest.mark.parametrize("scheme", ner.SCHEMES)
-def test_any_uner_folder_trains_evaluates_and_predicts(tmp_path, scheme):
+def test_iobes_task_trains_on_iobes_and_scores_iob2(tmp_path):
+  """model.tag_scheme='iobes': the batches' tags are IOBES ids; the eval metrics map them
+  back to IOB2, so a prediction equal to the gold IOB2 ids scores F1 1."""
   config = load_config()
   config.compare_variants = False
-  config.model.tag_scheme = scheme
+  config.model.tag_scheme = "iobes"
+  config.data.dir = str(write_uner(tmp_path / "UNER_Tiny"))
+  task = ner.Task(config, tmp_path / "run")
+  assert task.labels == ner.IOBES_LABELS
+  sentence = task.sentences["train"][0]
+  assert [ner.IOBES_LABELS[t] for t in task.examples["train"][0].tags] == ner.to_iobes(
+      [t for _, t in sentence])
+  batch = task.eval_batches("dev")[0]
+  gold_iob2 = ner.iob2_ids(ner.IOBES_LABELS)[batch["tags"]]
+  sums = jax.jit(task.metric_sums)({"predicted": gold_iob2, "emissions": jnp.zeros(
+      batch["tags"].shape + (len(ner.IOBES_LABELS),)), "transitions": jnp.zeros((13, 13)),
+      "start": jnp.zeros(13), "end": jnp.zeros(13)}, batch)
+  want = sum(len(sequence_labeling.get_entities([t for _, t in s]))
+             for s in task.sentences["dev"])
+  assert float(sums["entities_gold"]) == float(sums["entities_correct"]) == want
+  assert float(sums["accuracy"]) == float(sums["count"])
+
+
+@pytest.mark.usefixtures("compile_cache")
+def test_any_uner_folder_trains_evaluates_and_predicts(tmp_path):
+  config = load_config()
+  config.compare_variants = False
   config.data.dir = str(write_uner(tmp_path / "UNER_Tiny"))
   config.data.pad_to = 8
   config.data.eval_batch_size = 24
