@@ -3,6 +3,7 @@ the Trainer refusing to resume a workdir of another config (unless told to start
 
 import json
 import pathlib
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -119,6 +120,35 @@ def test_keeps_the_latest_and_the_best(tmp_path, mode, values, best):
     ckpt_lib.save(manager, step, state(step), {"eval_m": v})
   ckpt_lib.save(manager, 7, state(7), None)  # e.g. a SIGTERM save off the eval grid
   assert sorted(manager.all_steps()) == sorted({best, 6, 7})
+
+
+@pytest.mark.parametrize("vanishes", [1, ckpt_lib._READER_RETRIES])  # pylint: disable=protected-access
+@pytest.mark.parametrize("read_only", [True, False])
+def test_a_reader_lists_again_when_a_step_vanishes_meanwhile(tmp_path, monkeypatch, read_only,
+                                                             vanishes):
+  """A live run deletes old steps while eval opens the folder (orbax then raises
+  NotADirectoryError): a reader lists again, a writer (the run itself) does not."""
+  manager = ckpt_lib.make_manager(tmp_path, train_cfg())
+  for step in (3, 7):
+    ckpt_lib.save(manager, step, state(step))
+  real, calls = ckpt_lib.ocp.CheckpointManager, []
+
+  def racing(directory, **kwargs):
+    calls.append(directory)
+    if len(calls) <= vanishes:
+      gone = directory / "3"
+      shutil.rmtree(gone, ignore_errors=True)        # the run's garbage collection
+      raise NotADirectoryError(f"Path is not a directory: {gone}")
+    return real(directory, **kwargs)
+
+  monkeypatch.setattr(ckpt_lib.ocp, "CheckpointManager", racing)
+  if read_only and vanishes < ckpt_lib._READER_RETRIES:  # pylint: disable=protected-access
+    reader = ckpt_lib.make_manager(tmp_path, train_cfg(), read_only=True)
+    assert list(reader.all_steps()) == [7] and len(calls) == vanishes + 1
+  else:
+    with pytest.raises(ckpt_lib.WorkdirError, match="cannot open the checkpoint folder"):
+      ckpt_lib.make_manager(tmp_path, train_cfg(), read_only=read_only)
+    assert len(calls) == (vanishes if read_only else 1)
 
 
 # --- the Trainer's guard -------------------------------------------------------------------
