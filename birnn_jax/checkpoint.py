@@ -44,7 +44,7 @@ RESUMABLE_CHANGES = ("train.num_steps", "train.log_every", "train.eval_every",
                      "mesh.num_processes", "mesh.process_id")
 
 HOST_STATE = "host_state.json"
-_READER_RETRIES = 10   # a reader lists the steps again while a live run deletes old ones
+READER_RETRIES = 10   # a reader lists the steps again while a live run deletes old ones
 
 
 
@@ -104,14 +104,14 @@ def make_manager(workdir: str | pathlib.Path, train: ml_collections.ConfigDict,
       create=not read_only, enable_async_checkpointing=True,
       cleanup_tmp_directories=not read_only)
   directory = pathlib.Path(workdir).absolute() / "checkpoints"
-  for attempt in range(_READER_RETRIES):
+  for attempt in range(READER_RETRIES):
     try:
       return ocp.CheckpointManager(directory, options=options)
     except Exception as e:  # pylint: disable=broad-exception-caught
       if (problem := io_problem(e)) is None:
         raise
       # A live run deletes its old steps while a reader lists them: list again.
-      if read_only and attempt + 1 < _READER_RETRIES and _vanished(e) and directory.is_dir():
+      if read_only and attempt + 1 < READER_RETRIES and _vanished(e) and directory.is_dir():
         time.sleep(0.05 * (attempt + 1))
         continue
       raise WorkdirError(f"cannot open the checkpoint folder {directory}: {problem}.") from e

@@ -122,7 +122,7 @@ def test_keeps_the_latest_and_the_best(tmp_path, mode, values, best):
   assert sorted(manager.all_steps()) == sorted({best, 6, 7})
 
 
-@pytest.mark.parametrize("vanishes", [1, ckpt_lib._READER_RETRIES])  # pylint: disable=protected-access
+@pytest.mark.parametrize("vanishes", [1, ckpt_lib.READER_RETRIES])
 @pytest.mark.parametrize("read_only", [True, False])
 def test_a_reader_lists_again_when_a_step_vanishes_meanwhile(tmp_path, monkeypatch, read_only,
                                                              vanishes):
@@ -142,7 +142,7 @@ def test_a_reader_lists_again_when_a_step_vanishes_meanwhile(tmp_path, monkeypat
     return real(directory, **kwargs)
 
   monkeypatch.setattr(ckpt_lib.ocp, "CheckpointManager", racing)
-  if read_only and vanishes < ckpt_lib._READER_RETRIES:  # pylint: disable=protected-access
+  if read_only and vanishes < ckpt_lib.READER_RETRIES:
     reader = ckpt_lib.make_manager(tmp_path, train_cfg(), read_only=True)
     assert list(reader.all_steps()) == [7] and len(calls) == vanishes + 1
   else:
