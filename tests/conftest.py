@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jax
+from jax.experimental.compilation_cache import compilation_cache
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -64,7 +65,6 @@ def compile_cache(_compile_cache_dir):
   worker): each `Trainer` jits fresh closures, so without it every Trainer of the same
   config recompiles. Identical programs load from the cache instead. Restored afterwards.
   Opt in with `pytestmark = pytest.mark.usefixtures("compile_cache")`."""
-  from jax._src import compilation_cache  # pylint: disable=g-import-not-at-top
   names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
            "jax_persistent_cache_min_entry_size_bytes")
   old = {n: jax.config.values[n] for n in names}
