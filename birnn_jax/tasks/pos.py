@@ -52,6 +52,7 @@ at a word's edges and English clitics (n't, 's, 're, 've, 'll, 'm, 'd), roughly 
 tokenised, and prints `word/TAG` pairs.
 """
 
+import abc
 import collections
 import re
 
@@ -316,7 +317,56 @@ def check_encoder_config(config) -> None:
 
 # Task -----------------------------------------------------------------------------------------
 
-class Task(base.Task):
+class WordCharTask(base.Task):
+  """The data side of a word + character tagger, which POS and NER share: vocabularies built
+  from the training sentences (words normalised, characters as written) and kept in the
+  workdir, every split's examples, rare-word dropout and the step-indexed batcher. A
+  subclass sets `self.sentences` ({split: [[(form, tag), ...]]}), defines `encode`, then
+  calls `build_inputs()`."""
+
+  @abc.abstractmethod
+  def encode(self, sentences, tagged: bool) -> list[batching.Example]:
+    """Sentences of (form, tag) pairs (tag ignored unless `tagged`) -> Examples."""
+
+  def normalize(self, form: str) -> str:
+    """The key a word form is looked up by in the word vocabulary."""
+    return form.lower() if self.config.data.lowercase else form
+
+  def build_inputs(self) -> None:
+    """Vocabularies (a saved one is reused, a different one refused: `common.workdir_vocab`),
+    examples of every split, word-dropout probabilities and the training batcher."""
+    d, train = self.config.data, self.sentences["train"]
+    counts = collections.Counter(self.normalize(w) for s in train for w, _ in s)
+    built_words = Vocab.build([[self.normalize(w) for w, _ in s] for s in train],
+                              min_freq=d.min_freq)
+    built_chars = Vocab.build(w for s in train for w, _ in s)
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    self.word_vocab = common.workdir_vocab(self.workdir / WORD_VOCAB_FILE, built_words)
+    self.char_vocab = common.workdir_vocab(self.workdir / CHAR_VOCAB_FILE, built_chars)
+    self.char_encoder = CharEncoder(self.char_vocab, d.max_chars)
+    self.examples = {split: self.encode(sentences, tagged=True)
+                     for split, sentences in self.sentences.items()}
+    self.train_forms = frozenset(counts)
+    self.word_drop_probs = rare_word_drop_probs(self.word_vocab, counts, d.word_dropout_alpha)
+    self.padding = dict(pad_to=d.pad_to, max_chars=d.max_chars, char_pad_to=d.max_chars)
+    self.batcher = batching.StepBatcher(self.examples["train"], self.config.train.batch_size,
+                                        self.config.seed, **self.padding)
+    self._eval_cache: dict[str, list] = {}
+
+  def steps_per_epoch(self):
+    return self.batcher.steps_per_epoch
+
+  def dropped_batch(self, step: int) -> dict:
+    """Training batch `step` with rare words replaced by UNK (a function of seed and step),
+    before any features and the character dedup."""
+    batch = self.batcher(step)
+    if self.config.data.word_dropout_alpha > 0:
+      rng = np.random.default_rng([self.config.seed, 17, step])
+      batch["words"] = drop_words(batch["words"], self.word_drop_probs, rng)
+    return batch
+
+
+class Task(WordCharTask):
   """UPOS tagging on UD English-EWT; dev is evaluated during training, dev and test at the end."""
 
   eval_splits = ("dev", "test")
@@ -343,39 +393,18 @@ class Task(base.Task):
     self.sources = splits.sources
     if d.train_sentences:
       splits = splits._replace(train=splits.train[:d.train_sentences])
-    norm = self.normalize
-    counts = collections.Counter(norm(w) for s in splits.train for w, _ in s)
-    built_words = Vocab.build([[norm(w) for w, _ in s] for s in splits.train],
-                              min_freq=d.min_freq)
-    built_chars = Vocab.build(w for s in splits.train for w, _ in s)
-    self.workdir.mkdir(parents=True, exist_ok=True)
-    self.word_vocab = common.workdir_vocab(self.workdir / WORD_VOCAB_FILE, built_words)
-    self.char_vocab = common.workdir_vocab(self.workdir / CHAR_VOCAB_FILE, built_chars)
-    self.char_encoder = CharEncoder(self.char_vocab, d.max_chars)
     self.sentences = {split: getattr(splits, split) for split in conllu_data.SPLITS}
-    self.examples = {name: self.encode(sentences, tagged=True)
-                     for name, sentences in self.sentences.items()}
-    self.train_forms = frozenset(counts)
-    self.word_drop_probs = rare_word_drop_probs(self.word_vocab, counts, d.word_dropout_alpha)
-    self.padding = dict(pad_to=d.pad_to, max_chars=d.max_chars, char_pad_to=d.max_chars)
-    self.batcher = batching.StepBatcher(self.examples["train"], config.train.batch_size,
-                                        config.seed, **self.padding)
+    self.build_inputs()
     self._bilm_inputs = {name: self.encode_bilm(sentences)
                          for name, sentences in self.sentences.items()}
-    self._eval_cache: dict[str, list] = {}
     self._model = None
     self._tag_fn = None
 
-  def normalize(self, form: str) -> str:
-    """The key a word form is looked up by in the word vocabulary."""
-    return form.lower() if self.config.data.lowercase else form
-
   def encode(self, sentences, tagged: bool) -> list[batching.Example]:
-    """Sentences of (form, tag) pairs (tag ignored unless `tagged`) -> Examples."""
-    examples = batching.encode_tagged(sentences, self.word_vocab,
-                                      conllu_data.UPOS_IDS if tagged else None,
-                                      self.char_encoder, lowercase=self.config.data.lowercase)
-    return examples
+    """Sentences of (form, UPOS tag) pairs (tag ignored unless `tagged`) -> Examples."""
+    return batching.encode_tagged(sentences, self.word_vocab,
+                                  conllu_data.UPOS_IDS if tagged else None,
+                                  self.char_encoder, lowercase=self.config.data.lowercase)
 
   # Trainer interface ------------------------------------------------------------------------
 
@@ -412,15 +441,9 @@ class Task(base.Task):
       batch = batching.make_batch(examples, idx, batch_size, **self.padding)
       yield idx, dedup_chars(self.with_bilm(batch, bilm_inputs, idx))
 
-  def steps_per_epoch(self):
-    return self.batcher.steps_per_epoch
-
   def train_batch(self, step):
-    batch = self.batcher(step)
-    if self.config.data.word_dropout_alpha > 0:
-      rng = np.random.default_rng([self.config.seed, 17, step])
-      batch["words"] = drop_words(batch["words"], self.word_drop_probs, rng)
-    batch = self.with_bilm(batch, self._bilm_inputs["train"], self.batcher.indices(step))
+    batch = self.with_bilm(self.dropped_batch(step), self._bilm_inputs["train"],
+                           self.batcher.indices(step))
     return dedup_chars(batch)
 
   def eval_batches(self, split):
