@@ -35,7 +35,6 @@ Predict: `--mode=predict --text="..."` tokenises as the POS task does and prints
 sentence with its entities bracketed, then one `TYPE: words` line per entity.
 """
 
-import collections
 import warnings
 
 import flax.linen as nn
@@ -350,7 +349,7 @@ def loss_sums(outputs: dict, batch: dict, head: str) -> dict[str, jax.Array]:
 
 # Task -------------------------------------------------------------------------------------------
 
-class Task(base.Task):
+class Task(pos.WordCharTask):
   """NER on a UNER corpus; dev is evaluated during training, dev and test at the end."""
 
   eval_splits = ("dev", "test")
@@ -370,29 +369,9 @@ class Task(base.Task):
     corpus = iob2.load_uner(d.dir or None, labels=LABELS, max_length=d.max_length)
     self.sources = corpus.sources
     self.sentences = {split: getattr(corpus, split) for split in iob2.SPLITS}
-    train = self.sentences["train"]
-    counts = collections.Counter(self.normalize(w) for s in train for w, _ in s)
-    built_words = Vocab.build([[self.normalize(w) for w, _ in s] for s in train],
-                              min_freq=d.min_freq)
-    built_chars = Vocab.build(w for s in train for w, _ in s)
-    self.workdir.mkdir(parents=True, exist_ok=True)
-    self.word_vocab = common.workdir_vocab(self.workdir / pos.WORD_VOCAB_FILE, built_words)
-    self.char_vocab = common.workdir_vocab(self.workdir / pos.CHAR_VOCAB_FILE, built_chars)
-    self.char_encoder = pos.CharEncoder(self.char_vocab, d.max_chars)
-    self.examples = {split: self.encode(sentences, tagged=True)
-                     for split, sentences in self.sentences.items()}
-    self.word_drop_probs = pos.rare_word_drop_probs(self.word_vocab, counts,
-                                                    d.word_dropout_alpha)
-    self._pad = dict(pad_to=d.pad_to, max_chars=d.max_chars, char_pad_to=d.max_chars)
-    self.batcher = batching.StepBatcher(self.examples["train"], config.train.batch_size,
-                                        config.seed, **self._pad)
-    self._eval_cache: dict[str, list] = {}
+    self.build_inputs()
     self._model = None
     self._predict_fn = None
-
-  def normalize(self, form: str) -> str:
-    """The key a word form is looked up by in the word vocabulary."""
-    return form.lower() if self.config.data.lowercase else form
 
   def encode(self, sentences, tagged: bool) -> list[batching.Example]:
     """Sentences of (token, IOB2 label) pairs (label ignored unless `tagged`) -> Examples,
@@ -407,7 +386,8 @@ class Task(base.Task):
   def fixed_batches(self, examples, batch_size: int):
     """(example indices, model-ready batch) covering `examples` once, sorted by length."""
     for idx in batching.eval_plan([len(ex.words) for ex in examples], batch_size):
-      yield idx, pos.dedup_chars(batching.make_batch(examples, idx, batch_size, **self._pad))
+      yield idx, pos.dedup_chars(batching.make_batch(examples, idx, batch_size,
+                                                     **self.padding))
 
   # Trainer interface ------------------------------------------------------------------------
 
@@ -420,15 +400,8 @@ class Task(base.Task):
   def model_inputs(self, batch):
     return batch["words"], batch["chars"], batch["char_index"], batch["lengths"]
 
-  def steps_per_epoch(self):
-    return self.batcher.steps_per_epoch
-
   def train_batch(self, step):
-    batch = self.batcher(step)
-    if self.config.data.word_dropout_alpha > 0:
-      rng = np.random.default_rng([self.config.seed, 17, step])
-      batch["words"] = pos.drop_words(batch["words"], self.word_drop_probs, rng)
-    return pos.dedup_chars(batch)
+    return pos.dedup_chars(self.dropped_batch(step))
 
   def eval_batches(self, split):
     if split not in self._eval_cache:
