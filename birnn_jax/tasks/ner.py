@@ -14,6 +14,10 @@ IOB2 label. Two heads read those scores:
   sequence.
 - `model.head='softmax'`: each token's label is predicted on its own (cross-entropy per
   token, argmax), which can emit invalid sequences such as `O I-PER`; their rate is reported.
+With `model.tag_scheme='iobes'` the model's labels are BIOES (`IOBES_LABELS`: an entity is
+S-X alone or B-X I-X* E-X; Lample et al. 2016), Viterbi is constrained to valid BIOES
+(`crf.iobes_constraints`), and predictions are mapped back to IOB2 ids (E-X -> I-X, S-X ->
+B-X) before anything is scored; the default 'iob2' predicts `LABELS` directly.
 
 `compare_variants=True` (the default) trains three models on the same data: `crf`
 (bidirectional + CRF), `softmax` (bidirectional + softmax) and `crf_forward` (forward-only +
