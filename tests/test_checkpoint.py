@@ -79,6 +79,19 @@ def test_config_differences_flags_added_and_removed_keys():
   assert "model.residual: '<absent>' -> False" in diffs
 
 
+def test_a_workdir_saved_before_a_key_existed_resumes_while_it_means_the_same():
+  config = config_lib.base_config()
+  old = saved(config)
+  del old["train"]["ema_decay"]                       # saved before train.ema_decay existed
+  assert ckpt_lib.config_differences(old, config) == []
+  config.train.ema_decay = 0.5
+  assert ckpt_lib.config_differences(old, config) == ["train.ema_decay: 0.0 -> 0.5"]
+  ner = config_lib.load_experiment(ROOT / "experiments" / "ner_uner.py")
+  old = saved(ner)
+  del old["model"]["tag_scheme"], old["model"]["casing_embed_size"]
+  assert ckpt_lib.config_differences(old, ner) == ["model.casing_embed_size: 0 -> 16"]
+
+
 # --- orbax manager -------------------------------------------------------------------------
 
 def state(value: float) -> dict:
