@@ -5,6 +5,7 @@ import collections
 import lzma
 import pathlib
 import tempfile
+import unicodedata
 
 import conllu
 import conllu.exceptions
@@ -196,7 +197,15 @@ def test_valid_files_round_trip(scratch, sentences):
   blocks = ["".join(_word(i, form, tag) for i, (form, tag) in enumerate(s, 1))
             for s in sentences]
   path = _write(scratch, "\n".join(blocks) + "\n", "roundtrip.conllu")
-  assert read_conllu(path) == [list(s) for s in sentences]
+  # Forms come back NFC-normalised (e.g. U+F900 is read as U+8C48, the same ideograph).
+  assert read_conllu(path) == [[(unicodedata.normalize("NFC", form), tag) for form, tag in s]
+                               for s in sentences]
+
+
+def test_forms_are_nfc_normalised(scratch):
+  path = _write(scratch, _word(1, "\uf900", "NOUN") + _word(2, "e\u0301", "NOUN") + "\n",
+                "nfc.conllu")
+  assert read_conllu(path) == [[("\u8c48", "NOUN"), ("\u00e9", "NOUN")]]
 
 
 # The bundled UD English-EWT v2.16 files -----------------------------------------------------
