@@ -1,7 +1,6 @@
 """Config validation: every experiment config loads (default and :smoke) and is valid; an
 impossible value fails before any compute with a message naming its key."""
 
-import os
 import pathlib
 
 import ml_collections

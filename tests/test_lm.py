@@ -3,8 +3,6 @@ LM never reads the future, the bidirectional one does (the bug it demonstrates),
 generation only ever reads the past."""
 
 import json
-import os
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +10,6 @@ import numpy as np
 import pytest
 
 from birnn_jax import train
-from birnn_jax.data.vocab import PAD
 from birnn_jax.tasks import lm
 from experiments import lm_time_machine
 

@@ -2,7 +2,6 @@
 TensorBoard events, plots, console helpers."""
 
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
