@@ -27,13 +27,17 @@ Batch = dict[str, np.ndarray]
 
 
 def override_variants(config: ml_collections.ConfigDict,
-                      overrides: dict[str, dict[str, object]]) -> dict:
-  """{name: copy of config with `model.<key> = value` for each of that name's overrides}."""
+                      overrides: dict[str, dict[str, object]], switch: str = "") -> dict:
+  """{name: copy of config with `model.<key> = value` for each of that name's overrides}.
+  `switch`: the top-level key that asked for the comparison (e.g. 'compare_variants'), set
+  False in every copy, since each variant is one model in its own workdir."""
   out = {}
   for name, model_values in overrides.items():
     cfg = config.copy_and_resolve_references()
     for key, value in model_values.items():
       cfg.model[key] = value
+    if switch:
+      cfg[switch] = False
     out[name] = cfg
   return out
 

@@ -493,10 +493,7 @@ class Task(pos.WordCharTask):
   def variants(cls, config):
     if not config.compare_variants:
       return {"": config}
-    variants = base.override_variants(config, VARIANTS)
-    for variant in variants.values():
-      variant.compare_variants = False    # each variant is one model in its own workdir
-    return variants
+    return base.override_variants(config, VARIANTS, switch="compare_variants")
 
   @classmethod
   def summarize(cls, config, results):

@@ -508,10 +508,7 @@ class Task(WordCharTask):
       return {"": config}
     config_lib.check(bool(config.model.bilm_workdir), "model.bilm_workdir",
                      config.model.bilm_workdir, "a trained biLM's workdir when compare_bilm")
-    variants = base.override_variants(config, BILM_VARIANTS)
-    for variant in variants.values():
-      variant.compare_bilm = False    # each variant is one model in its own workdir
-    return variants
+    return base.override_variants(config, BILM_VARIANTS, switch="compare_bilm")
 
   @classmethod
   def summarize(cls, config, results):
