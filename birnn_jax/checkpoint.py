@@ -32,6 +32,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from birnn_jax import config_lib
 from birnn_jax import errors
 from birnn_jax.errors import WorkdirError  # re-exported
 
@@ -43,10 +44,6 @@ RESUMABLE_CHANGES = ("train.num_steps", "train.log_every", "train.eval_every",
                      "mesh.data", "mesh.distributed", "mesh.coordinator_address",
                      "mesh.num_processes", "mesh.process_id")
 
-# Keys added after workdirs were saved without them, and what their absence means (the code
-# reads them with these defaults): a run saved before a key existed still resumes while the
-# key keeps that meaning.
-ADDED_KEYS = {"train.ema_decay": 0.0, "model.tag_scheme": "iob2", "model.casing_embed_size": 0}
 HOST_STATE = "host_state.json"
 READER_RETRIES = 10   # a reader lists the steps again while a live run deletes old ones
 
@@ -284,6 +281,7 @@ def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[s
   """'key: saved -> now' for every key that differs and matters for resuming."""
   old, new = flatten(saved), flatten(json.loads(config.to_json()))
   keys = sorted((set(old) | set(new)) - set(RESUMABLE_CHANGES))
-  value = lambda flat, k: flat.get(k, ADDED_KEYS.get(k, "<absent>"))
+  # A run saved before a key existed still resumes while the key keeps that meaning.
+  value = lambda flat, k: flat.get(k, config_lib.ADDED_KEYS.get(k, "<absent>"))
   return [f"{k}: {value(old, k)!r} -> {value(new, k)!r}"
           for k in keys if value(old, k) != value(new, k)]

@@ -19,6 +19,15 @@ from birnn_jax import errors
 from birnn_jax import optim as optim_lib
 
 DTYPES = ("float32", "bfloat16")
+# Keys added after workdirs (and configs of users' own) were written without them, and what
+# their absence means; read them with `added_key`. The resume check reads an absent one so.
+ADDED_KEYS = {"train.ema_decay": 0.0, "model.tag_scheme": "iob2", "model.casing_embed_size": 0}
+
+
+def added_key(section: ml_collections.ConfigDict, key: str):
+  """The value of `key` (one of ADDED_KEYS, e.g. 'model.tag_scheme') in `section`, the
+  config's group it belongs to (config.model), or what its absence means."""
+  return section.get(key.rsplit(".", 1)[1], ADDED_KEYS[key])
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -205,7 +214,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check(t.best_mode in ("min", "max"), "train.best_mode", t.best_mode, "'min' or 'max'")
   check(t.nan_policy in ("stop", "skip"), "train.nan_policy", t.nan_policy,
          "'stop' or 'skip'")
-  check(0.0 <= t.get("ema_decay", 0.0) < 1.0, "train.ema_decay", t.get("ema_decay", 0.0),
+  ema_decay = added_key(t, "train.ema_decay")
+  check(0.0 <= ema_decay < 1.0, "train.ema_decay", ema_decay,
         "a decay in [0, 1) (0 disables)")
   check(config.mesh.data == -1 or config.mesh.data > 0, "mesh.data", config.mesh.data,
         "-1 (all devices) or a positive count")

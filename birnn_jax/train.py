@@ -164,7 +164,7 @@ class Trainer:
     data = sharding.batch_sharding(self.mesh)
     train_step, eval_step = make_steps(self.task, self.model, self.tx,
                                        config.train.nan_policy,
-                                       config.train.get("ema_decay", 0.0))
+                                       config_lib.added_key(config.train, "train.ema_decay"))
     self.train_step = jax.jit(train_step, in_shardings=(repl, data, repl),
                               out_shardings=(repl, repl), donate_argnums=0)
     self.eval_step = jax.jit(eval_step, in_shardings=(repl, data), out_shardings=repl)
@@ -175,7 +175,7 @@ class Trainer:
 
     def init(key, batch):
       state = optim.init_state(self.model, self.tx, self.task.model_inputs(batch), key)
-      if self.config.train.get("ema_decay", 0.0):   # the average starts at the init
+      if config_lib.added_key(self.config.train, "train.ema_decay"):   # the average starts at the init
         state["ema_params"] = jax.tree.map(jnp.copy, state["params"])
       return state
 

@@ -326,10 +326,10 @@ class NerTagger(nn.Module):
 def model_from_config(model_config, num_words: int, num_chars: int,
                       classes: tuple[int, ...] = ()) -> NerTagger:
   """`classes`: the class of each character id (`char_classes`), needed for casing."""
-  scheme = model_config.get("tag_scheme", "iob2")
+  scheme = config_lib.added_key(model_config, "model.tag_scheme")
   labels = scheme_labels(scheme)
   encoder = pos.model_from_config(model_config, num_words, num_chars, num_tags=len(labels))
-  size = model_config.get("casing_embed_size", 0)
+  size = config_lib.added_key(model_config, "model.casing_embed_size")
   if size and len(classes) != num_chars:
     raise ValueError(f"casing needs the class of each of the {num_chars} character ids, "
                      f"got {len(classes)}.")
@@ -362,10 +362,11 @@ class Task(pos.WordCharTask):
     super().__init__(config, workdir)
     d, m = config.data, config.model
     pos.check_encoder_config(config)
-    config_lib.check(m.get("casing_embed_size", 0) >= 0, "model.casing_embed_size",
-                     m.get("casing_embed_size", 0), ">= 0 (0 disables)")
+    casing_size = config_lib.added_key(m, "model.casing_embed_size")
+    config_lib.check(casing_size >= 0, "model.casing_embed_size", casing_size,
+                     ">= 0 (0 disables)")
     config_lib.check(m.head in HEADS, "model.head", m.head, f"one of {HEADS}")
-    self.scheme = m.get("tag_scheme", "iob2")
+    self.scheme = config_lib.added_key(m, "model.tag_scheme")
     config_lib.check(self.scheme in SCHEMES, "model.tag_scheme", self.scheme,
                      f"one of {SCHEMES}")
     self.labels = scheme_labels(self.scheme)
