@@ -61,9 +61,9 @@ def is_expected(error: BaseException) -> bool:
 
 def main(argv):
   del argv
-  from birnn_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from birnn_jax.training import config_lib  # pylint: disable=g-import-not-at-top
   from birnn_jax import errors  # pylint: disable=g-import-not-at-top
-  from birnn_jax import train  # pylint: disable=g-import-not-at-top
+  from birnn_jax.training import train  # pylint: disable=g-import-not-at-top
   try:
     config = _CONFIG.value
     task = config.task  # a config file that failed to load raises here
@@ -103,7 +103,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError) as e:
-    from birnn_jax import config_lib  # pylint: disable=g-import-not-at-top
+    from birnn_jax.training import config_lib  # pylint: disable=g-import-not-at-top
     try:
       bad = config_lib.unknown_override_hints(argv)
     except Exception:  # pylint: disable=broad-exception-caught

@@ -22,7 +22,6 @@ Prints a table and writes JSON (--out, default benchmarks/results_<device>.json)
 """
 
 import argparse
-import functools
 import json
 import os
 import platform
@@ -37,8 +36,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import birnn_jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-from birnn_jax import bidirectional  # pylint: disable=g-import-not-at-top,wrong-import-position
-from birnn_jax import fused  # pylint: disable=g-import-not-at-top,wrong-import-position
+from birnn_jax import linen  # pylint: disable=g-import-not-at-top,wrong-import-position
+from birnn_jax.core import fused  # pylint: disable=g-import-not-at-top,wrong-import-position
 import flax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import flax.linen as nn  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -89,19 +88,24 @@ def jax_module(impl: str, cell: str, hidden: int, dtype, unroll: int):
     module = nn.Bidirectional(nn.RNN(make(hidden, dtype=dtype)),
                               nn.RNN(make(hidden, dtype=dtype)))
     return module, lambda v, x: module.apply(v, x)
-  module = birnn_jax.BiRNN(cell=cell, hidden_size=hidden, impl=impl, unroll=unroll,
-                           dtype=dtype)
-  return module, lambda v, x: module.apply(v, x)[0]
+  # Variants of the fused implementation, for comparison only: fused_remat (activations
+  # recomputed in the backward pass) and fused_autodiff (JAX differentiates the fused scan
+  # instead of the custom VJP).
+  module = birnn_jax.BiRNN(cell=cell, hidden_size=hidden, impl=impl.split("_")[0],
+                           unroll=unroll, dtype=dtype, remat=impl == "fused_remat")
+  if impl != "fused_autodiff":
+    return module, lambda v, x: module.apply(v, x)[0]
+  forward, backward = map(linen.pure_cell, module.make_cells())
 
-
-def register_variants():
-  """Variants of the fused implementation, registered in this process for comparison only:
-  fused_remat (activations recomputed in the backward pass) and fused_autodiff (JAX
-  differentiates the fused scan instead of the custom VJP)."""
-  bidirectional.FUSED["fused_remat"] = functools.partial(fused.fused_bidirectional,
-                                                         remat=True)
-  bidirectional.FUSED["fused_autodiff"] = functools.partial(fused.fused_bidirectional,
-                                                            custom_vjp=False)
+  def apply_autodiff(variables, x):
+    p = variables["params"]["layer_0"]
+    lengths = jnp.full((x.shape[0],), x.shape[1], jnp.int32)
+    y_f, y_b, _, _ = fused.fused_bidirectional(
+        forward, backward, p["forward"], p["backward"], x.astype(dtype), lengths,
+        forward.zero_carry(x[:, 0].shape), backward.zero_carry(x[:, 0].shape),
+        unroll=unroll, custom_vjp=False)
+    return jnp.concatenate([y_f, y_b], axis=-1).astype(dtype)
+  return module, apply_autodiff
 
 
 def bench_jax(impl, cell, shape, dtype, args):
@@ -242,7 +246,6 @@ def measure(impl, cell, shape, args, torch) -> dict:
 def worker_main(args, shapes, cells) -> None:
   """--worker=<impl>: every (shape, cell) row of one implementation ('check': the numerical
   check of ours against torch), printed as one RESULT line of JSON."""
-  register_variants()
   if args.worker == "check":
     # Full float32 matmuls (a GPU's default may be TF32): the check's tolerance is 1e-4.
     jax.config.update("jax_default_matmul_precision", "highest")

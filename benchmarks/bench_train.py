@@ -85,7 +85,7 @@ def bench_config(task: str, quick: bool, log_every: int, num_steps: int):
   """The task's default (or smoke) experiment config, as the benchmarked variant, with the
   run's length and intervals in steps: logs every `log_every`, evaluates and saves only at
   the last step."""
-  from birnn_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from birnn_jax.training import config_lib  # pylint: disable=g-import-not-at-top
   from birnn_jax import tasks  # pylint: disable=g-import-not-at-top
   path, variant = TASKS[task]
   config = config_lib.load_experiment(ROOT / "experiments" / path, "smoke" if quick else None)
@@ -101,7 +101,7 @@ def bench_config(task: str, quick: bool, log_every: int, num_steps: int):
 def warm_up(trainer, batches) -> None:
   """Compiles the train step for every distinct batch shape in `batches` (host batches)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from birnn_jax import sharding  # pylint: disable=g-import-not-at-top
+  from birnn_jax.training import sharding  # pylint: disable=g-import-not-at-top
   seen, state, rng = set(), trainer.init_state(), jax.random.key(0)
   for batch in batches:
     shapes = (jax.tree.structure(batch), tuple(np.shape(v) for v in jax.tree.leaves(batch)))
@@ -115,9 +115,9 @@ def worker_trainer(args, config, workdir) -> dict:
   """`Trainer.train()`, stopped by a SIGTERM raised as the row of step W + N is written: the
   loop then saves (timed, as `stop_save_s`) and returns, with no final evaluation."""
   import signal  # pylint: disable=g-import-not-at-top
-  from birnn_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from birnn_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-  from birnn_jax import train  # pylint: disable=g-import-not-at-top
+  from birnn_jax.training import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from birnn_jax.training import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  from birnn_jax.training import train  # pylint: disable=g-import-not-at-top
   log_every, steps = (int(v) for v in args.window.split(","))
   end = log_every + steps
   trainer = train.Trainer(config, workdir)
@@ -155,8 +155,8 @@ def worker_trainer(args, config, workdir) -> dict:
 
 def worker_bare(args, config, workdir) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
-  from birnn_jax import sharding  # pylint: disable=g-import-not-at-top
-  from birnn_jax import train  # pylint: disable=g-import-not-at-top
+  from birnn_jax.training import sharding  # pylint: disable=g-import-not-at-top
+  from birnn_jax.training import train  # pylint: disable=g-import-not-at-top
   log_every, steps = (int(v) for v in args.window.split(","))
   trainer = train.Trainer(config, workdir)
   host = [trainer.task.train_batch(s) for s in range(log_every, log_every + steps)]
@@ -176,7 +176,7 @@ def worker_bare(args, config, workdir) -> dict:
 
 def worker_dump(args, config, workdir) -> dict:
   """Writes the window's batches and what the torch model needs to `args.path` (.npz)."""
-  from birnn_jax import train  # pylint: disable=g-import-not-at-top
+  from birnn_jax.training import train  # pylint: disable=g-import-not-at-top
   from birnn_jax.tasks import pos  # pylint: disable=g-import-not-at-top
   log_every, steps = (int(v) for v in args.window.split(","))
   trainer = train.Trainer(config, workdir)

@@ -1,20 +1,28 @@
 """birnn_jax: bidirectional recurrent networks in JAX/Flax.
 
-Layers, each importing only those below: `cells` -> `recurrence` -> `bidirectional` ->
-`models`. PyTorch interop (`from_torch`, `to_torch`) imports torch only when called.
-`birnn_jax.nnx` is the Flax NNX front end over the same functions (imported on first use).
+The library, what `import birnn_jax` gives (it needs jax, flax and numpy only):
+- `birnn_jax.core`: the framework-free maths (cells, recurrences, the fused scan, layers);
+- the Linen front end (`BiRNN`, `Bidirectional`, `Recurrent`, the cells; `birnn_jax.linen`);
+- `birnn_jax.nnx`: the NNX front end over the same core (imported on first use);
+- `birnn_jax.crf`: a linear-chain CRF; `from_torch` / `to_torch`: PyTorch interop (torch is
+  imported only when called); `birnn_jax.errors`.
+Above it, and never imported by it: `birnn_jax.tasks` (the experiments' tasks),
+`birnn_jax.training` (the runner behind `launch.py`) and `birnn_jax.data` (readers and the
+bundled corpora), which need the `train` extra.
 """
 
 import importlib
+import importlib.metadata
 
-from birnn_jax.bidirectional import Bidirectional, MERGES, Recurrent, merge_directions
-from birnn_jax.cells import CELLS, GRUCell, LSTMCell, SimpleCell, make_cell
-from birnn_jax.models import BiRNN
+from birnn_jax.core.layers import IMPLS, MERGES, Impl, merge_directions
+from birnn_jax.linen import (CELLS, BiRNN, Bidirectional, GRUCell, LSTMCell, Recurrent,
+                             SimpleCell, make_cell)
 from birnn_jax.torch_interop import from_torch, to_torch
-from birnn_jax import bidirectional as _bidirectional
-from birnn_jax import fused as _fused  # registers impl 'fused'
 
-IMPLS = _bidirectional.impl_names()
+try:
+  __version__ = importlib.metadata.version("birnn_jax")
+except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
+  __version__ = "0+unknown"
 
 
 def __getattr__(name):
@@ -26,5 +34,5 @@ def __getattr__(name):
 
 
 __all__ = ["BiRNN", "Bidirectional", "Recurrent", "CELLS", "GRUCell", "LSTMCell",
-           "SimpleCell", "make_cell", "MERGES", "merge_directions", "IMPLS",
-           "from_torch", "to_torch"]
+           "SimpleCell", "make_cell", "MERGES", "merge_directions", "IMPLS", "Impl",
+           "from_torch", "to_torch", "__version__"]

@@ -1,11 +1,12 @@
 """Flax NNX front end: `BiRNN`, `Bidirectional`, `Recurrent` and the cells as NNX modules.
 
 The NNX modules only hold parameters (`nnx.Param`) and the dropout layers' RNG streams;
-the maths is the Linen modules' own pure functions: each cell's input projection and step
-(`cells`), `recurrence.reference` / `scan` and the fused scan with its custom VJP (`fused`),
-reached through `bidirectional.apply_recurrent` / `apply_bidirectional`. So an NNX model
-computes the Linen model's numbers, and its parameters have the Linen model's names and
-shapes, `layer_{k}/{forward,backward}/{w_ih, w_hh, b_ih, b_hh, w_hr}`:
+the maths is the pure core (`birnn_jax.core`) that the Linen modules call too: each cell's
+parameters, input projection and step (`core.cells`), the recurrences and the fused scan
+with its custom VJP, reached through `core.layers.apply_recurrent` / `apply_bidirectional`
+and the stack `core.layers.stack_layers`. Neither front end wraps the other. So an NNX
+model computes the Linen model's numbers, and its parameters have the Linen model's names
+and shapes, `layer_{k}/{forward,backward}/{w_ih, w_hh, b_ih, b_hh, w_hr}`:
 
     model = birnn_jax.nnx.BiRNN(16, 32, num_layers=2, impl="fused", rngs=nnx.Rngs(0))
     outputs, final = model(x, lengths)   # x [B, T, 16], lengths [B] -> [B, T, 64], ...
@@ -29,17 +30,16 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
-from birnn_jax import bidirectional as bidi
-from birnn_jax import cells as cells_lib
-from birnn_jax import fused as _fused  # pylint: disable=unused-import  (registers 'fused')
-from birnn_jax import models
-from birnn_jax import recurrence
+from birnn_jax import linen
 from birnn_jax import torch_interop  # imports torch only when called
+from birnn_jax.core import cells as cells_lib
+from birnn_jax.core import layers as bidi
+from birnn_jax.core import recurrence
 
 Array = jax.Array
 Dtype = Any
 
-# The attributes shared with the Linen `models.BiRNN` (all of its fields).
+# The attributes shared with the Linen `linen.BiRNN` (all of its fields).
 ATTRIBUTES = ("cell", "hidden_size", "num_layers", "bidirectional", "merge",
               "backward_cell", "backward_hidden_size", "activation", "proj_size",
               "use_bias", "dropout", "variational_dropout", "residual", "impl", "unroll",
@@ -50,32 +50,30 @@ ATTRIBUTES = ("cell", "hidden_size", "num_layers", "bidirectional", "merge",
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _init_params(core: cells_lib.RecurrentCell, in_features: int, key: Array) -> dict:
-  """The Linen cell's own `init` for D inputs, so the parameters' names, shapes, dtypes and
-  initialiser are defined in one place. Jitted, so it compiles once per cell configuration:
-  run eagerly, each of its random and matmul ops would compile on its own for every new
-  shape (seconds on a small CPU)."""
-  x_1xD = jnp.zeros((1, in_features), jnp.float32)
-  return core.init(key, core.initialize_carry(None, x_1xD.shape), x_1xD)["params"]
+def _init_params(core: cells_lib.Cell, in_features: int, key: Array) -> dict:
+  """The pure cell's `init` for D inputs. Jitted, so it compiles once per cell
+  configuration: run eagerly, each random op would compile on its own for every new shape
+  (seconds on a small CPU)."""
+  return core.init(key, in_features)
 
 
 class Cell(nnx.RNNCellBase):
-  """A PyTorch-compatible cell: NNX parameters around the pure maths of its Linen twin.
+  """A PyTorch-compatible cell: NNX parameters around the pure maths of `core.cells`.
 
   Use `SimpleCell`, `GRUCell`, `LSTMCell` or `make_cell`. One step is
   `cell(carry, x [..., D]) -> (carry, y [..., H_out])`, as for flax's NNX cells.
 
   Attributes:
-    core: the unbound Linen cell (`cells.SimpleCell | GRUCell | LSTMCell`) whose pure
-      methods `project_inputs` and `step` do the maths; it holds no parameters.
+    core: the pure cell (`core.cells.SimpleCell | GRUCell | LSTMCell`) whose functions
+      `init`, `project_inputs` and `step` do the maths; it holds no parameters.
     in_features: D.
     param_names: the names of this cell's `nnx.Param`s, those of the Linen cell:
       `w_ih [D, G*H]`, `w_hh [H_out, G*H]`, with `use_bias` `b_ih, b_hh [G*H]`, and for a
       projected LSTM `w_hr [H, P]`.
   """
 
-  def __init__(self, in_features: int, core: cells_lib.RecurrentCell, *, rngs: nnx.Rngs):
-    if not isinstance(core, cells_lib.RecurrentCell):
+  def __init__(self, in_features: int, core: cells_lib.Cell, *, rngs: nnx.Rngs):
+    if not isinstance(core, cells_lib.Cell):
       raise TypeError(f"Cell needs one of birnn_jax's cells as its core, got {core!r}.")
     if not isinstance(in_features, int) or in_features <= 0:
       raise ValueError(f"in_features must be a positive int, got {in_features!r}.")
@@ -108,7 +106,7 @@ class Cell(nnx.RNNCellBase):
     With `carry_init` (an initializer `(key, shape, dtype)`), each leaf is drawn from it
     with keys of `rngs` (an `nnx.Rngs`, whose `carry` stream is used, or an RngStream).
     """
-    carry = self.core.initialize_carry(None, tuple(input_shape))
+    carry = self.core.zero_carry(tuple(input_shape))
     if carry_init is None:
       return carry
     if rngs is None:
@@ -195,7 +193,7 @@ class Recurrent(nnx.Module):
 
   def __init__(self, cell: Cell, *, reverse: bool = False, impl: str = "scan",
                unroll: int = 1):
-    bidi.check_impl(impl)
+    bidi.resolve_impl(impl)
     self.reverse = reverse
     self.impl = impl
     self.unroll = unroll
@@ -212,7 +210,7 @@ class Recurrent(nnx.Module):
   def __call__(self, x: Array, lengths: Array | None = None, carry=None):
     """x [B, T, D], lengths [B] | None (all T) -> (outputs [B, T, H_out], final carry)."""
     lengths = recurrence.check_inputs(x, lengths, "Recurrent")
-    bidi.check_impl(self.impl)
+    bidi.resolve_impl(self.impl)
     cell = self.cell
     return bidi.apply_recurrent(cell.core, cell.param_dict(), x, lengths, carry,
                                 reverse=self.reverse, impl=self.impl, unroll=self.unroll)
@@ -235,7 +233,7 @@ class Bidirectional(nnx.Module):
                impl: str = "scan", unroll: int = 1, remat: bool = False):
     self.forward = _check_cell(forward_cell, "Bidirectional")
     self.backward = _check_cell(backward_cell, "Bidirectional")
-    bidi.check_impl(impl)
+    bidi.resolve_impl(impl)
     bidi.merged_size(merge, forward_cell.output_size, backward_cell.output_size)
     self.merge = merge
     self.impl = impl
@@ -249,7 +247,7 @@ class Bidirectional(nnx.Module):
   def __call__(self, x: Array, lengths: Array | None = None, carries=None):
     """x [B, T, D], lengths [B] | None -> (outputs [B, T, H_merged], (carry_f, carry_b))."""
     lengths = recurrence.check_inputs(x, lengths, "Bidirectional")
-    bidi.check_impl(self.impl)
+    bidi.resolve_impl(self.impl)
     return bidi.apply_bidirectional(
         self.forward.core, self.backward.core, self.forward.param_dict(),
         self.backward.param_dict(), x, lengths, carries, merge=self.merge, impl=self.impl,
@@ -260,7 +258,7 @@ class Bidirectional(nnx.Module):
 
 
 class BiRNN(nnx.Module):
-  """A stack of (bi)directional recurrent layers: the Linen `models.BiRNN`, NNX-style.
+  """A stack of (bi)directional recurrent layers: the Linen `linen.BiRNN`, NNX-style.
 
   Args:
     in_features: D, the input features of the first layer.
@@ -268,7 +266,7 @@ class BiRNN(nnx.Module):
     cell: 'rnn' | 'gru' | 'lstm'.
     num_layers, bidirectional, merge, backward_cell, backward_hidden_size, activation,
       proj_size, use_bias, dropout, variational_dropout, residual, impl, unroll, remat,
-      dtype, param_dtype: as in `models.BiRNN` (the same attributes, the same meaning).
+      dtype, param_dtype: as in `linen.BiRNN` (the same attributes, the same meaning).
     rngs: `nnx.Rngs`; parameters come from its `params` stream, dropout masks from its
       `dropout` stream (each falls back to `default`).
 
@@ -315,7 +313,15 @@ class BiRNN(nnx.Module):
     self.remat = remat
     self.dtype = dtype
     self.param_dtype = param_dtype
-    self.linen_module().validate()  # The Linen module's checks, with its messages.
+    options = dict(activation=activation, proj_size=proj_size, use_bias=use_bias,
+                   dtype=dtype, param_dtype=param_dtype)
+    forward_size = cells_lib.make_cell(cell, hidden_size, **options).output_size
+    backward_size = (cells_lib.make_cell(backward_cell or cell,
+                                         backward_hidden_size or hidden_size,
+                                         **options).output_size if bidirectional else None)
+    bidi.check_stack(num_layers=num_layers, dropout=dropout, merge=merge, impl=impl,
+                     forward_size=forward_size, backward_size=backward_size,
+                     backward_hidden_size=backward_hidden_size)
 
     def build(name, size, num_inputs):
       return make_cell(name, num_inputs, size, activation=activation, proj_size=proj_size,
@@ -337,42 +343,35 @@ class BiRNN(nnx.Module):
       setattr(self, f"layer_{layer}", module)
       num_inputs = module.output_size
 
-  def linen_module(self) -> models.BiRNN:
+  def linen_module(self) -> linen.BiRNN:
     """The equivalent (unbound) Linen `BiRNN`: it takes this model's parameters."""
-    return models.BiRNN(**{name: getattr(self, name) for name in ATTRIBUTES})
+    return linen.BiRNN(**{name: getattr(self, name) for name in ATTRIBUTES})
 
   def __call__(self, x: Array, lengths: Array | None = None, initial_carry=None, *,
                deterministic: bool | None = None, rngs=None):
     """x [B, T, D], lengths [B] | None -> (outputs [B, T, H_merged], final); see class."""
     lengths = recurrence.check_inputs(x, lengths, "BiRNN")
-    bidi.check_impl(self.impl)
-    num_dirs = 2 if self.bidirectional else 1
-    count = self.num_layers * num_dirs
-    carries_in = (models.unstack_carries(initial_carry, count)
-                  if initial_carry is not None else [None] * count)
-    carries_out = []
-    y = x.astype(self.dtype)
-    for layer in range(self.num_layers):
-      if layer > 0 and self.dropout > 0:
-        y = getattr(self, f"dropout_{layer}")(y, deterministic=deterministic, rngs=rngs)
-      layer_in = y
+    bidi.resolve_impl(self.impl)
+
+    def layer_fn(layer, y, carries):
       module = getattr(self, f"layer_{layer}")
-      pair = carries_in[num_dirs * layer: num_dirs * (layer + 1)]
       if self.bidirectional:
-        y, carries = bidi.apply_bidirectional(
+        return bidi.apply_bidirectional(
             module.forward.core, module.backward.core, module.forward.param_dict(),
-            module.backward.param_dict(), y, lengths,
-            None if pair[0] is None else tuple(pair), merge=self.merge, impl=self.impl,
-            unroll=self.unroll, remat=self.remat)
-        carries_out.extend(carries)
-      else:
-        y, carry = bidi.apply_recurrent(module.forward.core, module.forward.param_dict(), y,
-                                        lengths, pair[0], impl=self.impl,
-                                        unroll=self.unroll)
-        carries_out.append(carry)
-      if self.residual and layer > 0:  # Layers after the first map H_merged -> H_merged.
-        y = y + layer_in
-    return y, models.stack_carries(carries_out)
+            module.backward.param_dict(), y, lengths, carries, merge=self.merge,
+            impl=self.impl, unroll=self.unroll, remat=self.remat)
+      y, carry = bidi.apply_recurrent(module.forward.core, module.forward.param_dict(), y,
+                                      lengths, None if carries is None else carries[0],
+                                      impl=self.impl, unroll=self.unroll)
+      return y, (carry,)
+
+    def dropout(layer, y):
+      return getattr(self, f"dropout_{layer}")(y, deterministic=deterministic, rngs=rngs)
+
+    return bidi.stack_layers(
+        layer_fn, x.astype(self.dtype), initial_carry, num_layers=self.num_layers,
+        num_directions=2 if self.bidirectional else 1, residual=self.residual,
+        dropout=dropout if self.dropout > 0 else None)
 
 
 # ------------------------------------------------------------------------- conversions
@@ -382,14 +381,14 @@ def _shapes(tree) -> dict:
   return jax.tree.map(lambda a: tuple(a.shape), tree)
 
 
-def from_linen(module: models.BiRNN, variables, *, rngs: nnx.Rngs | None = None) -> BiRNN:
+def from_linen(module: linen.BiRNN, variables, *, rngs: nnx.Rngs | None = None) -> BiRNN:
   """The NNX `BiRNN` holding a Linen `BiRNN`'s variables (`{'params': ...}`).
 
   `model(x, lengths)` then equals `module.apply(variables, x, lengths)`. `rngs` seeds the
   dropout streams (default `nnx.Rngs(0)`); like every NNX module the model starts in
   training mode (dropout on, if any): call `model.eval()` for `module.apply`'s default.
   """
-  if not isinstance(module, models.BiRNN):
+  if not isinstance(module, linen.BiRNN):
     raise TypeError(f"from_linen expects a birnn_jax.BiRNN, got {type(module).__name__}.")
   params = variables["params"] if "params" in variables else variables
   try:

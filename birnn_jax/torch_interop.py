@@ -7,7 +7,7 @@ gate order, so porting is a transpose (and `weight_hr` <-> `w_hr` for LSTM proje
 
 import numpy as np
 
-from birnn_jax.models import BiRNN
+from birnn_jax.linen import BiRNN
 
 _CELL_OF_TORCH = {"RNN": "rnn", "GRU": "gru", "LSTM": "lstm"}
 _TORCH_OF_CELL = {v: k for k, v in _CELL_OF_TORCH.items()}

@@ -29,7 +29,7 @@ Expected results (seed 0, reproduced exactly by two runs):
 
 import ml_collections
 
-from birnn_jax import config_lib
+from birnn_jax.training import config_lib
 
 
 def get_config(arg=None):

@@ -29,7 +29,7 @@ expounding a recondite matter to us" -> traveller 42.8%, machine 17.9%, i 16.5%,
 
 import ml_collections
 
-from birnn_jax import config_lib
+from birnn_jax.training import config_lib
 
 
 def get_config(arg=None):

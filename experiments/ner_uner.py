@@ -34,7 +34,7 @@ Expected (seed 0, ~28 min for the three on a shared 2-core CPU): test entity F1 
 61.6 for `crf_forward`; 0 invalid sequences from constrained Viterbi.
 """
 
-from birnn_jax import config_lib
+from birnn_jax.training import config_lib
 
 
 def get_config(arg=None):

@@ -27,7 +27,7 @@ forward-only: dev 92.73%, test 93.05%. `:bilm` (1,000 sentences): test 88.81% wi
 biLM, 89.71% with its context-free embedding, 89.95% with its ELMo mix.
 """
 
-from birnn_jax import config_lib
+from birnn_jax.training import config_lib
 
 
 def get_config(arg=None):

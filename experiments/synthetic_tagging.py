@@ -9,7 +9,7 @@ any left-context tagger can reach. About a minute on a 2-core CPU; expected: bid
 `:smoke` runs the same code in seconds.
 """
 
-from birnn_jax import config_lib
+from birnn_jax.training import config_lib
 
 
 def get_config(arg=None):

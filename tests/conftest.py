@@ -1,4 +1,5 @@
-"""Shared pytest setup: the repository root on sys.path, fast compiles, random variables."""
+"""Shared pytest setup: fast compiles, compilation caches, random variables. The tests import
+birnn_jax as installed (scripts/test.sh installs the built wheel), never from a path edit."""
 
 import functools
 import os
@@ -10,10 +11,6 @@ from jax.experimental.compilation_cache import compilation_cache
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-  sys.path.insert(0, _ROOT)
 
 _FAST_COMPILE = "jax_disable_most_optimizations"
 # With few optimisations (as the tests compile), XLA:CPU's newer fusion emitters compile our

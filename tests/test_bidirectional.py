@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import birnn_jax
-from birnn_jax import bidirectional, cells
+from birnn_jax import linen
+from birnn_jax.core import layers
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -31,7 +32,7 @@ PAIRS = {
 
 def layer(pair, **kwargs):
   forward, backward = PAIRS[pair]
-  return birnn_jax.Bidirectional(cells.make_cell(**forward), cells.make_cell(**backward),
+  return birnn_jax.Bidirectional(linen.make_cell(**forward), linen.make_cell(**backward),
                                  **kwargs)
 
 
@@ -270,8 +271,20 @@ def test_bad_inputs_are_clear_errors(random_variables):
     module.apply(variables, jnp.zeros((B, T, D + 1)))
 
 
-def test_impl_names_lists_reference_scan_and_registered_fused_ones():
-  assert birnn_jax.IMPLS == bidirectional.impl_names()
-  assert {"reference", "scan"} <= set(birnn_jax.IMPLS)
-  assert set(bidirectional.FUSED) <= set(birnn_jax.IMPLS)
-  assert len(set(birnn_jax.IMPLS)) == len(birnn_jax.IMPLS)
+def test_implementations_are_chosen_in_one_place():
+  assert birnn_jax.IMPLS == layers.IMPLS == ("reference", "scan", "fused")
+  assert layers.resolve_impl("fused") is layers.Impl.FUSED
+  with pytest.raises(ValueError, match=r"unknown impl='fast'; expected one of \('reference'"):
+    layers.resolve_impl("fast")
+
+
+def test_a_merge_function_is_taken_where_flax_takes_one(random_variables):
+  x, lengths = np.ones((2, 3, 4), np.float32), np.array([3, 1], np.int32)
+  weighted = lambda y_f, y_b: 2.0 * y_f - y_b
+  module = birnn_jax.BiRNN(cell="gru", hidden_size=3, merge=weighted)
+  variables = random_variables(module, x, lengths)
+  y, _ = module.apply(variables, x, lengths)
+  y_f, y_b = module.clone(merge="none").apply(variables, x, lengths)[0]
+  np.testing.assert_allclose(y, 2.0 * y_f - y_b, rtol=1e-6)
+  assert layers.merged_size(weighted, 3, 3) == 3
+  assert layers.merged_size(lambda a, b: jnp.concatenate([a, b, a], -1), 3, 2) == 8

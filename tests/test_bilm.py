@@ -12,10 +12,10 @@ import numpy as np
 import optax
 import pytest
 
-from birnn_jax import config_lib
-from birnn_jax import checkpoint as ckpt_lib
+from birnn_jax.training import config_lib
 from birnn_jax import errors
-from birnn_jax import train
+from birnn_jax.training import train
+from birnn_jax.training import trained
 from birnn_jax.tasks import bilm
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
@@ -90,7 +90,7 @@ def test_changing_a_target_token_leaves_its_prediction_unchanged(setup):
 
 def test_embedding_and_softmax_are_one_parameter_each_shared_by_both_directions(setup):
   config, task, model, params = setup
-  flat = ckpt_lib.flatten(jax.tree.map(np.asarray, params))
+  flat = config_lib.flatten(jax.tree.map(np.asarray, params))
   assert [k for k in flat if "embedding" in k] == ["embed.embedding"]
   assert sorted(k for k in flat if k.startswith("softmax")) == ["softmax.bias",
                                                                 "softmax.kernel"]
@@ -190,15 +190,16 @@ def test_frozen_features_are_the_sentence_read_without_punctuation(setup):
   np.testing.assert_allclose(alone[0], out[1, :2], rtol=1e-5, atol=1e-6)
 
 
-def test_load_pretrained_names_the_problem(tmp_path):
+def test_restoring_a_pretrained_run_names_the_problem(tmp_path):
+  restore = lambda: bilm.FrozenFeatures.from_workdir(tmp_path, trained.restore_run)
   with pytest.raises(errors.NoCheckpointError, match="config.json does not exist"):
-    bilm.load_pretrained(tmp_path)
+    restore()
   (tmp_path / "config.json").write_text(json.dumps({"task": "pos"}))
-  with pytest.raises(errors.WorkdirMismatchError, match="'pos' run, not a biLM"):
-    bilm.load_pretrained(tmp_path)
+  with pytest.raises(errors.WorkdirMismatchError, match="'pos' run, not a 'bilm' run"):
+    restore()
   (tmp_path / "config.json").write_text(json.dumps({"task": "bilm"}))
   with pytest.raises(errors.NoCheckpointError, match="no checkpoint"):
-    bilm.load_pretrained(tmp_path)
+    restore()
 
 
 def test_punctuation_labels_align_with_d2l_words():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import birnn_jax
-from birnn_jax import cells
+from birnn_jax import linen
 
 torch = pytest.importorskip("torch")
 
@@ -26,7 +26,7 @@ CELLS = {
 
 
 def make(cell, **kwargs):
-  return cells.make_cell(features=H, **CELLS[cell][0], **kwargs)
+  return linen.make_cell(features=H, **CELLS[cell][0], **kwargs)
 
 
 def out_size(cell):
@@ -75,9 +75,9 @@ def test_project_inputs_then_step_equals_call(cell):
   carry = random_carry(cell, rng)
   params = module.init(jax.random.key(0), carry, x)["params"]
   carry_a, y_a = module.apply({"params": params}, carry, x)
-  carry_b, y_b = module.step(params, carry, module.project_inputs(params, x))
+  carry_b, y_b = module.core.step(params, carry, module.core.project_inputs(params, x))
   np.testing.assert_allclose(y_a, y_b, atol=1e-7)
-  np.testing.assert_allclose(module.output(carry_b), y_b, atol=1e-7)
+  np.testing.assert_allclose(module.core.output(carry_b), y_b, atol=1e-7)
   for a, b in zip(jax.tree.leaves(carry_a), jax.tree.leaves(carry_b), strict=True):
     np.testing.assert_allclose(a, b, atol=1e-7)
 
@@ -157,7 +157,7 @@ def test_wrong_number_of_input_features_is_a_clear_error(cell):
   with pytest.raises(flax.errors.ScopeParamShapeError, match="w_ih"):
     module.apply({"params": params}, carry, jnp.zeros((B, D + 1)))
   with pytest.raises(ValueError, match=r"inputs have 5 features.*w_ih expects 4"):
-    module.project_inputs(params, jnp.zeros((B, 7, D + 1)))
+    module.core.project_inputs(params, jnp.zeros((B, 7, D + 1)))
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -173,16 +173,33 @@ def test_wrong_number_of_input_features_is_a_clear_error(cell):
 def test_make_cell_rejects_bad_settings(kwargs, match):
   kwargs = dict(dict(features=H), **kwargs)
   with pytest.raises(ValueError, match=match):
-    cells.make_cell(**kwargs)
+    linen.make_cell(**kwargs)
 
 
 def test_make_cell_builds_the_named_cell():
   assert set(birnn_jax.CELLS) == {"rnn", "gru", "lstm"}
-  rnn = cells.make_cell("rnn", 3, activation="relu", use_bias=False)
+  rnn = linen.make_cell("rnn", 3, activation="relu", use_bias=False)
   assert isinstance(rnn, birnn_jax.SimpleCell)
   assert (rnn.features, rnn.activation, rnn.use_bias) == (3, "relu", False)
-  assert isinstance(cells.make_cell("gru", 3), birnn_jax.GRUCell)
-  lstm = cells.make_cell("lstm", 3, proj_size=0)
+  assert isinstance(linen.make_cell("gru", 3), birnn_jax.GRUCell)
+  lstm = linen.make_cell("lstm", 3, proj_size=0)
   assert isinstance(lstm, birnn_jax.LSTMCell) and lstm.proj_size is None
   assert lstm.output_size == 3
-  assert cells.make_cell("lstm", 3, proj_size=2).output_size == 2
+  assert linen.make_cell("lstm", 3, proj_size=2).output_size == 2
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_the_pure_cell_initialises_what_the_linen_cell_declares(cell):
+  module = make(cell)
+  x = jnp.zeros((B, D))
+  linen_params = module.init(jax.random.key(0), module.initialize_carry(None, x.shape),
+                             x)["params"]
+  pure_params = module.core.init(jax.random.key(0), D)
+  assert list(pure_params) == list(module.core.param_shapes(D)) == list(linen_params)
+  assert jax.tree.map(jnp.shape, pure_params) == jax.tree.map(jnp.shape, linen_params)
+  bound = 1 / np.sqrt(H)
+  values = np.concatenate([np.ravel(p) for p in pure_params.values()])
+  assert np.all(np.abs(values) <= bound) and values.std() > bound / 3
+  # One key per parameter: no two parameters share their draws.
+  firsts = [float(np.ravel(p)[0]) for p in pure_params.values()]
+  assert len(set(firsts)) == len(firsts)

@@ -11,10 +11,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from birnn_jax import checkpoint as ckpt_lib
-from birnn_jax import config_lib
-from birnn_jax import metrics as metrics_lib
-from birnn_jax import train
+from birnn_jax.training import checkpoint as ckpt_lib
+from birnn_jax.training import config_lib
+from birnn_jax.training import metrics as metrics_lib
+from birnn_jax.training import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -32,18 +32,18 @@ def saved(config) -> dict:
 # --- config_differences --------------------------------------------------------------------
 
 def test_flatten_nests_with_dots():
-  assert ckpt_lib.flatten({"a": {"b": 1, "c": {"d": (2, 3)}}, "e": "x"}) == {
+  assert config_lib.flatten({"a": {"b": 1, "c": {"d": (2, 3)}}, "e": "x"}) == {
       "a.b": 1, "a.c.d": [2, 3], "e": "x"}
-  flat = ckpt_lib.flatten(config_lib.base_config())
+  flat = config_lib.flatten(config_lib.base_config())
   assert flat["model.hidden_size"] == 128 and flat["train.num_steps"] == 1000
 
 
 def test_config_differences_flags_a_model_change():
   config = config_lib.base_config()
   old = saved(config)
-  assert ckpt_lib.config_differences(old, config) == []
+  assert config_lib.config_differences(old, config) == []
   config.model.hidden_size = 7
-  diffs = ckpt_lib.config_differences(old, config)
+  diffs = config_lib.config_differences(old, config)
   assert len(diffs) == 1 and diffs[0].startswith("model.hidden_size: 128 -> 7"), diffs
 
 
@@ -54,7 +54,7 @@ def test_config_differences_ignores_how_long_and_where(key):
   old = saved(config)
   group, name = key.split(".")
   config[group][name] = 4 if name != "dir" else "/somewhere/else"
-  assert ckpt_lib.config_differences(old, config) == []
+  assert config_lib.config_differences(old, config) == []
 
 
 @pytest.mark.parametrize("key,value", [("seed", 3), ("task", "other"), ("optim.name", "sgd"),
@@ -65,7 +65,7 @@ def test_config_differences_flags_what_changes_the_run(key, value):
   old = saved(config)
   *group, name = key.split(".")
   (config[group[0]] if group else config)[name] = value
-  diffs = ckpt_lib.config_differences(old, config)
+  diffs = config_lib.config_differences(old, config)
   assert [d.split(":")[0] for d in diffs] == [key]
 
 
@@ -74,7 +74,7 @@ def test_config_differences_flags_added_and_removed_keys():
   old = saved(config)
   del old["model"]["residual"]
   old["data"]["legacy"] = 1
-  diffs = ckpt_lib.config_differences(old, config)
+  diffs = config_lib.config_differences(old, config)
   assert "data.legacy: 1 -> '<absent>'" in diffs
   assert "model.residual: '<absent>' -> False" in diffs
 
@@ -83,13 +83,13 @@ def test_a_workdir_saved_before_a_key_existed_resumes_while_it_means_the_same():
   config = config_lib.base_config()
   old = saved(config)
   del old["train"]["ema_decay"]                       # saved before train.ema_decay existed
-  assert ckpt_lib.config_differences(old, config) == []
+  assert config_lib.config_differences(old, config) == []
   config.train.ema_decay = 0.5
-  assert ckpt_lib.config_differences(old, config) == ["train.ema_decay: 0.0 -> 0.5"]
+  assert config_lib.config_differences(old, config) == ["train.ema_decay: 0.0 -> 0.5"]
   ner = config_lib.load_experiment(ROOT / "experiments" / "ner_uner.py")
   old = saved(ner)
   del old["model"]["tag_scheme"], old["model"]["casing_embed_size"]
-  assert ckpt_lib.config_differences(old, ner) == ["model.casing_embed_size: 0 -> 16"]
+  assert config_lib.config_differences(old, ner) == ["model.casing_embed_size: 0 -> 16"]
 
 
 # --- orbax manager -------------------------------------------------------------------------

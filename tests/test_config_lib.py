@@ -1,15 +1,17 @@
 """Config validation: every experiment config loads (default and :smoke) and is valid; an
 impossible value fails before any compute with a message naming its key."""
 
+import importlib
 import pathlib
+import pkgutil
 
 import ml_collections
 import pytest
 
-from birnn_jax import config_lib
-from birnn_jax import optim
+from birnn_jax.training import config_lib
+from birnn_jax.training import optim
 from birnn_jax import tasks
-from birnn_jax import train
+from birnn_jax.training import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.py"))
@@ -20,10 +22,10 @@ def smoke_config() -> ml_collections.ConfigDict:
 
 
 def test_every_task_has_an_experiment():
-  tasks_dir = ROOT / "birnn_jax" / "tasks"
-  task_names = {p.stem for p in tasks_dir.glob("*.py")} | {
-      p.name for p in tasks_dir.iterdir() if (p / "__init__.py").is_file()}
-  task_names -= {"__init__", "base", "common"}
+  modules = [m.name for m in pkgutil.iter_modules(tasks.__path__)]
+  task_names = {name for name in modules if name != "base" and isinstance(
+      getattr(importlib.import_module(f"birnn_jax.tasks.{name}"), "Task", None), type)}
+  assert {"synthetic", "pos", "ner", "bilm"} <= task_names
   configured = {config_lib.load_experiment(p).task for p in EXPERIMENTS}
   assert configured == task_names
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from birnn_jax import config_lib
+from birnn_jax.training import config_lib
 from birnn_jax import errors
 from birnn_jax.data import common
 import launch

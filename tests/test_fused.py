@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from birnn_jax import BiRNN
-from birnn_jax import bidirectional
-from birnn_jax import fused
+from birnn_jax import linen
+from birnn_jax.core import fused
+import helpers
 from conftest import random_variables_for
 
 # Tiny arrays: compile time dominates, so compile with few optimisations (conftest.py).
@@ -46,10 +47,7 @@ def forward_and_grads(module: nn.Module, params, x, lengths):
 class FusedTest(parameterized.TestCase):
 
   def assert_trees_close(self, actual, expected, atol=1e-5, rtol=1e-5):
-    self.assertEqual(jax.tree.structure(actual), jax.tree.structure(expected))
-    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
-      np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(e, np.float32),
-                                 atol=atol, rtol=rtol)
+    helpers.assert_trees_close(actual, expected, atol=atol, rtol=rtol)
 
   @parameterized.named_parameters(
       ("rnn_tanh", dict(cell="rnn")),
@@ -78,17 +76,27 @@ class FusedTest(parameterized.TestCase):
   def test_asymmetric_directions_fall_back(self, attrs):
     x, lengths = inputs()
     reference = BiRNN(hidden_size=H, impl="reference", **attrs)
-    forward_cell, backward_cell = reference.make_cells()
+    forward_cell, backward_cell = map(linen.pure_cell, reference.make_cells())
     self.assertIsNone(fused.fusable_spec(forward_cell, backward_cell))
+    self.assertIsNotNone(fused.unfusable_reason(forward_cell, backward_cell))
     params = random_variables_for(reference, x, lengths, seed=1)["params"]
     expected = forward_and_grads(reference, params, x, lengths)
     actual = forward_and_grads(reference.clone(impl="fused"), params, x, lengths)
     self.assert_trees_close(actual, expected)
 
-  def test_registered(self):
-    import birnn_jax  # pylint: disable=g-import-not-at-top
-    self.assertIn("fused", birnn_jax.IMPLS)
-    self.assertIs(bidirectional.FUSED["fused"], fused.fused_bidirectional)
+  def test_a_fallback_is_logged_not_silent(self):
+    x, lengths = inputs()
+    module = BiRNN(cell="lstm", backward_cell="gru", hidden_size=H, impl="fused")
+    params = random_variables_for(module, x, lengths, seed=1)
+    fused.log_fallback.cache_clear()
+    with self.assertLogs("birnn_jax", level="WARNING") as logs:
+      module.apply(params, x, lengths)
+    self.assertIn("impl='fused' runs two scans: the directions have different cell types",
+                  logs.output[0])
+    forward_only = BiRNN(cell="lstm", hidden_size=H, impl="fused", bidirectional=False)
+    with self.assertLogs("birnn_jax", level="INFO") as logs:
+      forward_only.apply(random_variables_for(forward_only, x, lengths, seed=1), x, lengths)
+    self.assertIn("runs a one-direction layer as 'scan'", logs.output[0])
 
   def test_unroll_gives_same_numbers(self):
     x, lengths = inputs()
@@ -104,9 +112,8 @@ class FusedTest(parameterized.TestCase):
     x, lengths = inputs()
     module = BiRNN(cell=cell[:4], hidden_size=H, proj_size=2 if "proj" in cell else None)
     params = random_variables_for(module, x, lengths, seed=1)["params"]["layer_0"]
-    forward_cell, backward_cell = module.make_cells()
-    carries = tuple(c.initialize_carry(None, x[:, 0].shape)
-                    for c in (forward_cell, backward_cell))
+    forward_cell, backward_cell = map(linen.pure_cell, module.make_cells())
+    carries = tuple(c.zero_carry(x[:, 0].shape) for c in (forward_cell, backward_cell))
 
     def run(**options):
       def loss(params, x):

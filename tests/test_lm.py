@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from birnn_jax import train
+from birnn_jax.training import train
 from birnn_jax.tasks import lm
 from experiments import lm_time_machine
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from birnn_jax import errors
-from birnn_jax import train
+from birnn_jax.training import train
 from birnn_jax.data import text
 from birnn_jax.data.vocab import PAD, UNK, Vocab
 from birnn_jax.tasks import common

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from birnn_jax import losses
-from birnn_jax import metrics as metrics_lib
+from birnn_jax.tasks import losses
+from birnn_jax.training import metrics as metrics_lib
 
 # --- losses: masked sums -------------------------------------------------------------------
 

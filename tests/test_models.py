@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 import birnn_jax
-from birnn_jax import cells, models
+from birnn_jax import linen
+from birnn_jax.core import layers
+from helpers import assert_trees_close
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -23,12 +25,6 @@ IMPLS_SLOW_REFERENCE = [pytest.param(i, marks=pytest.mark.slow) if i == "referen
 
 def inputs(seed=0, shape=(B, T, D)):
   return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
-
-
-def assert_trees_close(a, b, **kwargs):
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(x, y, **kwargs)
 
 
 def _asymmetric_stack(impl):
@@ -156,7 +152,7 @@ def test_unidirectional_stack_has_no_backward_and_equals_the_forward_half():
   assert y.shape == (B, T, H) and h_n.shape == c_n.shape == (2, B, H)
 
   # One layer: the forward half of a bidirectional layer with the same forward weights.
-  cell = cells.make_cell("lstm", H)
+  cell = linen.make_cell("lstm", H)
   forward = cell.init(jax.random.key(1), cell.initialize_carry(None, (B, D)), x[:, 0])
   backward = jax.tree.map(jnp.zeros_like, forward)
   y_uni, (h_uni, c_uni) = jax.jit(uni.clone(num_layers=1).apply)(
@@ -249,15 +245,15 @@ def test_merge_none_returns_the_pair_and_asymmetric_concat_the_tuple_of_carries(
 
 def test_stack_and_unstack_carries_use_torch_layout():
   carries = [(jnp.full((B, 2), i), jnp.full((B, 3), -i)) for i in range(4)]
-  h, c = models.stack_carries(carries)
+  h, c = layers.stack_carries(carries)
   assert h.shape == (4, B, 2) and c.shape == (4, B, 3)
   np.testing.assert_array_equal(h[:, 0, 0], [0, 1, 2, 3])
-  assert_trees_close(models.unstack_carries((h, c), 4), carries, rtol=0)
+  assert_trees_close(layers.unstack_carries((h, c), 4), carries, rtol=0)
   mixed = [jnp.zeros((B, 2)), (jnp.zeros((B, 3)), jnp.zeros((B, 3)))]
-  assert models.stack_carries(mixed) == tuple(mixed)
-  assert models.unstack_carries(tuple(mixed), 2) == mixed
+  assert layers.stack_carries(mixed) == tuple(mixed)
+  assert layers.unstack_carries(tuple(mixed), 2) == mixed
   with pytest.raises(ValueError, match="initial_carry must hold 4 carries"):
-    models.unstack_carries(jnp.zeros((2, B, 2)), 4)
+    layers.unstack_carries(jnp.zeros((2, B, 2)), 4)
 
 
 @pytest.mark.parametrize("impl", birnn_jax.IMPLS)

@@ -18,9 +18,9 @@ import pytest
 from seqeval import scheme as seqeval_scheme
 from seqeval.metrics import sequence_labeling
 
-from birnn_jax import config_lib
+from birnn_jax.training import config_lib
 from birnn_jax import crf as crf_lib
-from birnn_jax import train
+from birnn_jax.training import train
 from birnn_jax.data.vocab import Vocab
 from birnn_jax.tasks import ner
 from birnn_jax.tasks import pos

@@ -19,6 +19,7 @@ import pytest
 
 import birnn_jax
 from birnn_jax import nnx as bnnx
+from helpers import assert_trees_close
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -57,13 +58,6 @@ def _cases():
 
 def inputs(seed=0, shape=(B, T, D)):
   return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
-
-
-def assert_trees_close(a, b, **kwargs):
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(np.asarray(x, np.float32), np.asarray(y, np.float32),
-                               **kwargs)
 
 
 def assert_states_equal(a, b):

@@ -7,8 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from birnn_jax import config_lib
-from birnn_jax import optim
+from birnn_jax.training import config_lib
+from birnn_jax.training import optim
 
 
 def optim_config(**kw):

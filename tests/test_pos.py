@@ -16,10 +16,11 @@ import jax
 import numpy as np
 import pytest
 
-from birnn_jax import config_lib
+from birnn_jax.training import config_lib
 from birnn_jax import errors
-from birnn_jax import models
-from birnn_jax import train
+from birnn_jax.tasks import models
+from birnn_jax.training import train
+from birnn_jax.training import trained
 from birnn_jax.data import conllu_data
 from birnn_jax.data.vocab import PAD, UNK, Vocab
 from birnn_jax.tasks import pos
@@ -442,9 +443,11 @@ def test_bilm_comparison_end_to_end(cached_ewt, tmp_path):
       saved["elmo"]["test_accuracy"] - saved["no_bilm"]["test_accuracy"])
   assert saved["elmo"]["num_params"] == saved["context_free"]["num_params"] + 2
   variants = pos.Task.variants(config)
-  elmo = pos.Task(variants["elmo"], tmp_path / "pos" / "elmo")
+  elmo = pos.Task(variants["elmo"], tmp_path / "pos" / "elmo",
+                  restore_run=trained.restore_run)
   assert elmo.train_batch(0)["bilm"].shape[2] == bilm_config.model.num_layers + 1
-  context_free = pos.Task(variants["context_free"], tmp_path / "pos" / "context_free")
+  context_free = pos.Task(variants["context_free"], tmp_path / "pos" / "context_free",
+                          restore_run=trained.restore_run)
   np.testing.assert_array_equal(context_free.eval_batches("dev")[0]["bilm"],
                                 elmo.eval_batches("dev")[0]["bilm"][:, :, :1])
   assert "bilm" not in pos.Task(variants["no_bilm"], tmp_path / "x").train_batch(0)

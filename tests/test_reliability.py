@@ -15,7 +15,7 @@ preempting scheduler) would drive it:
 - A workdir of another config is refused showing the differing keys; --force_fresh starts
   over, and re-running that same command after an interruption resumes (slow).
 Checkpoint-level behaviour (leftover tmp folders, unreadable steps, full disks) is also tested
-in-process on `birnn_jax.checkpoint` directly.
+in-process on `birnn_jax.training.checkpoint` directly.
 """
 
 import concurrent.futures
@@ -38,10 +38,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from birnn_jax import checkpoint as ckpt_lib
-from birnn_jax import config_lib
-from birnn_jax import metrics as metrics_lib
-from birnn_jax import train
+from birnn_jax.training import checkpoint as ckpt_lib
+from birnn_jax.training import config_lib
+from birnn_jax.training import metrics as metrics_lib
+from birnn_jax.training import train
 from birnn_jax.data import common
 
 pytestmark = pytest.mark.usefixtures("fast_compile", "compile_cache")

@@ -29,7 +29,7 @@ TOLERANCE = 1e-5   # float32: a different device count changes the order of the 
 
 def smoke_config(overrides: dict):
   """The 'bidirectional' variant of synthetic_tagging.py:smoke, logged every step."""
-  from birnn_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from birnn_jax.training import config_lib  # pylint: disable=g-import-not-at-top
   from birnn_jax.tasks import synthetic  # pylint: disable=g-import-not-at-top
   config = synthetic.Task.variants(config_lib.load_experiment(EXPERIMENT, "smoke"))[
       "bidirectional"]
@@ -42,8 +42,7 @@ def smoke_config(overrides: dict):
 
 def worker(spec: dict) -> None:
   """Trains as `spec` says and prints a report line (the parent reads metrics.jsonl)."""
-  sys.path.insert(0, str(ROOT))
-  from birnn_jax import train  # pylint: disable=g-import-not-at-top
+  from birnn_jax.training import train  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   traces = count_traces(train)
   trainer = train.Trainer(smoke_config(spec["overrides"]), spec["workdir"])
@@ -78,7 +77,7 @@ def count_traces(train) -> dict[str, int]:
 
 def check_put_batch(mesh) -> None:
   """Every device this process feeds holds exactly the global rows its shard index names."""
-  from birnn_jax import sharding  # pylint: disable=g-import-not-at-top
+  from birnn_jax.training import sharding  # pylint: disable=g-import-not-at-top
   n = 2 * mesh.size
   batch = {"tokens": np.arange(n * 3).reshape(n, 3)}
   placed = sharding.put_batch(batch, mesh)["tokens"]
@@ -92,7 +91,7 @@ def check_put_batch(mesh) -> None:
 def env_with_devices(count: int, **extra: str) -> dict:
   env = {k: v for k, v in os.environ.items()
          if not k.startswith("JAX_") and k != "XLA_FLAGS"}
-  env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
+  env.update(JAX_PLATFORMS="cpu",
              XLA_FLAGS=f"--xla_force_host_platform_device_count={count}", **extra)
   return env
 
@@ -159,14 +158,14 @@ def mesh_config(**kw):
 
 
 def test_single_process_needs_no_distributed_runtime(monkeypatch):
-  from birnn_jax import sharding
+  from birnn_jax.training import sharding
   monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False)
   assert sharding.distributed_settings(mesh_config(), environ={}) is None
   assert sharding.maybe_initialize_distributed(mesh_config()) is False
 
 
 def test_distributed_settings_from_config_then_env():
-  from birnn_jax import sharding
+  from birnn_jax.training import sharding
   env = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "4",
          "JAX_PROCESS_ID": "3"}
   assert sharding.distributed_settings(mesh_config(), env) == {
@@ -188,7 +187,7 @@ def test_distributed_settings_from_config_then_env():
 
 def test_mesh_and_batch_on_local_devices():
   import jax
-  from birnn_jax import sharding
+  from birnn_jax.training import sharding
   mesh = sharding.make_mesh(mesh_config())
   assert mesh.axis_names == ("data",) and mesh.size == jax.device_count()
   n = 4 * mesh.size
@@ -212,7 +211,7 @@ def test_mesh_and_batch_on_local_devices():
 
 _EIGHT_DEVICE_CHECKS = textwrap.dedent("""
     import numpy as np, jax
-    from birnn_jax import sharding
+    from birnn_jax.training import sharding
     class C(dict):
       __getattr__ = dict.__getitem__
     cfg = lambda data: C(data=data, distributed=False, coordinator_address="",

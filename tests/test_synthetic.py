@@ -7,8 +7,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from birnn_jax import config_lib
-from birnn_jax import train
+from birnn_jax.training import config_lib
+from birnn_jax.training import train
 from birnn_jax.data.synthetic import SyntheticTagging
 from birnn_jax.tasks import synthetic as synthetic_task
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from birnn_jax import errors
-from birnn_jax import models
+from birnn_jax import linen
 from birnn_jax.data.vocab import PAD, Vocab
 from birnn_jax.tasks import common
 
@@ -61,7 +61,7 @@ def test_perplexity_is_capped():
 
 def test_reversed_encoder_reads_the_future_only(random_variables):
   """Reversed(forward stack) at step t depends on x_t..x_{L-1} and never on padding."""
-  encoder = common.Reversed(models.BiRNN(cell="gru", hidden_size=3, bidirectional=False))
+  encoder = common.Reversed(linen.BiRNN(cell="gru", hidden_size=3, bidirectional=False))
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 2)), jnp.float32)
   lengths = jnp.array([5, 3])
   variables = random_variables(encoder, x, lengths)

@@ -9,11 +9,11 @@ import jax
 import numpy as np
 import pytest
 
-from birnn_jax import config_lib
-from birnn_jax import checkpoint as ckpt_lib
-from birnn_jax import metrics as metrics_lib
-from birnn_jax import sharding
-from birnn_jax import train
+from birnn_jax.training import config_lib
+from birnn_jax.training import metrics as metrics_lib
+from birnn_jax.training import optim
+from birnn_jax.training import sharding
+from birnn_jax.training import train
 
 pytestmark = pytest.mark.usefixtures("fast_compile", "compile_cache")
 
@@ -53,8 +53,8 @@ def first_step(tmp_path_factory):
 def test_one_step_changes_every_parameter(first_step):
   before, after, _, step = first_step
   assert step == 1
-  flat_before = ckpt_lib.flatten(before)
-  flat_after = ckpt_lib.flatten(after)
+  flat_before = config_lib.flatten(before)
+  flat_after = config_lib.flatten(after)
   assert flat_before.keys() == flat_after.keys() and len(flat_before) > 4
   unchanged = [k for k in flat_before
                if np.array_equal(np.asarray(flat_before[k]), np.asarray(flat_after[k]))]
@@ -176,7 +176,7 @@ def test_resumed_run_equals_an_uninterrupted_one(runs):
     assert a.keys() == c.keys(), (a, c)
     for k in a:
       assert c[k] == pytest.approx(a[k], abs=1e-6, rel=0), (a["step"], k)
-  flat_a, flat_c = ckpt_lib.flatten(runs["a_params"]), ckpt_lib.flatten(runs["c_params"])
+  flat_a, flat_c = config_lib.flatten(runs["a_params"]), config_lib.flatten(runs["c_params"])
   assert flat_a.keys() == flat_c.keys()
   for k in flat_a:
     np.testing.assert_allclose(flat_c[k], flat_a[k], rtol=0, atol=1e-6, err_msg=k)
@@ -203,7 +203,7 @@ def test_ema_is_off_by_default(first_step, tmp_path):
   assert config.train.ema_decay == 0.0
   state = train.Trainer(config, tmp_path).init_state()
   assert set(state) == {"step", "params", "opt_state"}
-  assert train.eval_params(state) is state["params"]
+  assert optim.eval_params(state) is state["params"]
 
 
 def test_ema_params_are_the_hand_computed_average(tmp_path):
@@ -223,7 +223,7 @@ def test_ema_params_are_the_hand_computed_average(tmp_path):
     state, _ = trainer.train_step(state, batch, rng)
     d = min(0.9, (1 + step) / (10 + step))    # 2/11, 3/12, 4/13: the warm-up weights
     ema = jax.tree.map(lambda e, p, d=d: d * e + (1 - d) * p, ema, host(state["params"]))
-  got = host(train.eval_params(state))
+  got = host(optim.eval_params(state))
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ema)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
   assert not all(np.allclose(a, b) for a, b in zip(

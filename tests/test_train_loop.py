@@ -15,11 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from birnn_jax import checkpoint as ckpt_lib
-from birnn_jax import config_lib
-from birnn_jax import metrics as metrics_lib
-from birnn_jax import prefetch
-from birnn_jax import train
+from birnn_jax.training import checkpoint as ckpt_lib
+from birnn_jax.training import config_lib
+from birnn_jax.training import metrics as metrics_lib
+from birnn_jax.training import prefetch
+from birnn_jax.training import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

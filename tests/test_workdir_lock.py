@@ -1,4 +1,4 @@
-"""One run per workdir (`birnn_jax.workdir_lock`): a live holder refuses a second run, a gone
+"""One run per workdir (`birnn_jax.training.workdir_lock`): a live holder refuses a second run, a gone
 holder never blocks the next.
 
 Fast, in-process on the lock itself: acquire/release, a live holder refused naming host, pid
@@ -27,9 +27,9 @@ import time
 
 import pytest
 
-from birnn_jax import checkpoint as ckpt_lib
-from birnn_jax import metrics as metrics_lib
-from birnn_jax import workdir_lock as wl
+from birnn_jax.training import checkpoint as ckpt_lib
+from birnn_jax.training import metrics as metrics_lib
+from birnn_jax.training import workdir_lock as wl
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMOKE = "--config=experiments/synthetic_tagging.py:smoke"
@@ -278,14 +278,14 @@ def tiny_state(value: float) -> dict:
 
 
 def train_cfg(**kw):
-  from birnn_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from birnn_jax.training import config_lib  # pylint: disable=g-import-not-at-top
   t = config_lib.base_config().train
   t.update(kw)
   return t
 
 
 def test_a_reader_makes_nothing_in_a_workdir_without_checkpoints(tmp_path):
-  from birnn_jax import config_lib, train  # pylint: disable=g-import-not-at-top
+  from birnn_jax.training import config_lib, train  # pylint: disable=g-import-not-at-top
   config = config_lib.load_experiment(ROOT / "experiments" / "synthetic_tagging.py", "smoke")
   with pytest.raises(FileNotFoundError, match="no checkpoint in .*; train first"):
     train.load_trained(config, tmp_path / "run")

@@ -3,7 +3,7 @@
 A task owns its data (built from train only, vocabularies saved in the workdir), its model,
 its loss/metrics and its predict function. The trainer calls:
 
-    task = TaskClass(config, workdir)        # validates task keys, loads data
+    task = TaskClass(config, workdir, restore_run=...)   # validates task keys, loads data
     model = task.model()                     # model.apply(vars, batch, deterministic=...)
     task.train_batch(step)                   # same (seed, step) -> same batch: exact resume
     task.steps_per_epoch()                   # batches per epoch, or None (no epochs)
@@ -16,7 +16,7 @@ and then summarise them: `variants(config)` and `summarize(config, results)`.
 
 import abc
 import pathlib
-from typing import Iterable
+from typing import Callable, Iterable
 
 import flax.linen as nn
 import jax
@@ -47,9 +47,14 @@ class Task(abc.ABC):
 
   eval_splits: tuple[str, ...] = ("eval",)
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+               restore_run: Callable | None = None):
+    """`restore_run(workdir, task=None) -> (task, params)` reads another trained run, for a
+    task that builds on one (POS on a biLM's features); the runner passes its
+    `training.trained.restore_run`, so tasks never import the runner."""
     self.config = config
     self.workdir = pathlib.Path(workdir)
+    self.restore_run = restore_run
 
   @abc.abstractmethod
   def model(self) -> nn.Module:

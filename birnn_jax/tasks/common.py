@@ -9,12 +9,12 @@ import pathlib
 from typing import Iterable
 
 import flax.linen as nn
-from flax.linen.recurrent import flip_sequences
 import jax
 import numpy as np
 
 from birnn_jax import errors
 from birnn_jax.data import text
+from birnn_jax.core.recurrence import flip_within_lengths
 from birnn_jax.data.vocab import PAD, Vocab
 
 Arrays = dict[str, np.ndarray]
@@ -52,6 +52,14 @@ def chunk_stream(ids: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]
   if n:
     lengths[-1] = len(ids) - (n - 1) * seq_len
   return tokens, lengths
+
+
+def table(rows: list[tuple[str, ...]]) -> str:
+  """A plain text table; the first row is the header."""
+  widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+  line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
+  return "\n".join([line(rows[0]), line(["-" * w for w in widths])] +
+                   [line(r) for r in rows[1:]])
 
 
 def num_params(params) -> int:
@@ -128,12 +136,6 @@ def time_machine_corpus(config, workdir: str | pathlib.Path) -> text.TextCorpus:
 
 
 # A forward encoder read backwards ----------------------------------------------------------------
-
-def flip_within_lengths(x_BxTxF: jax.Array, lengths_B: jax.Array) -> jax.Array:
-  """Each row's first lengths[b] steps in reverse order, padding left where it is (flax's
-  `flip_sequences`); its own inverse."""
-  return flip_sequences(x_BxTxF, lengths_B, num_batch_dims=1, time_major=False)
-
 
 class Reversed(nn.Module):
   """Runs `encoder` on each sequence reversed within its length and reverses its outputs

@@ -22,10 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from birnn_jax import config_lib
+from birnn_jax.tasks import config_keys
 from birnn_jax import errors
-from birnn_jax import losses
-from birnn_jax import models
+from birnn_jax.tasks import losses
+from birnn_jax.tasks import models
 from birnn_jax.data import sampling
 from birnn_jax.data import text
 from birnn_jax.data.vocab import PAD, UNK, Vocab
@@ -150,16 +150,16 @@ class Task(base.Task):
 
   eval_splits = ("valid", "test")
 
-  def __init__(self, config, workdir):
-    super().__init__(config, workdir)
+  def __init__(self, config, workdir, restore_run=None):
+    super().__init__(config, workdir, restore_run)
     d, p = config.data, config.predict
-    config_lib.check(d.level in text.LEVELS, "data.level", d.level, f"one of {text.LEVELS}")
-    config_lib.check_at_least(config, {
+    config_keys.check(d.level in text.LEVELS, "data.level", d.level, f"one of {text.LEVELS}")
+    config_keys.check_at_least(config, {
         "data.seq_len": 2, "data.stride": 1, "data.min_freq": 1, "data.train_eval_windows": 1,
         "predict.num_tokens": 1, "predict.word_rate_tokens": 1})
-    config_lib.check(d.future_hidden_rows >= 0, "data.future_hidden_rows",
+    config_keys.check(d.future_hidden_rows >= 0, "data.future_hidden_rows",
                      d.future_hidden_rows, ">= 0 (0 = all of the test split)")
-    config_lib.check(p.temperature >= 0, "predict.temperature", p.temperature,
+    config_keys.check(p.temperature >= 0, "predict.temperature", p.temperature,
                      ">= 0 (0 = greedy)")
     self.corpus = common.time_machine_corpus(config, workdir)
     self.vocab = self.corpus.vocab

@@ -24,10 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from birnn_jax import config_lib
+from birnn_jax.tasks import config_keys
 from birnn_jax import errors
-from birnn_jax import losses
-from birnn_jax import models
+from birnn_jax.tasks import losses
+from birnn_jax.tasks import models
 from birnn_jax.data import sampling
 from birnn_jax.data import text
 from birnn_jax.data.vocab import PAD, UNK, Vocab
@@ -243,22 +243,22 @@ class Task(base.Task):
 
   eval_splits = ("valid", "test")
 
-  def __init__(self, config, workdir):
-    super().__init__(config, workdir)
+  def __init__(self, config, workdir, restore_run=None):
+    super().__init__(config, workdir, restore_run)
     d, m = config.data, config.model
-    config_lib.check(d.level in text.LEVELS, "data.level", d.level, f"one of {text.LEVELS}")
-    config_lib.check_at_least(config, {"data.seq_len": 2, "data.stride": 1, "data.min_freq": 1,
+    config_keys.check(d.level in text.LEVELS, "data.level", d.level, f"one of {text.LEVELS}")
+    config_keys.check_at_least(config, {"data.seq_len": 2, "data.stride": 1, "data.min_freq": 1,
                                        "data.eval_copies": 1, "predict.top_k": 1})
-    config_lib.check(1 <= d.min_length <= d.seq_len, "data.min_length", d.min_length,
+    config_keys.check(1 <= d.min_length <= d.seq_len, "data.min_length", d.min_length,
                      f"in [1, data.seq_len={d.seq_len}]")
-    config_lib.check(0.0 < d.mask_rate <= 1.0, "data.mask_rate", d.mask_rate, "a rate in (0, 1]")
+    config_keys.check(0.0 < d.mask_rate <= 1.0, "data.mask_rate", d.mask_rate, "a rate in (0, 1]")
     probs = tuple(float(p) for p in d.mask_probs)
-    config_lib.check(len(probs) == 3 and min(probs) >= 0 and abs(sum(probs) - 1) < 1e-6,
+    config_keys.check(len(probs) == 3 and min(probs) >= 0 and abs(sum(probs) - 1) < 1e-6,
                      "data.mask_probs", d.mask_probs,
                      "(mask, random, keep) probabilities summing to 1")
     for key in ("embed_dropout", "output_dropout"):
-      config_lib.check(0.0 <= m[key] < 1.0, f"model.{key}", m[key], "a rate in [0, 1)")
-    config_lib.check(not (m.reverse and m.bidirectional), "model.reverse", m.reverse,
+      config_keys.check(0.0 <= m[key] < 1.0, f"model.{key}", m[key], "a rate in [0, 1)")
+    config_keys.check(not (m.reverse and m.bidirectional), "model.reverse", m.reverse,
                      "False when model.bidirectional (reverse makes a backward-only encoder)")
     self.corpus = common.time_machine_corpus(config, workdir)
     self.vocab = self.corpus.vocab

@@ -50,7 +50,7 @@ from seqeval import metrics as seqeval_metrics
 from seqeval import scheme as seqeval_scheme
 from seqeval.metrics import sequence_labeling
 
-from birnn_jax import config_lib
+from birnn_jax.tasks import config_keys
 from birnn_jax import crf as crf_lib
 from birnn_jax import errors
 from birnn_jax.data import batching
@@ -326,10 +326,10 @@ class NerTagger(nn.Module):
 def model_from_config(model_config, num_words: int, num_chars: int,
                       classes: tuple[int, ...] = ()) -> NerTagger:
   """`classes`: the class of each character id (`char_classes`), needed for casing."""
-  scheme = config_lib.added_key(model_config, "model.tag_scheme")
+  scheme = config_keys.added_key(model_config, "model.tag_scheme")
   labels = scheme_labels(scheme)
   encoder = pos.model_from_config(model_config, num_words, num_chars, num_tags=len(labels))
-  size = config_lib.added_key(model_config, "model.casing_embed_size")
+  size = config_keys.added_key(model_config, "model.casing_embed_size")
   if size and len(classes) != num_chars:
     raise ValueError(f"casing needs the class of each of the {num_chars} character ids, "
                      f"got {len(classes)}.")
@@ -358,16 +358,16 @@ class Task(pos.WordCharTask):
 
   eval_splits = ("dev", "test")
 
-  def __init__(self, config, workdir):
-    super().__init__(config, workdir)
+  def __init__(self, config, workdir, restore_run=None):
+    super().__init__(config, workdir, restore_run)
     d, m = config.data, config.model
     pos.check_encoder_config(config)
-    casing_size = config_lib.added_key(m, "model.casing_embed_size")
-    config_lib.check(casing_size >= 0, "model.casing_embed_size", casing_size,
+    casing_size = config_keys.added_key(m, "model.casing_embed_size")
+    config_keys.check(casing_size >= 0, "model.casing_embed_size", casing_size,
                      ">= 0 (0 disables)")
-    config_lib.check(m.head in HEADS, "model.head", m.head, f"one of {HEADS}")
-    self.scheme = config_lib.added_key(m, "model.tag_scheme")
-    config_lib.check(self.scheme in SCHEMES, "model.tag_scheme", self.scheme,
+    config_keys.check(m.head in HEADS, "model.head", m.head, f"one of {HEADS}")
+    self.scheme = config_keys.added_key(m, "model.tag_scheme")
+    config_keys.check(self.scheme in SCHEMES, "model.tag_scheme", self.scheme,
                      f"one of {SCHEMES}")
     self.labels = scheme_labels(self.scheme)
 

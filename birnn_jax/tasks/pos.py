@@ -61,10 +61,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from birnn_jax import config_lib
+from birnn_jax.tasks import config_keys
 from birnn_jax import errors
-from birnn_jax import losses
-from birnn_jax import models
+from birnn_jax.tasks import losses
+from birnn_jax.tasks import models
 from birnn_jax.data import batching
 from birnn_jax.data import conllu_data
 from birnn_jax.data.vocab import PAD, UNK, Vocab
@@ -220,10 +220,14 @@ def drop_words(words: np.ndarray, probs: np.ndarray, rng: np.random.Generator) -
   return np.where(drop, UNK, words).astype(words.dtype)
 
 
-def load_bilm(workdir: str) -> bilm_lib.FrozenFeatures:
-  """The frozen biLM of a trained bilm_time_machine run, or a ConfigError naming the key."""
+def load_bilm(workdir: str, restore_run) -> bilm_lib.FrozenFeatures:
+  """The frozen biLM of a trained bilm_time_machine run, or a ConfigError naming the key.
+  `restore_run` reads it (the task's, from the runner)."""
+  if restore_run is None:
+    raise errors.ConfigError(f"config.model.bilm_workdir={workdir!r} needs a trained run "
+                             "reader: build the task with restore_run= (the runner does).")
   try:
-    return bilm_lib.FrozenFeatures.from_workdir(workdir)
+    return bilm_lib.FrozenFeatures.from_workdir(workdir, restore_run)
   except errors.BirnnError as e:
     raise errors.ConfigError(f"config.model.bilm_workdir={workdir!r} is invalid: {e}") from e
 
@@ -305,14 +309,14 @@ def check_encoder_config(config) -> None:
   """Checks the keys of the word + character encoder and its batches, which the tagging
   tasks share (POS, NER): a ConfigError naming the first impossible one."""
   d, m = config.data, config.model
-  config_lib.check_at_least(config, {"data.max_length": 1, "data.min_freq": 1,
+  config_keys.check_at_least(config, {"data.max_length": 1, "data.min_freq": 1,
                                      "data.max_chars": 2, "data.pad_to": 1,
                                      "data.eval_batch_size": 1, "model.char_embed_size": 1,
                                      "model.char_hidden_size": 1})
-  config_lib.check(d.word_dropout_alpha >= 0, "data.word_dropout_alpha",
+  config_keys.check(d.word_dropout_alpha >= 0, "data.word_dropout_alpha",
                    d.word_dropout_alpha, ">= 0 (0 disables)")
   for key in ("word_dropout", "embed_dropout", "output_dropout"):
-    config_lib.check(0.0 <= m[key] < 1.0, f"model.{key}", m[key], "a rate in [0, 1)")
+    config_keys.check(0.0 <= m[key] < 1.0, f"model.{key}", m[key], "a rate in [0, 1)")
 
 
 # Task -----------------------------------------------------------------------------------------
@@ -371,22 +375,22 @@ class Task(WordCharTask):
 
   eval_splits = ("dev", "test")
 
-  def __init__(self, config, workdir):
-    super().__init__(config, workdir)
+  def __init__(self, config, workdir, restore_run=None):
+    super().__init__(config, workdir, restore_run)
     d, m = config.data, config.model
     check_encoder_config(config)
-    config_lib.check(d.train_sentences >= 0, "data.train_sentences", d.train_sentences,
+    config_keys.check(d.train_sentences >= 0, "data.train_sentences", d.train_sentences,
                      ">= 0 (0 = all of train)")
-    config_lib.check(m.bilm_layers in BILM_LAYERS, "model.bilm_layers", m.bilm_layers,
+    config_keys.check(m.bilm_layers in BILM_LAYERS, "model.bilm_layers", m.bilm_layers,
                      f"one of {BILM_LAYERS}")
 
-    config_lib.check(0.0 < d.dev_fraction < 1.0, "data.dev_fraction", d.dev_fraction,
+    config_keys.check(0.0 < d.dev_fraction < 1.0, "data.dev_fraction", d.dev_fraction,
                      "a fraction in (0, 1)")
     files = {"train": d.train_file, "dev": d.dev_file, "test": d.test_file}
-    config_lib.check(d.train_file or not (d.dev_file or d.test_file), "data.train_file",
+    config_keys.check(d.train_file or not (d.dev_file or d.test_file), "data.train_file",
                      d.train_file, "a path when data.dev_file or data.test_file is set")
     # A wrong biLM workdir is refused before the treebank is read.
-    self.bilm = load_bilm(m.bilm_workdir) if m.bilm_workdir else None
+    self.bilm = load_bilm(m.bilm_workdir, restore_run) if m.bilm_workdir else None
     splits = conllu_data.load_treebank(
         None if d.train_file else conllu_data.treebank_folder(d.dir or None), files=files,
         max_length=d.max_length, dev_fraction=d.dev_fraction, seed=config.seed)
@@ -506,7 +510,7 @@ class Task(WordCharTask):
   def variants(cls, config):
     if not config.compare_bilm:
       return {"": config}
-    config_lib.check(bool(config.model.bilm_workdir), "model.bilm_workdir",
+    config_keys.check(bool(config.model.bilm_workdir), "model.bilm_workdir",
                      config.model.bilm_workdir, "a trained biLM's workdir when compare_bilm")
     return base.override_variants(config, BILM_VARIANTS, switch="compare_bilm")
 

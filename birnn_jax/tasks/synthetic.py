@@ -3,9 +3,9 @@ need the right context; see `data/synthetic.py` for the generator and the ceilin
 
 import numpy as np
 
-from birnn_jax import config_lib
-from birnn_jax import losses
-from birnn_jax import models
+from birnn_jax.tasks import config_keys
+from birnn_jax.tasks import losses
+from birnn_jax.tasks import models
 from birnn_jax.data.synthetic import SyntheticTagging
 from birnn_jax.tasks import base
 from birnn_jax.tasks import common
@@ -21,10 +21,10 @@ def generator(config) -> SyntheticTagging:
 class Task(base.Task):
   eval_splits = ("test",)
 
-  def __init__(self, config, workdir):
-    super().__init__(config, workdir)
+  def __init__(self, config, workdir, restore_run=None):
+    super().__init__(config, workdir, restore_run)
     self.data = generator(config)
-    config_lib.check_at_least(config, {"data.num_test_sequences": 1})
+    config_keys.check_at_least(config, {"data.num_test_sequences": 1})
     # Held-out sentences come from their own stream, never from the training stream.
     test_rng = np.random.default_rng([config.seed, 1])
     self.test = self.data.batch(test_rng, config.data.num_test_sequences)

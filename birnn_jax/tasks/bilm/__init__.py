@@ -6,7 +6,7 @@
 - `features`: `FrozenFeatures`, a trained biLM's layer states as another task's inputs.
 """
 
-from birnn_jax.tasks.bilm.features import FrozenFeatures, book_token, load_pretrained
+from birnn_jax.tasks.bilm.features import FrozenFeatures, book_token
 from birnn_jax.tasks.bilm.model import BiLM, mix_weights
 from birnn_jax.tasks.bilm.probe import (PROBE_CLASSES, lookup_probe, probe_scores,
                                         punctuation_labels, ridge_probe)

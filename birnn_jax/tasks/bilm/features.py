@@ -1,48 +1,18 @@
 """Frozen biLM features for another task (ELMo's use: the POS tagger's extra inputs).
 
-A trained biLM is restored from its workdir with the checkpoint layer and the biLM task's own
-model (`checkpoint.restore_params`), never through the trainer.
+A trained biLM is restored from its workdir by the `restore_run` function the runner hands to
+tasks (`training.trained.restore_run`): tasks never import the runner.
 """
 
-import json
-import pathlib
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from birnn_jax import checkpoint
-from birnn_jax import errors
-from birnn_jax import optim
 from birnn_jax.data import text as text_lib
 from birnn_jax.data.vocab import PAD
 from birnn_jax.tasks.bilm import task as task_lib
-
-
-def load_pretrained(workdir) -> tuple[task_lib.Task, dict]:
-  """(task, params) of a trained biLM run: its config.json and latest checkpoint, read with
-  the checkpoint layer and the task's own model (nothing is written into the workdir)."""
-  path = pathlib.Path(workdir) / "config.json"
-  if not path.is_file():
-    raise errors.NoCheckpointError(
-        f"{path} does not exist: expected the workdir of a trained biLM run (python "
-        "launch.py --config=experiments/bilm_time_machine.py).")
-  config = ml_collections.ConfigDict(json.loads(path.read_text()))
-  if config.get("task") != "bilm":  # a saved run's JSON, not a config file: may lack keys
-    raise errors.WorkdirMismatchError(
-        f"{path} is a {config.get('task')!r} run, not a biLM ('bilm') run.")
-  manager_dir = pathlib.Path(workdir) / "checkpoints"
-  if not manager_dir.is_dir():
-    raise errors.NoCheckpointError(f"no checkpoint in {manager_dir}; train the biLM first.")
-  task = task_lib.Task(config, workdir)
-  model = task.model()
-  tx = optim.make_optimizer(config.optim, config.train.num_steps)
-  abstract = jax.eval_shape(lambda key: optim.init_state(
-      model, tx, task.model_inputs(task.train_batch(0)), key), jax.random.key(0))
-  state = checkpoint.restore_latest(workdir, config.train, abstract)
-  return task, state["params"]
 
 
 def book_token(form: str) -> str:
@@ -59,7 +29,7 @@ class FrozenFeatures:
   preprocessing deletes, are left out of the biLM's input and get zero vectors; words not in
   the biLM's vocabulary read as <unk>. The biLM is frozen: its params are constants here.
 
-      features = FrozenFeatures.from_workdir("/tmp/bilm")
+      features = FrozenFeatures.from_workdir("/tmp/bilm", trained.restore_run)
       encoded = [features.encode(forms) for forms in sentences]
       x = features(encoded, batch_size=32, num_steps=48)   # [32, 48, L + 1, 2H]
   """
@@ -77,8 +47,10 @@ class FrozenFeatures:
     self._gather = jax.jit(gather)
 
   @classmethod
-  def from_workdir(cls, workdir) -> "FrozenFeatures":
-    return cls(*load_pretrained(workdir))
+  def from_workdir(cls, workdir, restore_run) -> "FrozenFeatures":
+    """The features of the trained biLM run in `workdir`; `restore_run(workdir, task)` ->
+    (task, params) reads it (the runner's `training.trained.restore_run`)."""
+    return cls(*restore_run(workdir, task="bilm"))
 
   def encode(self, forms: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """(ids int32 [n'], the biLM's input, and positions int32 [len(forms)]: each form's

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from birnn_jax import errors
-from birnn_jax import models
+from birnn_jax.tasks import models
 from birnn_jax.tasks import common
 
 Array = jax.Array

@@ -48,11 +48,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from birnn_jax import config_lib
-from birnn_jax import losses
+from birnn_jax.tasks import config_keys
+from birnn_jax.tasks import losses
 from birnn_jax import errors
-from birnn_jax import metrics as metrics_lib
-from birnn_jax import models
+from birnn_jax.tasks import models
 from birnn_jax.data import common as data_common
 from birnn_jax.data import sampling
 from birnn_jax.data import text as text_lib
@@ -118,20 +117,20 @@ class Task(base.Task):
 
   eval_splits = ("valid", "test")
 
-  def __init__(self, config, workdir):
-    super().__init__(config, workdir)
+  def __init__(self, config, workdir, restore_run=None):
+    super().__init__(config, workdir, restore_run)
     d, m = config.data, config.model
-    config_lib.check(d.level == "word", "data.level", d.level,
+    config_keys.check(d.level == "word", "data.level", d.level,
                      "'word' (the biLM gives vectors to words)")
-    config_lib.check(not m.bidirectional, "model.bidirectional", m.bidirectional,
+    config_keys.check(not m.bidirectional, "model.bidirectional", m.bidirectional,
                      "False. Each LM of a biLM is a forward-only stack (the backward one reads "
                      "reversed text); a bidirectional LM would see the tokens it predicts")
-    config_lib.check(m.embed_size == m.hidden_size, "model.embed_size", m.embed_size,
+    config_keys.check(m.embed_size == m.hidden_size, "model.embed_size", m.embed_size,
                      f"model.hidden_size={m.hidden_size}, so that h_0 = [e; e] has the "
                      "[forward; backward] width 2H of every layer")
-    config_lib.check_at_least(config, {"data.seq_len": 2, "data.train_stride": 1,
+    config_keys.check_at_least(config, {"data.seq_len": 2, "data.train_stride": 1,
                                        "probe.ridge": 0})
-    config_lib.check(config.probe.train_tokens >= 0, "probe.train_tokens",
+    config_keys.check(config.probe.train_tokens >= 0, "probe.train_tokens",
                      config.probe.train_tokens, ">= 0 (0 = the whole train split)")
     mix_weights(tuple(m.mix_weights), m.num_layers)  # validates the length
     raw = raw_time_machine(d.dir)
@@ -313,7 +312,7 @@ class Task(base.Task):
     lines += [f"  s{i + 1}: {s}" + (f"   [{senses[i]}]" if senses else "")
               for i, s in enumerate(sentences)]
     header = ("",) + tuple(labels)
-    lines.append(metrics_lib.table([header] + [
+    lines.append(common.table([header] + [
         (labels[i],) + tuple(f"{v:.3f}" for v in row) for i, row in enumerate(sim)]))
     off = ~np.eye(len(labels), dtype=bool)
     result = {"word": word,

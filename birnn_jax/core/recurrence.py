@@ -8,38 +8,35 @@ On real steps the cell advances; on padded steps the carry is frozen and the out
   carry is the one after step 0.
 A length-0 sequence returns its initial carry and all-zero outputs.
 
+A cell is any object with `project_inputs(params, x)`, `step(params, carry, xp)` and
+`zero_carry(input_shape)`: the pure cells of `core.cells`, or a front end's adapter of
+another framework's cell (e.g. `birnn_jax.linen.FlaxCell` for any Flax Linen cell).
+
 Implementations (all return `(outputs [B, T, H_out], final_carry)` with equal numbers):
 - `reference`: D2L's "from scratch" loop in plain Python, one step at a time; the backward
-  chain flips each sequence within its length (`flip_sequences`), runs forward, flips back.
+  chain flips each sequence within its length (`flip_within_lengths`), runs forward, flips back.
 - `scan`: the input projection for all steps hoisted out as one matmul, then
   `jax.lax.scan` over time, with `reverse=True` for the backward chain.
 """
 
 from typing import Any, Callable
 
-import flax.linen as nn
-from flax.linen.recurrent import flip_sequences
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from birnn_jax import cells as cells_lib
 
 Array = jax.Array
 Carry = Any
 
 
-def step_functions(cell: nn.Module) -> tuple[Callable, Callable, Callable]:
-  """(project, step, output) pure functions of `params` for any cell.
-
-  Our cells split the input projection from the step. Any other Flax cell with the usual
-  `cell(carry, x) -> (carry, y)` is applied whole at each step (its projection stays inside).
-  """
-  if isinstance(cell, cells_lib.RecurrentCell):
-    return cell.project_inputs, cell.step, cell.output
-  project = lambda params, x: x
-  step = lambda params, carry, x: cell.apply({"params": params}, carry, x)
-  return project, step, None
+def flip_within_lengths(x_BxTxF: Array, lengths_B: Array) -> Array:
+  """Each row's first lengths[b] steps in reverse order, padding left where it is (what
+  flax's `flip_sequences` does); its own inverse."""
+  num_steps = x_BxTxF.shape[1]
+  t_T = jnp.arange(num_steps)
+  source_BxT = jnp.where(t_T < lengths_B[:, None], lengths_B[:, None] - 1 - t_T, t_T)
+  source_BxT = source_BxT.reshape(source_BxT.shape + (1,) * (x_BxTxF.ndim - 2))
+  return jnp.take_along_axis(x_BxTxF, source_BxT, axis=1)
 
 
 def _select(real_B: Array, new, old):
@@ -56,43 +53,36 @@ def masked_step(step: Callable, params, carry, xp_BxG: Array, real_B: Array):
   return carry, _select(real_B, y_BxH, jnp.zeros_like(y_BxH))
 
 
-def reference(cell: nn.Module, params, x_BxTxD: Array, lengths_B: Array,
+def reference(cell, params, x_BxTxD: Array, lengths_B: Array,
               carry: Carry, reverse: bool = False) -> tuple[Array, Carry]:
   """The plain per-step loop (for tests and for reading, not for speed)."""
-  project, step, _ = step_functions(cell)
   num_steps = x_BxTxD.shape[1]
   if reverse:
-    x_BxTxD = flip_sequences(x_BxTxD, lengths_B, num_batch_dims=1, time_major=False)
+    x_BxTxD = flip_within_lengths(x_BxTxD, lengths_B)
   outputs = []
   for t in range(num_steps):
-    xp_BxG = project(params, x_BxTxD[:, t])
-    carry, y_BxH = masked_step(step, params, carry, xp_BxG, t < lengths_B)
+    xp_BxG = cell.project_inputs(params, x_BxTxD[:, t])
+    carry, y_BxH = masked_step(cell.step, params, carry, xp_BxG, t < lengths_B)
     outputs.append(y_BxH)
   y_BxTxH = jnp.stack(outputs, axis=1)
   if reverse:
-    y_BxTxH = flip_sequences(y_BxTxH, lengths_B, num_batch_dims=1, time_major=False)
+    y_BxTxH = flip_within_lengths(y_BxTxH, lengths_B)
   return y_BxTxH, carry
 
 
-def scan(cell: nn.Module, params, x_BxTxD: Array, lengths_B: Array,
+def scan(cell, params, x_BxTxD: Array, lengths_B: Array,
          carry: Carry, reverse: bool = False, unroll: int = 1) -> tuple[Array, Carry]:
   """`jax.lax.scan` over time with the input projection hoisted out of the loop."""
-  project, step, _ = step_functions(cell)
-  xp_TxBxG = jnp.swapaxes(project(params, x_BxTxD), 0, 1)
+  xp_TxBxG = jnp.swapaxes(cell.project_inputs(params, x_BxTxD), 0, 1)
   steps_T = jnp.arange(x_BxTxD.shape[1])
 
   def body(carry, inputs):
     xp_BxG, t = inputs
-    return masked_step(step, params, carry, xp_BxG, t < lengths_B)
+    return masked_step(cell.step, params, carry, xp_BxG, t < lengths_B)
 
   carry, y_TxBxH = jax.lax.scan(body, carry, (xp_TxBxG, steps_T),
                                 reverse=reverse, unroll=unroll)
   return jnp.swapaxes(y_TxBxH, 0, 1), carry
-
-
-# The implementation switch. Each entry runs one direction; `bidirectional.FUSED` lists
-# implementations that advance both directions in one loop instead.
-IMPLEMENTATIONS = {"reference": reference, "scan": scan}
 
 
 def check_inputs(x: Array, lengths: Array | None, where: str) -> Array:

@@ -6,6 +6,7 @@ Experiment files (`experiments/*.py`) start from `base_config()` and add their o
 
 import dataclasses
 import difflib
+import json
 import importlib.util
 import math
 import os
@@ -13,23 +14,13 @@ import re
 
 import ml_collections
 
-from birnn_jax import bidirectional
-from birnn_jax import cells
-from birnn_jax import errors
-from birnn_jax import optim as optim_lib
+from birnn_jax.core import cells
+from birnn_jax.core import layers
+from birnn_jax.tasks.config_keys import (  # noqa: F401 (re-exported)
+    ADDED_KEYS, added_key, check, check_at_least)
+from birnn_jax.training import optim as optim_lib
 
 DTYPES = ("float32", "bfloat16")
-# Keys added after workdirs (and configs of users' own) were written without them, and what
-# their absence means; read them with `added_key`. The resume check reads an absent one so.
-ADDED_KEYS = {"train.ema_decay": 0.0, "model.tag_scheme": "iob2", "model.casing_embed_size": 0}
-
-
-def added_key(section: ml_collections.ConfigDict, key: str):
-  """The value of `key` (one of ADDED_KEYS, e.g. 'model.tag_scheme') in `section`, the
-  config's group it belongs to (config.model), or what its absence means."""
-  return section.get(key.rsplit(".", 1)[1], ADDED_KEYS[key])
-
-
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = ""             # module name under birnn_jax.tasks
@@ -170,20 +161,6 @@ def resolve_schedule(train: ml_collections.ConfigDict, steps_per_epoch: int | No
       steps_per_epoch=steps_per_epoch)
 
 
-def check(ok: bool, key: str, value, expected: str) -> None:
-  """Raises ConfigError naming `config.<key>` unless `ok` (tasks use it for their keys)."""
-  if not ok:
-    raise errors.ConfigError(f"config.{key}={value!r} is invalid: expected {expected}.")
-
-
-def check_at_least(config: ml_collections.ConfigDict, minimums: dict[str, float]) -> None:
-  """`check` that each 'group.name' key of `config` is >= its minimum."""
-  for key, minimum in minimums.items():
-    group, name = key.split(".")
-    value = config[group][name]
-    check(value >= minimum, key, value, f">= {minimum}")
-
-
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming `config.<key>` for any impossible shared value."""
   m, t, o = config.model, config.train, config.optim
@@ -194,12 +171,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in ("hidden_size", "num_layers", "embed_size", "unroll"):
     check(m[key] > 0, f"model.{key}", m[key], "a positive integer")
   check(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "a rate in [0, 1)")
-  check(m.merge in bidirectional.MERGES, "model.merge", m.merge,
-        f"one of {bidirectional.MERGES}")
+  check(m.merge in layers.MERGES, "model.merge", m.merge,
+        f"one of {layers.MERGES}")
   check(m.merge != "none" or not m.bidirectional, "model.merge", m.merge,
         "a merge that gives one array ('none' returns a pair, which a head cannot read)")
-  check(m.impl in bidirectional.impl_names(), "model.impl", m.impl,
-         f"one of {bidirectional.impl_names()}")
+  check(m.impl in layers.IMPLS, "model.impl", m.impl,
+         f"one of {layers.IMPLS}")
   check(m.dtype in DTYPES, "model.dtype", m.dtype, f"one of {DTYPES}")
   check(o.name in optim_lib.OPTIMIZERS, "optim.name", o.name,
         f"one of {optim_lib.OPTIMIZERS}")
@@ -219,3 +196,33 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "a decay in [0, 1) (0 disables)")
   check(config.mesh.data == -1 or config.mesh.data > 0, "mesh.data", config.mesh.data,
         "-1 (all devices) or a positive count")
+
+
+# Keys that may change between a run and its resumption (how long, how often, where).
+RESUMABLE_CHANGES = ("train.num_steps", "train.log_every", "train.eval_every",
+                     "train.checkpoint_every", "train.keep_checkpoints", "data.dir",
+                     "train.num_epochs", "train.log_every_epochs", "train.eval_every_epochs",
+                     "train.checkpoint_every_epochs",
+                     "mesh.data", "mesh.distributed", "mesh.coordinator_address",
+                     "mesh.num_processes", "mesh.process_id")
+
+
+def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict:
+  items = config.items() if isinstance(config, dict) else config.to_dict().items()
+  out = {}
+  for k, v in items:
+    if isinstance(v, (dict, ml_collections.ConfigDict)):
+      out.update(flatten(v if isinstance(v, dict) else v.to_dict(), f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """'key: saved -> now' for every key that differs and matters for resuming."""
+  old, new = flatten(saved), flatten(json.loads(config.to_json()))
+  keys = sorted((set(old) | set(new)) - set(RESUMABLE_CHANGES))
+  # A run saved before a key existed still resumes while the key keeps that meaning.
+  value = lambda flat, k: flat.get(k, ADDED_KEYS.get(k, "<absent>"))
+  return [f"{k}: {value(old, k)!r} -> {value(new, k)!r}"
+          for k in keys if value(old, k) != value(new, k)]

@@ -40,10 +40,20 @@ def make_optimizer(optim: ml_collections.ConfigDict,
   return tx
 
 
-def init_state(model, tx: optax.GradientTransformation, inputs: tuple, key: jax.Array
-               ) -> dict:
+def init_state(model, tx: optax.GradientTransformation, inputs: tuple, key: jax.Array,
+               ema: bool = False) -> dict:
   """A fresh train state `{"step", "params", "opt_state"}`, the pytree checkpoints hold:
-  `model.init` on `inputs` (a batch's model inputs) with `key` for params and dropout."""
+  `model.init` on `inputs` (a batch's model inputs) with `key` for params and dropout.
+  With `ema` it also holds "ema_params", the moving average, which starts at the init."""
   variables = model.init({"params": key, "dropout": key}, *inputs, deterministic=True)
   params = variables["params"]
-  return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+  state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+  if ema:
+    state["ema_params"] = jax.tree.map(jnp.copy, params)
+  return state
+
+
+def eval_params(state: dict):
+  """The parameters to evaluate and predict with: the moving average when the state holds
+  one (`train.ema_decay` > 0), else the trained parameters."""
+  return state.get("ema_params", state["params"])

@@ -32,17 +32,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from birnn_jax import config_lib
 from birnn_jax import errors
 from birnn_jax.errors import WorkdirError  # re-exported
-
-# Keys that may change between a run and its resumption (how long, how often, where).
-RESUMABLE_CHANGES = ("train.num_steps", "train.log_every", "train.eval_every",
-                     "train.checkpoint_every", "train.keep_checkpoints", "data.dir",
-                     "train.num_epochs", "train.log_every_epochs", "train.eval_every_epochs",
-                     "train.checkpoint_every_epochs",
-                     "mesh.data", "mesh.distributed", "mesh.coordinator_address",
-                     "mesh.num_processes", "mesh.process_id")
 
 HOST_STATE = "host_state.json"
 READER_RETRIES = 10   # a reader lists the steps again while a live run deletes old ones
@@ -264,24 +255,3 @@ def _move_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
       except OSError as e:
         logging.warning("Could not move the unreadable checkpoint %s aside: %s", src, e)
   manager.reload()
-
-
-def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict:
-  items = config.items() if isinstance(config, dict) else config.to_dict().items()
-  out = {}
-  for k, v in items:
-    if isinstance(v, (dict, ml_collections.ConfigDict)):
-      out.update(flatten(v if isinstance(v, dict) else v.to_dict(), f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
-  return out
-
-
-def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
-  """'key: saved -> now' for every key that differs and matters for resuming."""
-  old, new = flatten(saved), flatten(json.loads(config.to_json()))
-  keys = sorted((set(old) | set(new)) - set(RESUMABLE_CHANGES))
-  # A run saved before a key existed still resumes while the key keeps that meaning.
-  value = lambda flat, k: flat.get(k, config_lib.ADDED_KEYS.get(k, "<absent>"))
-  return [f"{k}: {value(old, k)!r} -> {value(new, k)!r}"
-          for k in keys if value(old, k) != value(new, k)]

@@ -1,23 +1,26 @@
-"""Recurrent cells with PyTorch's equations, split into input projection and step.
+"""Recurrent cells as pure functions of parameter pytrees, with PyTorch's equations.
 
 Notation: B = batch, T = time, D = input features, H = hidden size, G = gates
 (1 simple, 3 GRU, 4 LSTM), P = LSTM projection size.
 
-Every cell keeps its weights in PyTorch's gate order, transposed for `x @ W`:
+A cell here is a frozen dataclass of hyper-parameters only (hashable, so it can be a static
+argument of `jit` or `custom_vjp`); its parameters are a plain dict passed to each function:
+- `param_shapes(D)`: the parameters' names and shapes, in creation order;
+- `init(key, D)`: fresh parameters, PyTorch's U(-1/sqrt(H), 1/sqrt(H));
+- `project_inputs(params, x)`: the part that does not depend on the carry, so it can run for
+  every time step at once, outside the scan, as one matmul;
+- `step(params, carry, projected_x)`: the sequential part;
+- `zero_carry(input_shape)`, `output(carry)`.
+The Linen and NNX front ends (`birnn_jax.linen`, `birnn_jax.nnx`) only hold parameters and
+call these. Weights are kept in PyTorch's gate order, transposed for `x @ W`:
 `w_ih: [D, G*H]`, `w_hh: [H_out, G*H]`, `b_ih, b_hh: [G*H]` (and `w_hr: [H, P]` for a
-projected LSTM). Porting to or from `torch.nn.RNN/GRU/LSTM` is therefore a transpose.
-
-A cell is a Flax module usable anywhere a Flax cell is (`cell(carry, x) -> (carry, y)`),
-but its maths lives in two pure methods that the recurrence calls directly:
-- `project_inputs(params, x)`: the part that does not depend on the carry, so it can run
-  for every time step at once, outside the scan, as one matmul;
-- `step(params, carry, projected_x)`: the sequential part.
+projected LSTM), so porting to or from `torch.nn.RNN/GRU/LSTM` is a transpose.
 Matmuls run in `dtype`; gates and carries are accumulated in float32.
 """
 
-from typing import Any
+import dataclasses
+from typing import Any, ClassVar
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -29,8 +32,7 @@ ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
 
 def dot(a: Array, w: Array, dtype: Dtype) -> Array:
   """`a @ w` computed in `dtype`, accumulated and returned in float32."""
-  return jnp.matmul(a.astype(dtype), w.astype(dtype),
-                    preferred_element_type=jnp.float32)
+  return jnp.matmul(a.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
 
 
 def uniform_init(scale: float):
@@ -40,44 +42,44 @@ def uniform_init(scale: float):
   return init
 
 
-class RecurrentCell(nn.Module):
-  """Shared machinery of the PyTorch-compatible cells; subclasses define the step."""
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """What every cell shares; subclasses define `step` (and LSTM its carry)."""
   features: int
   use_bias: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
-  num_gates = 1
+  kind: ClassVar[str] = ""
+  num_gates: ClassVar[int] = 1
+
+  def __post_init__(self):
+    if not isinstance(self.features, int) or self.features <= 0:
+      raise ValueError(f"cell hidden size must be a positive int, got {self.features!r}.")
 
   @property
   def output_size(self) -> int:
     return self.features
 
-  def _weights(self, num_inputs: int) -> dict:
-    """Creates (or fetches) this cell's parameters for `num_inputs` input features."""
+  def param_shapes(self, in_features: int) -> dict[str, tuple[int, ...]]:
+    """{name: shape} of the parameters for `in_features` inputs, in creation order."""
     gh = self.num_gates * self.features
-    init = uniform_init(1.0 / self.features ** 0.5)
-    params = {
-        "w_ih": self.param("w_ih", init, (num_inputs, gh), self.param_dtype),
-        "w_hh": self.param("w_hh", init, (self.output_size, gh), self.param_dtype),
-    }
+    shapes = {"w_ih": (in_features, gh), "w_hh": (self.output_size, gh)}
     if self.use_bias:
-      params["b_ih"] = self.param("b_ih", init, (gh,), self.param_dtype)
-      params["b_hh"] = self.param("b_hh", init, (gh,), self.param_dtype)
-    return params
+      shapes.update(b_ih=(gh,), b_hh=(gh,))
+    return shapes
 
-  @nn.compact
-  def __call__(self, carry, x: Array):
-    """One time step, Flax-cell style. x: [..., D] -> (carry, y: [..., H_out])."""
-    params = self._weights(x.shape[-1])
-    params.update(self._extra_params())
-    carry, y = self.step(params, carry, self.project_inputs(params, x))
-    return carry, y.astype(self.dtype)
+  @property
+  def initializer(self):
+    return uniform_init(1.0 / self.features ** 0.5)
 
-  def _extra_params(self) -> dict:
-    return {}
+  def init(self, key: Array, in_features: int) -> dict[str, Array]:
+    """Fresh parameters for `in_features` inputs, one key per parameter."""
+    shapes = self.param_shapes(in_features)
+    keys = jax.random.split(key, len(shapes))
+    return {name: self.initializer(k, shape, self.param_dtype)
+            for k, (name, shape) in zip(keys, shapes.items())}
 
-  @nn.nowrap
   def project_inputs(self, params: dict, x: Array) -> Array:
     """x: [..., D] -> [..., G*H] float32: x W_ih + b_ih for all steps at once."""
     num_inputs = params["w_ih"].shape[0]
@@ -91,7 +93,6 @@ class RecurrentCell(nn.Module):
       xp = xp + params["b_ih"].astype(jnp.float32)
     return xp
 
-  @nn.nowrap
   def recurrent_projection(self, params: dict, h: Array) -> Array:
     """h: [B, H_out] -> [B, G*H] float32: h W_hh + b_hh."""
     hp = dot(h, params["w_hh"], self.dtype)
@@ -99,39 +100,41 @@ class RecurrentCell(nn.Module):
       hp = hp + params["b_hh"].astype(jnp.float32)
     return hp
 
-  @nn.nowrap
-  def initialize_carry(self, rng, input_shape):
-    """Zero carry for inputs of shape [..., D] (the Flax cell signature)."""
-    del rng
-    return jnp.zeros(input_shape[:-1] + (self.output_size,), jnp.float32)
+  def zero_carry(self, input_shape: tuple[int, ...]):
+    """The float32 zero carry for inputs of shape [..., D]."""
+    return jnp.zeros(tuple(input_shape[:-1]) + (self.output_size,), jnp.float32)
 
-  @nn.nowrap
   def output(self, carry) -> Array:
     """The part of the carry that is the step's output."""
     return carry
 
+  def step(self, params: dict, carry, xp: Array):
+    raise NotImplementedError
 
-class SimpleCell(RecurrentCell):
+
+@dataclasses.dataclass(frozen=True)
+class SimpleCell(Cell):
   """Elman cell: h' = act(x W_ih + b_ih + h W_hh + b_hh); act = tanh or relu."""
   activation: str = "tanh"
+  kind: ClassVar[str] = "rnn"
 
   def __post_init__(self):
+    super().__post_init__()
     if self.activation not in ACTIVATIONS:
       raise ValueError(f"SimpleCell: unknown activation={self.activation!r}; "
                        f"expected one of {sorted(ACTIVATIONS)}.")
-    super().__post_init__()
 
-  @nn.nowrap
   def step(self, params, h, xp):
     h = ACTIVATIONS[self.activation](xp + self.recurrent_projection(params, h))
     return h, h
 
 
-class GRUCell(RecurrentCell):
+@dataclasses.dataclass(frozen=True)
+class GRUCell(Cell):
   """GRU with PyTorch/cuDNN "reset-after" gates (order r, z, n)."""
-  num_gates = 3
+  kind: ClassVar[str] = "gru"
+  num_gates: ClassVar[int] = 3
 
-  @nn.nowrap
   def step(self, params, h, xp):
     x_r, x_z, x_n = jnp.split(xp, 3, axis=-1)
     h_r, h_z, h_n = jnp.split(self.recurrent_projection(params, h), 3, axis=-1)
@@ -142,38 +145,41 @@ class GRUCell(RecurrentCell):
     return h, h
 
 
-class LSTMCell(RecurrentCell):
+@dataclasses.dataclass(frozen=True)
+class LSTMCell(Cell):
   """LSTM with PyTorch's gates (order i, f, g, o); carry is (h, c).
 
   With `proj_size` the output is projected, h' = (σ(o) ⊙ tanh(c')) W_hr, as PyTorch's
   `proj_size` does; then h has proj_size features and c has `features`.
   """
-  num_gates = 4
   proj_size: int | None = None
+  kind: ClassVar[str] = "lstm"
+  num_gates: ClassVar[int] = 4
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.proj_size and not 0 < self.proj_size < self.features:
+      raise ValueError(f"proj_size={self.proj_size} must be in (0, hidden_size="
+                       f"{self.features}), as in PyTorch.")
 
   @property
   def output_size(self) -> int:
     return self.proj_size or self.features
 
-  def _extra_params(self) -> dict:
-    if not self.proj_size:
-      return {}
-    init = uniform_init(1.0 / self.features ** 0.5)
-    return {"w_hr": self.param("w_hr", init, (self.features, self.proj_size),
-                               self.param_dtype)}
+  def param_shapes(self, in_features: int) -> dict[str, tuple[int, ...]]:
+    shapes = super().param_shapes(in_features)
+    if self.proj_size:
+      shapes["w_hr"] = (self.features, self.proj_size)
+    return shapes
 
-  @nn.nowrap
-  def initialize_carry(self, rng, input_shape):
-    del rng
-    batch = input_shape[:-1]
+  def zero_carry(self, input_shape):
+    batch = tuple(input_shape[:-1])
     return (jnp.zeros(batch + (self.output_size,), jnp.float32),
             jnp.zeros(batch + (self.features,), jnp.float32))
 
-  @nn.nowrap
   def output(self, carry):
     return carry[0]
 
-  @nn.nowrap
   def step(self, params, carry, xp):
     h, c = carry
     gates = xp + self.recurrent_projection(params, h)
@@ -190,22 +196,18 @@ CELLS = {"rnn": SimpleCell, "gru": GRUCell, "lstm": LSTMCell}
 
 def make_cell(name: str, features: int, *, activation: str = "tanh",
               proj_size: int | None = None, use_bias: bool = True,
-              dtype: Dtype = jnp.float32,
-              param_dtype: Dtype = jnp.float32) -> RecurrentCell:
-  """Builds a cell by name: 'rnn' (with activation 'tanh'|'relu'), 'gru' or 'lstm'."""
+              dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32) -> Cell:
+  """A cell by name: 'rnn' (with activation 'tanh'|'relu'), 'gru' or 'lstm'.
+
+  Raises ValueError naming the argument for an unknown name or an impossible size.
+  """
   if name not in CELLS:
     raise ValueError(f"unknown cell={name!r}; expected one of {sorted(CELLS)}.")
-  if not isinstance(features, int) or features <= 0:
-    raise ValueError(f"cell hidden size must be a positive int, got {features!r}.")
-  kwargs = dict(features=features, use_bias=use_bias, dtype=dtype,
-                param_dtype=param_dtype)
+  kwargs = dict(features=features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype)
   if name == "rnn":
     kwargs["activation"] = activation
   if name == "lstm":
-    if proj_size and not 0 < proj_size < features:  # 0 or None: no projection (torch)
-      raise ValueError(f"proj_size={proj_size} must be in (0, hidden_size="
-                       f"{features}), as in PyTorch.")
-    kwargs["proj_size"] = proj_size or None
+    kwargs["proj_size"] = proj_size or None  # 0 or None: no projection (torch)
   elif proj_size:
     raise ValueError(f"proj_size is only defined for 'lstm', not cell={name!r}.")
   return CELLS[name](**kwargs)

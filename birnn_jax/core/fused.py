@@ -1,7 +1,7 @@
 """Fused bidirectional recurrence: both directions advance in one `jax.lax.scan`.
 
-Registered as `bidirectional.FUSED['fused']`, so `Bidirectional(..., impl='fused')` and
-`BiRNN(impl='fused')` use it. It computes exactly the contract of `recurrence` (design.md §2).
+The implementation `impl='fused'` of `core.layers` (so `Bidirectional(..., impl='fused')` and
+`BiRNN(impl='fused')` use it). It computes exactly the contract of `recurrence` (design.md §2).
 
 Notation: T = time, B = batch, D = input features, H = hidden size, G = gates (1 simple,
 3 GRU, 4 LSTM), O = output size of a step (H, or P for a projected LSTM).
@@ -45,25 +45,24 @@ Backward pass (a `jax.custom_vjp`, as cuDNN does it):
 The custom VJP covers our own cells ('rnn' tanh/relu, 'gru', 'lstm' with or without
 `proj_size`) when both directions have the same type, sizes, bias setting and dtype.
 Otherwise (different cells or sizes, or a cell that is not one of ours) it falls back to two
-`recurrence.scan` calls, differentiated by JAX's autodiff.
+`recurrence.scan` calls, differentiated by JAX's autodiff, and logs a warning saying why.
 
 Carries and gate maths are float32; matmuls run in the cell's `dtype` (e.g. bfloat16) with
 float32 accumulation, as `cells.dot` does.
 """
 
 import functools
+import logging
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from birnn_jax import bidirectional
-from birnn_jax import cells as cells_lib
-from birnn_jax import recurrence
+from birnn_jax.core import cells as cells_lib
+from birnn_jax.core import recurrence
 
 Array = jax.Array
-
-_KINDS = {cells_lib.SimpleCell: "rnn", cells_lib.GRUCell: "gru", cells_lib.LSTMCell: "lstm"}
+logger = logging.getLogger("birnn_jax")
 
 
 class Spec(NamedTuple):
@@ -79,20 +78,30 @@ class Spec(NamedTuple):
   remat: bool
 
 
-def fusable_spec(forward_cell, backward_cell, unroll: int = 1,
-                 remat: bool = False) -> Spec | None:
-  """The `Spec` when the two cells can run fused, else None (then use two scans)."""
-  kind = _KINDS.get(type(forward_cell))
-  if kind is None or type(backward_cell) is not type(forward_cell):
-    return None
+def unfusable_reason(forward_cell, backward_cell) -> str | None:
+  """Why the two cells cannot run fused, or None when they can."""
+  if not isinstance(forward_cell, cells_lib.Cell):
+    return f"the cell {forward_cell!r} is not one of birnn_jax's cells"
   f, b = forward_cell, backward_cell
+  if type(b) is not type(f):
+    return (f"the directions have different cell types ({type(f).__name__}, "
+            f"{type(b).__name__})")
   same = (f.features == b.features and f.use_bias == b.use_bias
           and jnp.dtype(f.dtype) == jnp.dtype(b.dtype)
           and getattr(f, "activation", None) == getattr(b, "activation", None)
           and getattr(f, "proj_size", None) == getattr(b, "proj_size", None))
   if not same:
+    return f"the directions' cells differ ({f} vs {b})"
+  return None
+
+
+def fusable_spec(forward_cell, backward_cell, unroll: int = 1,
+                 remat: bool = False) -> Spec | None:
+  """The `Spec` when the two cells can run fused, else None (then use two scans)."""
+  if unfusable_reason(forward_cell, backward_cell) is not None:
     return None
-  return Spec(kind=kind, activation=getattr(f, "activation", "tanh"), features=f.features,
+  f = forward_cell
+  return Spec(kind=f.kind, activation=getattr(f, "activation", "tanh"), features=f.features,
               out_features=f.output_size, use_bias=f.use_bias,
               proj=bool(getattr(f, "proj_size", None)), dtype=jnp.dtype(f.dtype),
               unroll=int(unroll), remat=bool(remat))
@@ -419,6 +428,13 @@ fused_scan.defvjp(_fused_scan_fwd, _fused_scan_bwd)
 # ----------------------------------------------------------------------------- public
 
 
+@functools.lru_cache(maxsize=64)
+def log_fallback(message: str, info: bool = False) -> None:
+  """Logs `message` (a warning, or with `info` a note) once per process: each trace of a
+  jitted model would repeat it."""
+  logger.log(logging.INFO if info else logging.WARNING, message)
+
+
 def two_scans(forward_cell, backward_cell, params_f, params_b, x, lengths, carry_f, carry_b,
               unroll: int = 1):
   """The fallback: one `recurrence.scan` per direction."""
@@ -438,13 +454,16 @@ def fused_bidirectional(forward_cell, backward_cell, params_f, params_b, x_BxTxD
   `custom_vjp=False` lets JAX differentiate the fused scan itself (for comparison).
   Falls back to `two_scans` when the cells cannot be fused.
   """
-  spec = fusable_spec(forward_cell, backward_cell, unroll, remat)
-  lstm = spec is not None and spec.kind == "lstm"
-  if spec is not None:
+  reason = unfusable_reason(forward_cell, backward_cell)
+  if reason is None:
     shapes = jax.tree.map(jnp.shape, (carry_f, carry_b))
-    if shapes[0] != shapes[1] or x_BxTxD.shape[1] == 0:
-      spec = None
-  if spec is None:
+    if shapes[0] != shapes[1]:
+      reason = f"the initial carries differ in shape ({shapes[0]} vs {shapes[1]})"
+  if reason is not None:
+    log_fallback(f"impl='fused' runs two scans: {reason}.")
+  spec = fusable_spec(forward_cell, backward_cell, unroll, remat) if reason is None else None
+  lstm = spec is not None and spec.kind == "lstm"
+  if spec is None or x_BxTxD.shape[1] == 0:  # T = 0: nothing to run, both give zeros
     return two_scans(forward_cell, backward_cell, params_f, params_b, x_BxTxD, lengths_B,
                      carry_f, carry_b, unroll)
 
@@ -475,8 +494,3 @@ def fused_bidirectional(forward_cell, backward_cell, params_f, params_b, x_BxTxD
   else:
     carry_f, carry_b = h_last
   return y_f, y_b, carry_f, carry_b
-
-
-
-
-bidirectional.FUSED["fused"] = fused_bidirectional

@@ -26,16 +26,17 @@ import ml_collections
 import numpy as np
 import optax
 
-from birnn_jax import checkpoint as ckpt_lib
-from birnn_jax import config_lib
 from birnn_jax import errors
-from birnn_jax import losses
-from birnn_jax import metrics as metrics_lib
-from birnn_jax import optim
-from birnn_jax import prefetch
-from birnn_jax import sharding
 from birnn_jax import tasks
-from birnn_jax import workdir_lock
+from birnn_jax.tasks import losses
+from birnn_jax.training import checkpoint as ckpt_lib
+from birnn_jax.training import config_lib
+from birnn_jax.training import metrics as metrics_lib
+from birnn_jax.training import optim
+from birnn_jax.training import prefetch
+from birnn_jax.training import sharding
+from birnn_jax.training import trained
+from birnn_jax.training import workdir_lock
 
 
 NonFiniteError = errors.NonFiniteError
@@ -72,12 +73,6 @@ def ema_decay_at(decay: float, step):
   smaller early on, (1 + step) / (10 + step), so the average soon forgets the random
   initialisation (TensorFlow's ExponentialMovingAverage with num_updates)."""
   return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
-
-
-def eval_params(state: dict):
-  """The parameters to evaluate and predict with: the moving average when the state holds
-  one (`train.ema_decay` > 0), else the trained parameters."""
-  return state.get("ema_params", state["params"])
 
 
 def make_steps(task, model, tx, nan_policy: str, ema_decay: float = 0.0):
@@ -152,7 +147,8 @@ class Trainer:
     if read_only and self.manager.latest_step() is None:
       raise errors.NoCheckpointError(f"no checkpoint in {self.manager.directory}; train first "
                                      "(--mode=train) with the same --workdir.")
-    self.task = tasks.get_task_class(config.task)(config, self.workdir)
+    self.task = tasks.get_task_class(config.task)(config, self.workdir,
+                                                  restore_run=trained.restore_run)
     self.model = self.task.model()
     self.schedule = config_lib.resolve_schedule(config.train, self.task.steps_per_epoch())
     if self.schedule.steps_per_epoch:
@@ -174,10 +170,8 @@ class Trainer:
     batch = sharding.put_batch(self.task.train_batch(0), self.mesh)
 
     def init(key, batch):
-      state = optim.init_state(self.model, self.tx, self.task.model_inputs(batch), key)
-      if config_lib.added_key(self.config.train, "train.ema_decay"):   # the average starts at the init
-        state["ema_params"] = jax.tree.map(jnp.copy, state["params"])
-      return state
+      return optim.init_state(self.model, self.tx, self.task.model_inputs(batch), key,
+                              ema=config_lib.added_key(self.config.train, "train.ema_decay") > 0)
 
     repl = sharding.replicated(self.mesh)
     return jax.jit(init, out_shardings=repl)(key, batch)
@@ -190,7 +184,7 @@ class Trainer:
     saved_config = self.workdir / "config.json"
     if self.manager.latest_step() is not None and saved_config.exists():
       try:
-        diffs = ckpt_lib.config_differences(json.loads(saved_config.read_text()), self.config)
+        diffs = config_lib.config_differences(json.loads(saved_config.read_text()), self.config)
       except ValueError as e:  # e.g. cut short by a kill under an older, non-atomic writer
         diffs = [f"{saved_config} is unreadable: {e}"]
       if diffs and not force_fresh:
@@ -267,7 +261,7 @@ class Trainer:
                       "command to resume from step %d.", stopped_by, step,
                       self.manager.directory, step)
       return {"stopped_at_step": step, "stopped_by": stopped_by}
-    return self._final_results(eval_params(state), step, time.monotonic() - start)
+    return self._final_results(optim.eval_params(state), step, time.monotonic() - start)
 
   def _loop(self, state, step: int, window: metrics_lib.MetricWindow,
             writer: metrics_lib.MetricWriter) -> tuple[dict, int, str | None]:
@@ -300,7 +294,7 @@ class Trainer:
         # Rows wait for the checkpoints before them to be complete: a background write
         # then never spans more than one log interval.
         ckpt_lib.wait_for_saves(self.manager)
-        eval_metrics = self._log(step, eval_params(state), window, writer, progress, due)
+        eval_metrics = self._log(step, optim.eval_params(state), window, writer, progress, due)
         if "save" in due:
           self._save(step, state, window, eval_metrics, wait=stop_now or step == num_steps)
         if stop_now:
@@ -405,7 +399,7 @@ def load_trained(config, workdir):
   training run may be writing it); the moving average when the run kept one."""
   trainer = Trainer(config, workdir, read_only=True)
   state = ckpt_lib.restore(trainer.manager, trainer.init_state(), read_only=True)
-  return trainer, eval_params(state)
+  return trainer, optim.eval_params(state)
 
 
 def variant_dirs(config, workdir) -> dict[str, tuple[ml_collections.ConfigDict, pathlib.Path]]:
@@ -439,7 +433,7 @@ def run_experiment(config, workdir, force_fresh: bool = False) -> dict:
 
 
 def print_summary(summary: dict, verdict: str) -> None:
-  flat = ckpt_lib.flatten(summary)
+  flat = config_lib.flatten(summary)
   rows = [("metric", "value")] + [
       (k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in sorted(flat.items())]
   print("\n" + metrics_lib.table(rows))

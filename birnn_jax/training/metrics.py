@@ -12,7 +12,8 @@ from typing import Callable
 from absl import logging
 import jax
 
-from birnn_jax import losses
+from birnn_jax.tasks import losses
+from birnn_jax.tasks.common import table  # noqa: F401 (re-exported)
 
 
 class MetricWriter:
@@ -205,11 +206,3 @@ def format_seconds(seconds: float) -> str:
     return "?"
   seconds = int(round(seconds))
   return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def table(rows: list[tuple[str, ...]]) -> str:
-  """A plain text table; the first row is the header."""
-  widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-  line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
-  return "\n".join([line(rows[0]), line(["-" * w for w in widths])] +
-                   [line(r) for r in rows[1:]])

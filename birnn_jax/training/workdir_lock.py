@@ -32,7 +32,7 @@ import uuid
 
 from absl import logging
 
-from birnn_jax import checkpoint as ckpt_lib
+from birnn_jax.training import checkpoint as ckpt_lib
 
 LOCK_FILE = "train.lock"
 HEARTBEAT_S = 5.0
@@ -329,7 +329,7 @@ def held(workdir: str | pathlib.Path, stale_after_s: float = STALE_AFTER_S,
   `sharding.maybe_initialize_distributed`.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from birnn_jax import sharding  # pylint: disable=g-import-not-at-top
+  from birnn_jax.training import sharding  # pylint: disable=g-import-not-at-top
   lock, error = None, None
   if jax.process_index() == 0:
     try:

@@ -1,0 +1,303 @@
+"""Flax Linen front end: cells, `Recurrent`, `Bidirectional` and the stacked `BiRNN`.
+
+The modules only declare parameters and call the pure core (`birnn_jax.core`): a cell's
+maths is its `core` (`core.cells`), a layer's is `core.layers.apply_recurrent` /
+`apply_bidirectional`, the stack's is `core.layers.stack_layers`. The NNX front end
+(`birnn_jax.nnx`) calls the same functions with parameters of the same names and shapes.
+
+    model = birnn_jax.BiRNN(cell="lstm", hidden_size=32, num_layers=2, impl="fused")
+    variables = model.init(jax.random.key(0), x, lengths)     # x [B, T, D], lengths [B]
+    outputs, final = model.apply(variables, x, lengths)       # [B, T, 64], [4, B, 32] x 2
+
+Parameters: `layer_{k}/{forward,backward}/{w_ih, w_hh, b_ih, b_hh, w_hr}`.
+"""
+
+import dataclasses
+from typing import Any, Callable, ClassVar
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from birnn_jax.core import cells as core_cells
+from birnn_jax.core import layers
+from birnn_jax.core import recurrence
+
+Array = jax.Array
+Dtype = Any
+
+
+# ------------------------------------------------------------------------------- cells
+
+
+class RecurrentCell(nn.Module):
+  """A PyTorch-compatible cell as a Flax cell (`cell(carry, x) -> (carry, y)`).
+
+  It declares the parameters that its `core` (the pure cell of `core.cells` with the same
+  attributes) names, and calls the core's projection and step. Use `SimpleCell`,
+  `GRUCell`, `LSTMCell` or `make_cell`.
+  """
+  features: int
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  core_class: ClassVar[type[core_cells.Cell]] = core_cells.Cell
+
+  def __post_init__(self):
+    self.core  # pylint: disable=pointless-statement  (checks the attributes now)
+    super().__post_init__()
+
+  @property
+  def core(self) -> core_cells.Cell:
+    """The pure cell with this module's attributes."""
+    return self.core_class(**{f.name: getattr(self, f.name)
+                              for f in dataclasses.fields(self.core_class)})
+
+  @property
+  def output_size(self) -> int:
+    return self.core.output_size
+
+  @nn.compact
+  def __call__(self, carry, x: Array):
+    """One time step, Flax-cell style. x: [..., D] -> (carry, y: [..., H_out])."""
+    core = self.core
+    params = {name: self.param(name, core.initializer, shape, self.param_dtype)
+              for name, shape in core.param_shapes(x.shape[-1]).items()}
+    carry, y = core.step(params, carry, core.project_inputs(params, x))
+    return carry, y.astype(self.dtype)
+
+  @nn.nowrap
+  def initialize_carry(self, rng, input_shape):
+    """Zero carry for inputs of shape [..., D] (the Flax cell signature)."""
+    del rng
+    return self.core.zero_carry(input_shape)
+
+
+class SimpleCell(RecurrentCell):
+  """Elman cell: h' = act(x W_ih + b_ih + h W_hh + b_hh); act = tanh or relu."""
+  activation: str = "tanh"
+  core_class: ClassVar[type[core_cells.Cell]] = core_cells.SimpleCell
+
+
+class GRUCell(RecurrentCell):
+  """GRU with PyTorch/cuDNN "reset-after" gates (order r, z, n)."""
+  core_class: ClassVar[type[core_cells.Cell]] = core_cells.GRUCell
+
+
+class LSTMCell(RecurrentCell):
+  """LSTM with PyTorch's gates (order i, f, g, o); carry (h, c); optional `proj_size`."""
+  proj_size: int | None = None
+  core_class: ClassVar[type[core_cells.Cell]] = core_cells.LSTMCell
+
+
+CELLS = {"rnn": SimpleCell, "gru": GRUCell, "lstm": LSTMCell}
+
+
+def make_cell(name: str, features: int, **kwargs) -> RecurrentCell:
+  """A Linen cell by name, 'rnn' | 'gru' | 'lstm'; `kwargs` as `core.cells.make_cell`."""
+  core = core_cells.make_cell(name, features, **kwargs)  # checks names and sizes
+  return CELLS[name](**dataclasses.asdict(core))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FlaxCell:
+  """Any Flax Linen cell `(carry, x) -> (carry, y)` in the core's cell protocol: applied
+  whole at each step, so its input projection stays inside the scan."""
+  module: nn.Module
+
+  def project_inputs(self, params, x):
+    del params
+    return x
+
+  def step(self, params, carry, x):
+    return self.module.apply({"params": params}, carry, x)
+
+  def zero_carry(self, input_shape):
+    return self.module.initialize_carry(jax.random.key(0), input_shape)
+
+  @property
+  def dtype(self):
+    return getattr(self.module, "dtype", None)
+
+  @property
+  def output_size(self):
+    return layers.output_size(self.module)
+
+
+def pure_cell(cell: nn.Module):
+  """The core cell that computes what the Linen `cell` does."""
+  return cell.core if isinstance(cell, RecurrentCell) else FlaxCell(cell)
+
+
+def cell_params(module: nn.Module, name: str, cell: nn.Module, x_BxTxD: Array):
+  """Declares `name` in `module` holding the parameters `cell.init` makes for x."""
+  def init(key):
+    x_BxD = x_BxTxD[:, 0]
+    carry = cell.initialize_carry(key, x_BxD.shape)
+    return cell.init(key, carry, x_BxD)["params"]
+  try:
+    return module.param(name, init)
+  except flax.errors.ScopeParamShapeError as e:  # Flax checks shapes before any cell runs.
+    raise ValueError(
+        f"{type(module).__name__}: the '{name}' parameters do not fit x with "
+        f"{x_BxTxD.shape[-1]} features (x.shape={tuple(x_BxTxD.shape)}); were they made "
+        f"for other input features or cell sizes? {e}") from e
+
+
+# ------------------------------------------------------------------------------ layers
+
+
+class Recurrent(nn.Module):
+  """One direction over [B, T, D] -> (outputs [B, T, H_out], final carry).
+
+  Parameters live under 'forward' (or 'backward' when reverse), as in `Bidirectional`, so a
+  unidirectional stack has the same parameter names as the forward half of a bidirectional
+  one. `impl` is one of `birnn_jax.IMPLS` ('fused' runs a single direction as 'scan').
+  """
+  cell: nn.Module
+  reverse: bool = False
+  impl: str = "scan"
+  unroll: int = 1
+
+  @nn.compact
+  def __call__(self, x: Array, lengths: Array | None = None, carry=None):
+    lengths = recurrence.check_inputs(x, lengths, type(self).__name__)
+    params = cell_params(self, "backward" if self.reverse else "forward", self.cell, x)
+    return layers.apply_recurrent(pure_cell(self.cell), params, x, lengths, carry,
+                                  reverse=self.reverse, impl=self.impl, unroll=self.unroll)
+
+
+class Bidirectional(nn.Module):
+  """Both directions over [B, T, D] -> (merged outputs, (forward carry, backward carry)).
+
+  The directions may differ in cell type and hidden size (with merge 'concat' or 'none').
+  `merge` is one of `birnn_jax.MERGES` or a function `(y_f, y_b) -> y`, as flax's
+  `nn.Bidirectional(merge_fn=...)`.
+  """
+  forward_cell: nn.Module
+  backward_cell: nn.Module
+  merge: str | Callable = "concat"
+  impl: str = "scan"
+  unroll: int = 1
+  remat: bool = False  # fused: recompute gate activations in backprop (less memory)
+
+  @nn.compact
+  def __call__(self, x: Array, lengths: Array | None = None, carries=None):
+    lengths = recurrence.check_inputs(x, lengths, type(self).__name__)
+    layers.resolve_impl(self.impl)
+    forward, backward = pure_cell(self.forward_cell), pure_cell(self.backward_cell)
+    layers.merged_size(self.merge, forward.output_size, backward.output_size)
+    params_f = cell_params(self, "forward", self.forward_cell, x)
+    params_b = cell_params(self, "backward", self.backward_cell, x)
+    return layers.apply_bidirectional(forward, backward, params_f, params_b, x, lengths,
+                                      carries, merge=self.merge, impl=self.impl,
+                                      unroll=self.unroll, remat=self.remat)
+
+
+# ------------------------------------------------------------------------------- stack
+
+
+class BiRNN(nn.Module):
+  """A stack of (bi)directional recurrent layers: layer k reads layer k-1's merged outputs.
+
+  The one recurrent encoder every experiment and `from_torch` use; with
+  `bidirectional=False` it is a forward-only baseline.
+
+  Attributes:
+    cell: 'rnn' | 'gru' | 'lstm' (or a Flax cell module, used for every layer).
+    hidden_size: H of the forward direction (and the backward one unless set).
+    num_layers: number of stacked layers.
+    bidirectional: False gives a forward-only stack (same parameters' names, no 'backward').
+    merge: how the two directions combine: 'concat' | 'sum' | 'mean' | 'mul' | 'none'
+      ('none' returns the (forward, backward) pair and is only valid for one layer), or a
+      function `(y_f, y_b) -> y`.
+    backward_cell, backward_hidden_size: let the backward direction differ.
+    activation: 'tanh' | 'relu' for the 'rnn' cell.
+    proj_size: LSTM output projection (PyTorch's proj_size); None for none.
+    use_bias: biases b_ih and b_hh.
+    dropout: rate between layers (not after the last), only when not deterministic.
+    variational_dropout: the same dropout mask at every time step.
+    residual: add each layer's input to its output from the second layer on.
+    impl: one of `birnn_jax.IMPLS`; every implementation gives the same numbers.
+    unroll: scan unroll factor.
+    remat: with impl='fused', recompute gate activations in backprop instead of storing
+      them, so memory for long sequences stays bounded.
+    dtype, param_dtype: compute and parameter dtypes (carries stay float32).
+
+  Call: `(x [B, T, D], lengths [B] | None, initial_carry=None, deterministic=True)` ->
+  `(outputs [B, T, H_merged], final)`, zeros at padded steps. `final` is in PyTorch's
+  layout `[L * num_dirs, B, H]` (LSTM: `(h_n, c_n)`) when every layer and direction has
+  the same carry shape, else a tuple of per-(layer, direction) carries in that order.
+  """
+  cell: str | nn.Module = "lstm"
+  hidden_size: int = 128
+  num_layers: int = 1
+  bidirectional: bool = True
+  merge: str | Callable = "concat"
+  backward_cell: str | None = None
+  backward_hidden_size: int | None = None
+  activation: str = "tanh"
+  proj_size: int | None = None
+  use_bias: bool = True
+  dropout: float = 0.0
+  variational_dropout: bool = False
+  residual: bool = False
+  impl: str = "scan"
+  unroll: int = 1
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.nowrap
+  def make_cells(self) -> tuple[nn.Module, nn.Module | None]:
+    """The (forward, backward) cells of every layer; backward is None if unidirectional."""
+    def build(name, size):
+      if isinstance(name, nn.Module):
+        return name
+      return make_cell(name, size, activation=self.activation, proj_size=self.proj_size,
+                       use_bias=self.use_bias, dtype=self.dtype,
+                       param_dtype=self.param_dtype)
+    forward = build(self.cell, self.hidden_size)
+    if not self.bidirectional:
+      return forward, None
+    backward = build(self.backward_cell or self.cell,
+                     self.backward_hidden_size or self.hidden_size)
+    return forward, backward
+
+  @nn.nowrap
+  def validate(self) -> None:
+    """Raises ValueError naming the attribute for any impossible setting."""
+    forward, backward = self.make_cells()
+    layers.check_stack(
+        num_layers=self.num_layers, dropout=self.dropout, merge=self.merge, impl=self.impl,
+        forward_size=layers.output_size(forward),
+        backward_size=None if backward is None else layers.output_size(backward),
+        backward_hidden_size=self.backward_hidden_size)
+
+  @nn.compact
+  def __call__(self, x: Array, lengths: Array | None = None, initial_carry=None,
+               deterministic: bool = True):
+    self.validate()
+    lengths = recurrence.check_inputs(x, lengths, "BiRNN")
+    forward, backward = self.make_cells()
+
+    def layer_fn(layer, y, carries):
+      if backward is None:
+        carry = None if carries is None else carries[0]
+        y, carry = Recurrent(forward, impl=self.impl, unroll=self.unroll,
+                             name=f"layer_{layer}")(y, lengths, carry)
+        return y, (carry,)
+      return Bidirectional(forward, backward, merge=self.merge, impl=self.impl,
+                           unroll=self.unroll, remat=self.remat,
+                           name=f"layer_{layer}")(y, lengths, carries)
+
+    def dropout(layer, y):
+      return nn.Dropout(self.dropout, broadcast_dims=(1,) if self.variational_dropout else (),
+                        name=f"dropout_{layer}")(y, deterministic=deterministic)
+
+    return layers.stack_layers(
+        layer_fn, x.astype(self.dtype), initial_carry, num_layers=self.num_layers,
+        num_directions=1 if backward is None else 2, residual=self.residual,
+        dropout=dropout if self.dropout > 0 else None)
