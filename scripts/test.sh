@@ -32,7 +32,7 @@ echo "[test.sh] installing $(basename "$wheel")[test] ($torch_pin)"
   "$wheel" 2>&1 | grep -v "^WARNING: Location" || true
 
 mkdir "$work/tree"
-cp -r tests experiments launch.py README.md pytest.ini pyproject.toml "$work/tree/"
+cp -r tests experiments launch.py README.md pytest.ini pyproject.toml requirements.txt "$work/tree/"
 cd "$work/tree"
 echo "[test.sh] import contract"
 "$venv/bin/lint-imports" --no-cache

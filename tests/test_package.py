@@ -78,3 +78,13 @@ def test_the_package_carries_py_typed_the_corpora_and_their_licences():
     for name in files:
       assert (bundled / corpus / name).is_file(), f"{corpus}/{name} missing from the package"
     assert any(bundled.joinpath(corpus).glob("SOURCE*")), f"{corpus} has no SOURCE note"
+
+
+def test_requirements_txt_is_the_base_and_train_dependencies_of_pyproject():
+  """The experiments' install (requirements.txt) and `pip install .[train]` agree."""
+  import tomllib  # pylint: disable=g-import-not-at-top
+  project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+  declared = project["dependencies"] + project["optional-dependencies"]["train"]
+  strip = lambda line: line.split("#")[0].replace(" ", "")
+  listed = [strip(l) for l in (ROOT / "requirements.txt").read_text().splitlines()]
+  assert sorted(filter(None, listed)) == sorted(strip(r) for r in declared)
