@@ -2,7 +2,7 @@
 
 For emission scores `emissions: [B, T, K]` (e.g. a BiLSTM's per-token outputs), transition
 scores `transitions: [K, K]` (`[i, j]` scores tag i followed by tag j), and start/end scores
-`start, end: [K]`, a tag sequence y of sequence b (length L = lengths[b]) scores
+`start, end: [K]`, a tag sequence y of sequence b (length L = lengths[b]) scores::
 
     s(y) = start[y_0] + sum_{t<L} emissions[b, t, y_t] + sum_{t<L-1} transitions[y_t, y_{t+1}]
            + end[y_{L-1}],
@@ -27,6 +27,10 @@ The public functions are jitted (one compile per shape, also when called eagerly
 nest inside any outer jit, grad or vmap. `CRF` is the Flax module holding `transitions`,
 `start` and `end`; its methods are these pure functions with the module's scores.
 """
+
+__all__ = ["CRF", "log_partition", "sequence_score", "log_likelihood", "marginals",
+           "viterbi", "bio_constraints", "iobes_constraints", "is_valid_bio",
+           "constraint_attributes"]
 
 from typing import Sequence
 
@@ -138,6 +142,15 @@ def log_partition(emissions: Array, lengths: Array, transitions: Array, start: A
 
   Returns:
     float32 [B]; 0 for a length-0 sequence.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from birnn_jax import crf
+    >>> emissions = jnp.zeros((1, 3, 2))                  # [batch, time, tags]
+    >>> zeros_2x2, zeros_2 = jnp.zeros((2, 2)), jnp.zeros(2)
+    >>> log_z = crf.log_partition(emissions, jnp.array([3]), zeros_2x2, zeros_2, zeros_2)
+    >>> round(float(log_z[0]), 4) == round(3 * float(jnp.log(2.0)), 4)   # 2**3 paths
+    True
   """
   e_TxBxK, lengths_B, real_TxB, trans, start, end = _prepare(
       emissions, lengths, transitions, start, end)
@@ -154,6 +167,16 @@ def sequence_score(emissions: Array, tags: Array, lengths: Array, transitions: A
   """s(tags) of each sequence (see the module docstring), float32 [B]; 0 for length 0.
 
   Args as `log_likelihood`. Tags at padded steps are ignored (they may be anything in [0, K)).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from birnn_jax import crf
+    >>> emissions = jnp.array([[[1.0, 0.0], [0.0, 2.0], [9.0, 9.0]]])   # step 2 is padding
+    >>> transitions = jnp.array([[0.0, 0.5], [0.0, 0.0]])
+    >>> score = crf.sequence_score(emissions, jnp.array([[0, 1, 0]]), jnp.array([2]),
+    ...                            transitions, jnp.zeros(2), jnp.zeros(2))
+    >>> float(score[0])                                    # 1 + 2 + transitions[0, 1]
+    3.5
   """
   e_TxBxK, lengths_B, real_TxB, trans, start, end = _prepare(
       emissions, lengths, transitions, start, end)
@@ -185,6 +208,16 @@ def log_likelihood(emissions: Array, tags: Array, lengths: Array, transitions: A
 
   Returns:
     float32 [B], <= 0; exactly 0 for a length-0 sequence.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from birnn_jax import crf
+    >>> emissions = jax.random.normal(jax.random.key(0), (2, 4, 3))   # [batch, time, tags]
+    >>> tags, lengths = jnp.zeros((2, 4), jnp.int32), jnp.array([4, 0])
+    >>> scores = (jnp.zeros((3, 3)), jnp.zeros(3), jnp.zeros(3))
+    >>> ll = crf.log_likelihood(emissions, tags, lengths, *scores)
+    >>> bool(ll[0] < 0), float(ll[1])
+    (True, 0.0)
   """
   return (sequence_score(emissions, tags, lengths, transitions, start, end)
           - log_partition(emissions, lengths, transitions, start, end))
@@ -200,6 +233,15 @@ def marginals(emissions: Array, lengths: Array, transitions: Array, start: Array
   Returns:
     float32 [B, T, K]; each real step sums to 1 over k, padded steps are 0. Equal to the
     gradient of `log_partition(...).sum()` with respect to the emissions.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from birnn_jax import crf
+    >>> emissions = jax.random.normal(jax.random.key(0), (1, 4, 3))
+    >>> p = crf.marginals(emissions, jnp.array([3]), jnp.zeros((3, 3)), jnp.zeros(3),
+    ...                   jnp.zeros(3))
+    >>> p.sum(-1).round(4)                                 # step 3 is padding
+    Array([[1., 1., 1., 0.]], dtype=float32)
   """
   e_TxBxK, lengths_B, real_TxB, trans, start, end = _prepare(
       emissions, lengths, transitions, start, end)
@@ -231,6 +273,17 @@ def viterbi(emissions: Array, lengths: Array, transitions: Array, start: Array, 
   Returns:
     (tags int32 [B, T] with 0 at padded steps, scores float32 [B] = s(tags), 0 for length 0).
     If the constraints leave a sequence no allowed path, its score is -inf.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from birnn_jax import crf
+    >>> labels = ("O", "B-PER", "I-PER")
+    >>> emissions = jnp.array([[[0.0, 0.0, 5.0], [0.0, 0.0, 5.0]]])   # I-PER scores best
+    >>> allowed, allowed_start, allowed_end = crf.bio_constraints(labels)
+    >>> tags, score = crf.viterbi(emissions, jnp.array([2]), jnp.zeros((3, 3)), jnp.zeros(3),
+    ...                           jnp.zeros(3), allowed, allowed_start, allowed_end)
+    >>> [labels[t] for t in tags[0].tolist()]               # never I-PER first
+    ['B-PER', 'I-PER']
   """
   e_TxBxK, lengths_B, real_TxB, trans, start, end = _prepare(
       emissions, lengths, transitions, start, end)
@@ -295,6 +348,12 @@ def bio_constraints(labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.n
 
   Returns:
     (allowed bool [K, K], allowed_start bool [K], allowed_end bool [K]) for `viterbi`.
+
+  Example:
+    >>> from birnn_jax import crf
+    >>> allowed, allowed_start, _ = crf.bio_constraints(["O", "B-LOC", "I-LOC"])
+    >>> allowed[:, 2].tolist(), allowed_start.tolist()     # who may precede I-LOC; start
+    ([False, True, True], [True, True, False])
   """
   parts = [_split_label(label) for label in labels]
   num_tags = len(parts)
@@ -321,6 +380,13 @@ def iobes_constraints(labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np
 
   Returns:
     (allowed bool [K, K], allowed_start bool [K], allowed_end bool [K]) for `viterbi`.
+
+  Example:
+    >>> from birnn_jax import crf
+    >>> allowed, allowed_start, allowed_end = crf.iobes_constraints(
+    ...     ["O", "B-PER", "I-PER", "E-PER", "S-PER"])
+    >>> allowed[1].tolist(), allowed_end.tolist()          # what may follow B-PER; end
+    ([False, False, True, True, False], [True, False, False, True, True])
   """
   parts = [(label[0], label[2:]) if len(label) > 2 and label[1] == "-" and label[0] in "BIES"
            else ("O", "") for label in labels]
@@ -335,7 +401,13 @@ def iobes_constraints(labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np
 
 
 def is_valid_bio(tags: Sequence[str]) -> bool:
-  """Whether a tag sequence obeys `bio_constraints` (no I-X without B-X/I-X before it)."""
+  """Whether a tag sequence obeys `bio_constraints` (no I-X without B-X/I-X before it).
+
+  Example:
+    >>> from birnn_jax import crf
+    >>> crf.is_valid_bio(["B-PER", "I-PER", "O"]), crf.is_valid_bio(["O", "I-PER"])
+    (True, False)
+  """
   previous = ("O", "")
   for tag in tags:
     prefix, kind = _split_label(tag)
@@ -350,10 +422,8 @@ def is_valid_bio(tags: Sequence[str]) -> bool:
 class CRF(nn.Module):
   """The CRF's scores as Flax parameters, with the pure functions above as methods.
 
-      crf = CRF(num_tags=7)
-      variables = crf.init(key, emissions, tags, lengths)          # __call__ = nll
-      loss_B = crf.apply(variables, emissions, tags, lengths)
-      tags, scores = crf.apply(variables, emissions, lengths, method=CRF.decode)
+  Calling the module gives the negative log-likelihood (a loss per sequence); `decode`
+  is the (constrained) Viterbi, `log_partition` and `marginals` the other methods.
 
   Attributes:
     num_tags: K.
@@ -361,6 +431,20 @@ class CRF(nn.Module):
       so training starts from independent per-step softmaxes).
     allowed, allowed_start, allowed_end: optional decoding constraints (`bio_constraints`),
       as nested tuples of bools so the module stays hashable; applied by `decode` only.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from birnn_jax import crf
+    >>> labels = ["O", "B-PER", "I-PER"]
+    >>> module = crf.CRF(num_tags=3, **crf.constraint_attributes(labels))
+    >>> emissions = jax.random.normal(jax.random.key(0), (2, 4, 3))   # [batch, time, tags]
+    >>> tags, lengths = jnp.zeros((2, 4), jnp.int32), jnp.array([4, 2])
+    >>> variables = module.init(jax.random.key(1), emissions, tags, lengths)
+    >>> module.apply(variables, emissions, tags, lengths).shape     # the loss per sequence
+    (2,)
+    >>> best, scores = module.apply(variables, emissions, lengths, method=crf.CRF.decode)
+    >>> best.shape, all(crf.is_valid_bio([labels[t] for t in row]) for row in best.tolist())
+    ((2, 4), True)
   """
   num_tags: int
   init_scale: float = 0.0
@@ -378,7 +462,7 @@ class CRF(nn.Module):
     self.end = self.param("end", init, (k,))
 
   def scores(self) -> tuple[Array, Array, Array]:
-    """(transitions [K, K], start [K], end [K])."""
+    """The parameters: (transitions [K, K], start [K], end [K])."""
     return self.transitions, self.start, self.end
 
   def __call__(self, emissions: Array, tags: Array, lengths: Array) -> Array:
@@ -386,12 +470,15 @@ class CRF(nn.Module):
     return self.nll(emissions, tags, lengths)
 
   def nll(self, emissions: Array, tags: Array, lengths: Array) -> Array:
+    """The negative log-likelihood of `tags`, float32 [B] (see `log_likelihood`)."""
     return -log_likelihood(emissions, tags, lengths, *self.scores())
 
   def log_partition(self, emissions: Array, lengths: Array) -> Array:
+    """log Z of each sequence, float32 [B] (see the function `log_partition`)."""
     return log_partition(emissions, lengths, *self.scores())
 
   def marginals(self, emissions: Array, lengths: Array) -> Array:
+    """p(y_t = k | x), float32 [B, T, K] (see the function `marginals`)."""
     return marginals(emissions, lengths, *self.scores())
 
   def decode(self, emissions: Array, lengths: Array) -> tuple[Array, Array]:
@@ -403,8 +490,24 @@ class CRF(nn.Module):
 
 
 def constraint_attributes(labels: Sequence[str], scheme: str = "iob2") -> dict[str, tuple]:
-  """`bio_constraints(labels)` (scheme 'iob2') or `iobes_constraints(labels)` ('iobes') as
-  `CRF` attributes: CRF(K, **constraint_attributes(labels))."""
+  """Decoding constraints as `CRF` attributes: `CRF(K, **constraint_attributes(labels))`.
+
+  Args:
+    labels: the K tag names in id order.
+    scheme: 'iob2' (`bio_constraints`) or 'iobes' (`iobes_constraints`).
+
+  Returns:
+    `{'allowed': ..., 'allowed_start': ..., 'allowed_end': ...}` as tuples of bools.
+
+  Raises:
+    ValueError: an unknown scheme.
+
+  Example:
+    >>> from birnn_jax import crf
+    >>> attributes = crf.constraint_attributes(["O", "B-ORG", "I-ORG"])
+    >>> attributes["allowed_start"]
+    (True, True, False)
+  """
   constraints = {"iob2": bio_constraints, "iobes": iobes_constraints}
   if scheme not in constraints:
     raise ValueError(f"unknown tag scheme {scheme!r}; expected one of {sorted(constraints)}.")

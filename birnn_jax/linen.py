@@ -4,10 +4,7 @@ The modules only declare parameters and call the pure core (`birnn_jax.core`): a
 maths is its `core` (`core.cells`), a layer's is `core.layers.apply_recurrent` /
 `apply_bidirectional`, the stack's is `core.layers.stack_layers`. The NNX front end
 (`birnn_jax.nnx`) calls the same functions with parameters of the same names and shapes.
-
-    model = birnn_jax.BiRNN(cell="lstm", hidden_size=32, num_layers=2, impl="fused")
-    variables = model.init(jax.random.key(0), x, lengths)     # x [B, T, D], lengths [B]
-    outputs, final = model.apply(variables, x, lengths)       # [B, T, 64], [4, B, 32] x 2
+Every public name here is exported at the top: `birnn_jax.BiRNN` is `birnn_jax.linen.BiRNN`.
 
 Parameters: `layer_{k}/{forward,backward}/{w_ih, w_hh, b_ih, b_hh, w_hr}`.
 """
@@ -32,11 +29,17 @@ Dtype = Any
 
 
 class RecurrentCell(nn.Module):
-  """A PyTorch-compatible cell as a Flax cell (`cell(carry, x) -> (carry, y)`).
+  """A PyTorch-compatible cell as a Flax Linen cell: `cell(carry, x) -> (carry, y)`.
 
   It declares the parameters that its `core` (the pure cell of `core.cells` with the same
   attributes) names, and calls the core's projection and step. Use `SimpleCell`,
-  `GRUCell`, `LSTMCell` or `make_cell`.
+  `GRUCell`, `LSTMCell` or `make_cell`, in `Recurrent`, `Bidirectional` or `BiRNN`.
+
+  Attributes:
+    features: the hidden size H.
+    use_bias: whether the cell has the biases `b_ih` and `b_hh`.
+    dtype: the compute dtype of the matmuls (gates and carries stay float32).
+    param_dtype: the dtype of the parameters.
   """
   features: int
   use_bias: bool = True
@@ -61,7 +64,15 @@ class RecurrentCell(nn.Module):
 
   @nn.compact
   def __call__(self, carry, x: Array):
-    """One time step, Flax-cell style. x: [..., D] -> (carry, y: [..., H_out])."""
+    """One time step.
+
+    Args:
+      carry: the previous carry (`initialize_carry`; LSTM: the pair (h, c)).
+      x: float [batch, features], the step's input.
+
+    Returns:
+      `(carry, y)`: the new carry and the output y, float [batch, H_out] in `dtype`.
+    """
     core = self.core
     params = {name: self.param(name, core.initializer, shape, self.param_dtype)
               for name, shape in core.param_shapes(x.shape[-1]).items()}
@@ -70,24 +81,74 @@ class RecurrentCell(nn.Module):
 
   @nn.nowrap
   def initialize_carry(self, rng, input_shape):
-    """Zero carry for inputs of shape [..., D] (the Flax cell signature)."""
+    """The float32 zero carry for inputs of shape [batch, features] (Flax's signature).
+
+    Args:
+      rng: unused (the carry is zeros); Flax's cell protocol passes one.
+      input_shape: the shape of one step's input, [..., features].
+
+    Returns:
+      zeros [..., H_out] (LSTM: the pair h [..., H_out], c [..., H]).
+    """
     del rng
     return self.core.zero_carry(input_shape)
 
 
 class SimpleCell(RecurrentCell):
-  """Elman cell: h' = act(x W_ih + b_ih + h W_hh + b_hh); act = tanh or relu."""
+  """Elman cell: `h' = act(x W_ih + b_ih + h W_hh + b_hh)`, as `torch.nn.RNN`.
+
+  Attributes:
+    activation: 'tanh' or 'relu'.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import birnn_jax
+    >>> cell = birnn_jax.SimpleCell(features=4, activation="relu")
+    >>> x = jnp.ones((2, 3))                                    # [batch, features]
+    >>> carry = cell.initialize_carry(jax.random.key(0), x.shape)
+    >>> variables = cell.init(jax.random.key(0), carry, x)
+    >>> carry, y = cell.apply(variables, carry, x)
+    >>> y.shape
+    (2, 4)
+  """
   activation: str = "tanh"
   core_class: ClassVar[type[core_cells.Cell]] = core_cells.SimpleCell
 
 
 class GRUCell(RecurrentCell):
-  """GRU with PyTorch/cuDNN "reset-after" gates (order r, z, n)."""
+  """GRU with PyTorch's and cuDNN's "reset-after" gates, in the order r, z, n.
+
+  `n = tanh(x W_in + b_in + r * (h W_hn + b_hn))`, `h' = (1 - z) * n + z * h`, as
+  `torch.nn.GRU`; the parameters are `w_ih [D, 3H]`, `w_hh [H, 3H]`, `b_ih, b_hh [3H]`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import birnn_jax
+    >>> layer = birnn_jax.Recurrent(birnn_jax.GRUCell(features=4))
+    >>> x = jnp.ones((2, 5, 3))                            # [batch, time, features]
+    >>> variables = layer.init(jax.random.key(0), x)
+    >>> jax.tree.map(jnp.shape, variables["params"]["forward"])
+    {'b_hh': (12,), 'b_ih': (12,), 'w_hh': (4, 12), 'w_ih': (3, 12)}
+  """
   core_class: ClassVar[type[core_cells.Cell]] = core_cells.GRUCell
 
 
 class LSTMCell(RecurrentCell):
-  """LSTM with PyTorch's gates (order i, f, g, o); carry (h, c); optional `proj_size`."""
+  """LSTM with PyTorch's gates (order i, f, g, o); the carry is the pair (h, c).
+
+  Attributes:
+    proj_size: None, or P < features: project the output, `h' = (o * tanh(c')) W_hr`, as
+      PyTorch's `proj_size` (h then has P features, c keeps `features`).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import birnn_jax
+    >>> cell = birnn_jax.LSTMCell(features=4, proj_size=2)
+    >>> x = jnp.ones((2, 3))                                    # [batch, features]
+    >>> (h, c) = cell.initialize_carry(jax.random.key(0), x.shape)
+    >>> h.shape, c.shape
+    ((2, 2), (2, 4))
+  """
   proj_size: int | None = None
   core_class: ClassVar[type[core_cells.Cell]] = core_cells.LSTMCell
 
@@ -96,7 +157,32 @@ CELLS = {"rnn": SimpleCell, "gru": GRUCell, "lstm": LSTMCell}
 
 
 def make_cell(name: str, features: int, **kwargs) -> RecurrentCell:
-  """A Linen cell by name, 'rnn' | 'gru' | 'lstm'; `kwargs` as `core.cells.make_cell`."""
+  """A Linen cell by name.
+
+  Args:
+    name: 'rnn', 'gru' or 'lstm' (the keys of `CELLS`).
+    features: the hidden size H.
+    **kwargs: `activation` ('rnn'), `proj_size` ('lstm'), `use_bias`, `dtype`,
+      `param_dtype`, as `birnn_jax.core.cells.make_cell`.
+
+  Returns:
+    A `SimpleCell`, `GRUCell` or `LSTMCell`.
+
+  Raises:
+    ValueError: an unknown name, an impossible size, or an option the cell lacks.
+
+  Example:
+    >>> import birnn_jax
+    >>> birnn_jax.make_cell("lstm", 8, proj_size=4)
+    LSTMCell(
+        # attributes
+        features = 8
+        use_bias = True
+        dtype = float32
+        param_dtype = float32
+        proj_size = 4
+    )
+  """
   core = core_cells.make_cell(name, features, **kwargs)  # checks names and sizes
   return CELLS[name](**dataclasses.asdict(core))
 
@@ -150,11 +236,31 @@ def cell_params(module: nn.Module, name: str, cell: nn.Module, x_BxTxD: Array):
 
 
 class Recurrent(nn.Module):
-  """One direction over [B, T, D] -> (outputs [B, T, H_out], final carry).
+  """One direction of a recurrence over a padded batch.
 
   Parameters live under 'forward' (or 'backward' when reverse), as in `Bidirectional`, so a
   unidirectional stack has the same parameter names as the forward half of a bidirectional
-  one. `impl` is one of `birnn_jax.IMPLS` ('fused' runs a single direction as 'scan').
+  one. Call: `(x [batch, time, features], lengths [batch] | None, carry=None) ->
+  (outputs [batch, time, H_out], final carry)`, zeros at padded steps; see
+  :doc:`/library/lengths` for what the final carry is.
+
+  Attributes:
+    cell: a cell module (`SimpleCell`, `GRUCell`, `LSTMCell`, or any Flax cell).
+    reverse: run t = T-1..0, each sequence starting at its own last real step.
+    impl: one of `birnn_jax.IMPLS` ('fused' runs a single direction as 'scan').
+    unroll: the scan's unroll factor.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import birnn_jax
+    >>> layer = birnn_jax.Recurrent(birnn_jax.LSTMCell(4), reverse=True)
+    >>> x, lengths = jnp.ones((2, 5, 3)), jnp.array([5, 2])
+    >>> variables = layer.init(jax.random.key(0), x, lengths)
+    >>> outputs, (h, c) = layer.apply(variables, x, lengths)
+    >>> outputs.shape, h.shape
+    ((2, 5, 4), (2, 4))
+    >>> bool((outputs[1, 2:] == 0).all())                  # padding stays zero
+    True
   """
   cell: nn.Module
   reverse: bool = False
@@ -170,11 +276,31 @@ class Recurrent(nn.Module):
 
 
 class Bidirectional(nn.Module):
-  """Both directions over [B, T, D] -> (merged outputs, (forward carry, backward carry)).
+  """One bidirectional layer: a forward and a backward chain, merged per step.
 
-  The directions may differ in cell type and hidden size (with merge 'concat' or 'none').
-  `merge` is one of `birnn_jax.MERGES` or a function `(y_f, y_b) -> y`, as flax's
-  `nn.Bidirectional(merge_fn=...)`.
+  Call: `(x [batch, time, features], lengths [batch] | None, carries=None) ->
+  (outputs [batch, time, H_merged], (forward carry, backward carry))`, zeros at padded
+  steps. The directions may differ in cell type and hidden size (with merge 'concat' or
+  'none').
+
+  Attributes:
+    forward_cell: the cell of the left-to-right chain.
+    backward_cell: the cell of the right-to-left chain.
+    merge: one of `birnn_jax.MERGES` or a function `(y_f, y_b) -> y`, as flax's
+      `nn.Bidirectional(merge_fn=...)`.
+    impl: one of `birnn_jax.IMPLS`.
+    unroll: the scan's unroll factor.
+    remat: with impl='fused', recompute the gate activations in backprop (less memory).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import birnn_jax
+    >>> layer = birnn_jax.Bidirectional(birnn_jax.GRUCell(4), birnn_jax.SimpleCell(2))
+    >>> x = jnp.ones((2, 5, 3))
+    >>> variables = layer.init(jax.random.key(0), x, jnp.array([5, 2]))
+    >>> outputs, (h_f, h_b) = layer.apply(variables, x, jnp.array([5, 2]))
+    >>> outputs.shape, h_f.shape, h_b.shape                # concat: 4 + 2 features
+    ((2, 5, 6), (2, 4), (2, 2))
   """
   forward_cell: nn.Module
   backward_cell: nn.Module
@@ -205,6 +331,15 @@ class BiRNN(nn.Module):
   The one recurrent encoder every experiment and `from_torch` use; with
   `bidirectional=False` it is a forward-only baseline.
 
+  Call: `module.apply(variables, x, lengths=None, initial_carry=None,
+  deterministic=True, rngs=None)` with x float [batch, time, features] and lengths int
+  [batch] in [0, time] (None: every sequence is `time` long) returns `(outputs, final)`:
+  outputs float [batch, time, H_merged], zeros at padded steps; final in PyTorch's layout
+  `[num_layers * num_directions, batch, H]` (LSTM: the pair `(h_n, c_n)`) when every
+  layer and direction has the same carry shape, else a tuple of per-(layer, direction)
+  carries in that order. `initial_carry` takes the same layout. Dropout needs
+  `deterministic=False` and a 'dropout' rng.
+
   Attributes:
     cell: 'rnn' | 'gru' | 'lstm' (or a Flax cell module, used for every layer).
     hidden_size: H of the forward direction (and the backward one unless set).
@@ -226,10 +361,21 @@ class BiRNN(nn.Module):
       them, so memory for long sequences stays bounded.
     dtype, param_dtype: compute and parameter dtypes (carries stay float32).
 
-  Call: `(x [B, T, D], lengths [B] | None, initial_carry=None, deterministic=True)` ->
-  `(outputs [B, T, H_merged], final)`, zeros at padded steps. `final` is in PyTorch's
-  layout `[L * num_dirs, B, H]` (LSTM: `(h_n, c_n)`) when every layer and direction has
-  the same carry shape, else a tuple of per-(layer, direction) carries in that order.
+  Raises:
+    ValueError: naming the attribute, for an impossible setting (at init or apply).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import birnn_jax
+    >>> model = birnn_jax.BiRNN(cell="lstm", hidden_size=4, num_layers=2)
+    >>> x = jnp.ones((2, 5, 3))                            # [batch, time, features]
+    >>> lengths = jnp.array([5, 2])
+    >>> variables = model.init(jax.random.key(0), x, lengths)
+    >>> outputs, (h_n, c_n) = model.apply(variables, x, lengths)
+    >>> outputs.shape, h_n.shape                           # [L * 2, batch, H]
+    ((2, 5, 8), (4, 2, 4))
+    >>> bool((outputs[1, 2:] == 0).all())                  # zeros at padding
+    True
   """
   cell: str | nn.Module = "lstm"
   hidden_size: int = 128
@@ -252,7 +398,11 @@ class BiRNN(nn.Module):
 
   @nn.nowrap
   def make_cells(self) -> tuple[nn.Module, nn.Module | None]:
-    """The (forward, backward) cells of every layer; backward is None if unidirectional."""
+    """The (forward, backward) cell modules of every layer.
+
+    Returns:
+      The pair; backward is None when `bidirectional` is False.
+    """
     def build(name, size):
       if isinstance(name, nn.Module):
         return name
@@ -268,7 +418,11 @@ class BiRNN(nn.Module):
 
   @nn.nowrap
   def validate(self) -> None:
-    """Raises ValueError naming the attribute for any impossible setting."""
+    """Checks the attributes without running anything.
+
+    Raises:
+      ValueError: naming the attribute, for any impossible setting.
+    """
     forward, backward = self.make_cells()
     layers.check_stack(
         num_layers=self.num_layers, dropout=self.dropout, merge=self.merge, impl=self.impl,

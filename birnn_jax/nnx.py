@@ -6,10 +6,7 @@ parameters, input projection and step (`core.cells`), the recurrences and the fu
 with its custom VJP, reached through `core.layers.apply_recurrent` / `apply_bidirectional`
 and the stack `core.layers.stack_layers`. Neither front end wraps the other. So an NNX
 model computes the Linen model's numbers, and its parameters have the Linen model's names
-and shapes, `layer_{k}/{forward,backward}/{w_ih, w_hh, b_ih, b_hh, w_hr}`:
-
-    model = birnn_jax.nnx.BiRNN(16, 32, num_layers=2, impl="fused", rngs=nnx.Rngs(0))
-    outputs, final = model(x, lengths)   # x [B, T, 16], lengths [B] -> [B, T, 64], ...
+and shapes, `layer_{k}/{forward,backward}/{w_ih, w_hh, b_ih, b_hh, w_hr}`.
 
 Conversions: `from_linen`, `to_linen` and `from_torch`. The cells also follow NNX's cell
 protocol (`initialize_carry`, `__call__(carry, x)`, `num_feature_axes`), so they run
@@ -22,6 +19,9 @@ after `model.eval()`; its masks come from the `dropout` stream (else `default`) 
 This module is `birnn_jax.nnx`; it imports flax's as `from flax import nnx` (absolute), so
 the two never shadow each other.
 """
+
+__all__ = ["BiRNN", "Bidirectional", "Recurrent", "Cell", "SimpleCell", "GRUCell",
+           "LSTMCell", "make_cell", "from_linen", "to_linen", "from_torch"]
 
 import functools
 from typing import Any
@@ -63,6 +63,15 @@ class Cell(nnx.RNNCellBase):
   Use `SimpleCell`, `GRUCell`, `LSTMCell` or `make_cell`. One step is
   `cell(carry, x [..., D]) -> (carry, y [..., H_out])`, as for flax's NNX cells.
 
+  Args:
+    in_features: D.
+    core: the pure cell (`birnn_jax.core.cells`) that does the maths.
+    rngs: `nnx.Rngs`; the parameters come from its `params` stream.
+
+  Raises:
+    TypeError: `core` is not one of birnn_jax's pure cells.
+    ValueError: `in_features` is not a positive int.
+
   Attributes:
     core: the pure cell (`core.cells.SimpleCell | GRUCell | LSTMCell`) whose functions
       `init`, `project_inputs` and `step` do the maths; it holds no parameters.
@@ -70,6 +79,14 @@ class Cell(nnx.RNNCellBase):
     param_names: the names of this cell's `nnx.Param`s, those of the Linen cell:
       `w_ih [D, G*H]`, `w_hh [H_out, G*H]`, with `use_bias` `b_ih, b_hh [G*H]`, and for a
       projected LSTM `w_hr [H, P]`.
+
+  Example:
+    >>> from flax import nnx
+    >>> from birnn_jax import nnx as bnnx
+    >>> from birnn_jax.core import cells
+    >>> cell = bnnx.Cell(3, cells.GRUCell(features=4), rngs=nnx.Rngs(0))
+    >>> cell.param_names, cell.w_hh.shape
+    (('b_hh', 'b_ih', 'w_hh', 'w_ih'), (4, 12))
   """
 
   def __init__(self, in_features: int, core: cells_lib.Cell, *, rngs: nnx.Rngs):
@@ -101,10 +118,19 @@ class Cell(nnx.RNNCellBase):
     return {name: getattr(self, name)[...] for name in self.param_names}
 
   def initialize_carry(self, input_shape: tuple[int, ...], rngs=None, carry_init=None):
-    """The zero carry for inputs of shape [..., D] (float32; LSTM: (h, c)).
+    """The initial carry for inputs of shape [..., D] (NNX's cell protocol).
 
-    With `carry_init` (an initializer `(key, shape, dtype)`), each leaf is drawn from it
-    with keys of `rngs` (an `nnx.Rngs`, whose `carry` stream is used, or an RngStream).
+    Args:
+      input_shape: the shape of one step's input, [..., D].
+      rngs: an `nnx.Rngs` (its `carry` stream is used) or an RngStream; needed only with
+        `carry_init`.
+      carry_init: None for zeros, or an initializer `(key, shape, dtype)` for each leaf.
+
+    Returns:
+      float32 [..., H_out] (LSTM: the pair h [..., H_out], c [..., H]).
+
+    Raises:
+      ValueError: `carry_init` without `rngs`.
     """
     carry = self.core.zero_carry(tuple(input_shape))
     if carry_init is None:
@@ -115,14 +141,42 @@ class Cell(nnx.RNNCellBase):
     return jax.tree.map(lambda c: carry_init(stream(), c.shape, c.dtype), carry)
 
   def __call__(self, carry, x: Array):
-    """One step: x [..., D] -> (carry, y [..., H_out] in the cell's compute dtype)."""
+    """One step.
+
+    Args:
+      carry: the previous carry (`initialize_carry`).
+      x: float [..., D], the step's input.
+
+    Returns:
+      `(carry, y)`: the new carry and y [..., H_out] in the cell's compute dtype.
+    """
     params = self.param_dict()
     carry, y = self.core.step(params, carry, self.core.project_inputs(params, x))
     return carry, y.astype(self.core.dtype)
 
 
 class SimpleCell(Cell):
-  """Elman cell, h' = act(x W_ih + b_ih + h W_hh + b_hh) with act 'tanh' | 'relu'."""
+  """Elman cell, `h' = act(x W_ih + b_ih + h W_hh + b_hh)` with act 'tanh' or 'relu'.
+
+  Args:
+    in_features: D.
+    hidden_size: H.
+    activation: 'tanh' or 'relu'.
+    use_bias: whether the cell has `b_ih` and `b_hh`.
+    dtype: the compute dtype of the matmuls.
+    param_dtype: the dtype of the parameters.
+    rngs: `nnx.Rngs` for the parameters.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from birnn_jax import nnx as bnnx
+    >>> cell = bnnx.SimpleCell(3, 4, activation="relu", rngs=nnx.Rngs(0))
+    >>> x = jnp.ones((2, 3))                                    # [batch, features]
+    >>> carry, y = cell(cell.initialize_carry(x.shape), x)
+    >>> y.shape
+    (2, 4)
+  """
 
   def __init__(self, in_features: int, hidden_size: int, *, activation: str = "tanh",
                use_bias: bool = True, dtype: Dtype = jnp.float32,
@@ -133,7 +187,24 @@ class SimpleCell(Cell):
 
 
 class GRUCell(Cell):
-  """GRU with PyTorch/cuDNN "reset-after" gates (order r, z, n)."""
+  """GRU with PyTorch's and cuDNN's "reset-after" gates (order r, z, n).
+
+  Args:
+    in_features: D.
+    hidden_size: H.
+    use_bias: whether the cell has `b_ih` and `b_hh`.
+    dtype: the compute dtype of the matmuls.
+    param_dtype: the dtype of the parameters.
+    rngs: `nnx.Rngs` for the parameters.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from birnn_jax import nnx as bnnx
+    >>> rnn = nnx.RNN(bnnx.GRUCell(3, 4, rngs=nnx.Rngs(0)))   # in flax's own layer
+    >>> rnn(jnp.ones((2, 5, 3))).shape                        # [batch, time, features]
+    (2, 5, 4)
+  """
 
   def __init__(self, in_features: int, hidden_size: int, *, use_bias: bool = True,
                dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
@@ -144,7 +215,25 @@ class GRUCell(Cell):
 
 
 class LSTMCell(Cell):
-  """LSTM with PyTorch's gates (i, f, g, o), carry (h, c), optional `proj_size`."""
+  """LSTM with PyTorch's gates (i, f, g, o), carry (h, c), optional `proj_size`.
+
+  Args:
+    in_features: D.
+    hidden_size: H.
+    proj_size: None, or P < H: the output projection `w_hr [H, P]` (PyTorch's).
+    use_bias: whether the cell has `b_ih` and `b_hh`.
+    dtype: the compute dtype of the matmuls.
+    param_dtype: the dtype of the parameters.
+    rngs: `nnx.Rngs` for the parameters.
+
+  Example:
+    >>> from flax import nnx
+    >>> from birnn_jax import nnx as bnnx
+    >>> cell = bnnx.LSTMCell(3, 4, proj_size=2, rngs=nnx.Rngs(0))
+    >>> h, c = cell.initialize_carry((2, 3))
+    >>> h.shape, c.shape, cell.w_hr.shape
+    ((2, 2), (2, 4), (4, 2))
+  """
 
   def __init__(self, in_features: int, hidden_size: int, *, proj_size: int | None = None,
                use_bias: bool = True, dtype: Dtype = jnp.float32,
@@ -158,7 +247,31 @@ def make_cell(name: str, in_features: int, hidden_size: int, *, activation: str 
               proj_size: int | None = None, use_bias: bool = True,
               dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
               rngs: nnx.Rngs) -> Cell:
-  """Builds a cell by name, 'rnn' | 'gru' | 'lstm' (as `cells.make_cell`, which checks)."""
+  """Builds an NNX cell by name.
+
+  Args:
+    name: 'rnn', 'gru' or 'lstm'.
+    in_features: D.
+    hidden_size: H.
+    activation: 'tanh' or 'relu' (for 'rnn').
+    proj_size: the LSTM output projection (for 'lstm').
+    use_bias: whether the cell has `b_ih` and `b_hh`.
+    dtype: the compute dtype of the matmuls.
+    param_dtype: the dtype of the parameters.
+    rngs: `nnx.Rngs` for the parameters.
+
+  Returns:
+    A `SimpleCell`, `GRUCell` or `LSTMCell`.
+
+  Raises:
+    ValueError: naming the argument, for an unknown name or an impossible size.
+
+  Example:
+    >>> from flax import nnx
+    >>> from birnn_jax import nnx as bnnx
+    >>> type(bnnx.make_cell("gru", 3, 4, rngs=nnx.Rngs(0))).__name__
+    'GRUCell'
+  """
   core = cells_lib.make_cell(name, hidden_size, activation=activation, proj_size=proj_size,
                              use_bias=use_bias, dtype=dtype, param_dtype=param_dtype)
   common = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -180,15 +293,29 @@ def _check_cell(cell, where: str) -> Cell:
 
 
 class Recurrent(nnx.Module):
-  """One direction over [B, T, D] -> (outputs [B, T, H_out], final carry).
+  """One direction over a padded batch, NNX-style.
 
   The cell is stored as `forward` (or `backward` when `reverse`), as in the Linen
   `Recurrent`, so parameter paths match.
 
-  Attributes:
+  Args:
+    cell: a `birnn_jax.nnx` cell (`SimpleCell`, `GRUCell`, `LSTMCell`).
     reverse: run t = T-1..0, each sequence starting at its own last real step.
-    impl: 'reference' | 'scan' (a fused impl runs as 'scan': it fuses two directions).
-    unroll: scan unroll factor.
+    impl: 'reference' or 'scan' ('fused' runs as 'scan': it fuses two directions).
+    unroll: the scan's unroll factor.
+
+  Raises:
+    TypeError: `cell` is not a `birnn_jax.nnx` cell.
+    ValueError: an unknown `impl`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from birnn_jax import nnx as bnnx
+    >>> layer = bnnx.Recurrent(bnnx.LSTMCell(3, 4, rngs=nnx.Rngs(0)))
+    >>> outputs, (h, c) = layer(jnp.ones((2, 5, 3)), jnp.array([5, 2]))
+    >>> outputs.shape, h.shape
+    ((2, 5, 4), (2, 4))
   """
 
   def __init__(self, cell: Cell, *, reverse: bool = False, impl: str = "scan",
@@ -208,7 +335,16 @@ class Recurrent(nnx.Module):
     return self.cell.output_size
 
   def __call__(self, x: Array, lengths: Array | None = None, carry=None):
-    """x [B, T, D], lengths [B] | None (all T) -> (outputs [B, T, H_out], final carry)."""
+    """Runs the chain.
+
+    Args:
+      x: float [batch, time, features].
+      lengths: int [batch] in [0, time], or None (every sequence `time` long).
+      carry: the initial carry, or None for zeros.
+
+    Returns:
+      `(outputs [batch, time, H_out], final carry)`, zeros at padded steps.
+    """
     lengths = recurrence.check_inputs(x, lengths, "Recurrent")
     bidi.resolve_impl(self.impl)
     cell = self.cell
@@ -217,16 +353,33 @@ class Recurrent(nnx.Module):
 
 
 class Bidirectional(nnx.Module):
-  """Both directions over [B, T, D] -> (merged outputs, (forward carry, backward carry)).
+  """One bidirectional layer, NNX-style: both chains, merged per step.
 
   The directions may differ in cell type and hidden size (with merge 'concat' or 'none').
+  The cells are stored as `forward` and `backward`.
 
-  Attributes:
-    forward, backward: the two cells.
-    merge: 'concat' | 'sum' | 'mean' | 'mul' | 'none' (the pair).
+  Args:
+    forward_cell: the forward chain's cell.
+    backward_cell: the backward chain's cell.
+    merge: 'concat', 'sum', 'mean', 'mul' or 'none' (the pair).
     impl: any of `birnn_jax.IMPLS`.
-    unroll: scan unroll factor.
+    unroll: the scan's unroll factor.
     remat: with impl='fused', recompute gate activations in backprop (less memory).
+
+  Raises:
+    TypeError: a cell is not a `birnn_jax.nnx` cell.
+    ValueError: an unknown `impl` or `merge`, or sizes the merge cannot combine.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from birnn_jax import nnx as bnnx
+    >>> rngs = nnx.Rngs(0)
+    >>> layer = bnnx.Bidirectional(bnnx.GRUCell(3, 4, rngs=rngs),
+    ...                            bnnx.GRUCell(3, 4, rngs=rngs), merge="sum")
+    >>> outputs, (h_f, h_b) = layer(jnp.ones((2, 5, 3)), jnp.array([5, 2]))
+    >>> outputs.shape, layer.output_size
+    ((2, 5, 4), 4)
   """
 
   def __init__(self, forward_cell: Cell, backward_cell: Cell, *, merge: str = "concat",
@@ -245,7 +398,16 @@ class Bidirectional(nnx.Module):
     return bidi.merged_size(self.merge, self.forward.output_size, self.backward.output_size)
 
   def __call__(self, x: Array, lengths: Array | None = None, carries=None):
-    """x [B, T, D], lengths [B] | None -> (outputs [B, T, H_merged], (carry_f, carry_b))."""
+    """Runs both chains and merges them.
+
+    Args:
+      x: float [batch, time, features].
+      lengths: int [batch] in [0, time], or None (every sequence `time` long).
+      carries: None (zeros) or the pair (forward carry, backward carry).
+
+    Returns:
+      `(outputs [batch, time, H_merged], (forward carry, backward carry))`.
+    """
     lengths = recurrence.check_inputs(x, lengths, "Bidirectional")
     bidi.resolve_impl(self.impl)
     return bidi.apply_bidirectional(
@@ -279,6 +441,20 @@ class BiRNN(nnx.Module):
   of per-(layer, direction) carries. `deterministic=` and `rngs=` override the dropout
   layers' mode and stream for one call. The stack's own attributes (`impl`, `unroll`,
   `remat`, `merge`, `residual`) decide how it runs.
+
+  Raises:
+    TypeError: a cell that is not a name ('rnn', 'gru', 'lstm').
+    ValueError: naming the attribute, for any impossible setting.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from birnn_jax import nnx as bnnx
+    >>> model = bnnx.BiRNN(3, 4, cell="lstm", num_layers=2, dropout=0.1, rngs=nnx.Rngs(0))
+    >>> model.eval()                                       # dropout off
+    >>> outputs, (h_n, c_n) = model(jnp.ones((2, 5, 3)), jnp.array([5, 2]))
+    >>> outputs.shape, h_n.shape                           # [L * 2, batch, H]
+    ((2, 5, 8), (4, 2, 4))
   """
 
   def __init__(self, in_features: int, hidden_size: int = 128, *, cell: str = "lstm",
@@ -344,12 +520,25 @@ class BiRNN(nnx.Module):
       num_inputs = module.output_size
 
   def linen_module(self) -> linen.BiRNN:
-    """The equivalent (unbound) Linen `BiRNN`: it takes this model's parameters."""
+    """The equivalent (unbound) Linen `birnn_jax.BiRNN`: it takes this model's parameters
+    (see `to_linen`)."""
     return linen.BiRNN(**{name: getattr(self, name) for name in ATTRIBUTES})
 
   def __call__(self, x: Array, lengths: Array | None = None, initial_carry=None, *,
                deterministic: bool | None = None, rngs=None):
-    """x [B, T, D], lengths [B] | None -> (outputs [B, T, H_merged], final); see class."""
+    """Runs the stack.
+
+    Args:
+      x: float [batch, time, features].
+      lengths: int [batch] in [0, time], or None (every sequence `time` long).
+      initial_carry: None (zeros), or every (layer, direction)'s carry in PyTorch's
+        layout `[L * num_dirs, batch, H]` (LSTM: `(h_0, c_0)`) or a tuple of them.
+      deterministic: overrides the dropout layers' mode for this call.
+      rngs: overrides the dropout layers' RNG stream for this call.
+
+    Returns:
+      `(outputs [batch, time, H_merged], final)`, as the class docstring says.
+    """
     lengths = recurrence.check_inputs(x, lengths, "BiRNN")
     bidi.resolve_impl(self.impl)
 
@@ -382,11 +571,34 @@ def _shapes(tree) -> dict:
 
 
 def from_linen(module: linen.BiRNN, variables, *, rngs: nnx.Rngs | None = None) -> BiRNN:
-  """The NNX `BiRNN` holding a Linen `BiRNN`'s variables (`{'params': ...}`).
+  """The NNX `BiRNN` holding a Linen `birnn_jax.BiRNN`'s variables.
 
-  `model(x, lengths)` then equals `module.apply(variables, x, lengths)`. `rngs` seeds the
-  dropout streams (default `nnx.Rngs(0)`); like every NNX module the model starts in
-  training mode (dropout on, if any): call `model.eval()` for `module.apply`'s default.
+  `model(x, lengths)` then equals `module.apply(variables, x, lengths)`. Like every NNX
+  module the model starts in training mode (dropout on, if any): call `model.eval()` for
+  `module.apply`'s default.
+
+  Args:
+    module: a Linen `birnn_jax.BiRNN`.
+    variables: its variables, `{'params': ...}` (or the params alone).
+    rngs: seeds the dropout streams (default `nnx.Rngs(0)`).
+
+  Returns:
+    The `birnn_jax.nnx.BiRNN`.
+
+  Raises:
+    TypeError: `module` is not a `birnn_jax.BiRNN`.
+    ValueError: the variables do not fit the module.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import birnn_jax
+    >>> from birnn_jax import nnx as bnnx
+    >>> module = birnn_jax.BiRNN(cell="gru", hidden_size=4)
+    >>> x = jnp.ones((2, 5, 3))
+    >>> variables = module.init(jax.random.key(0), x)
+    >>> model = bnnx.from_linen(module, variables)
+    >>> bool(jnp.allclose(model(x)[0], module.apply(variables, x)[0]))
+    True
   """
   if not isinstance(module, linen.BiRNN):
     raise TypeError(f"from_linen expects a birnn_jax.BiRNN, got {type(module).__name__}.")
@@ -409,9 +621,24 @@ def from_linen(module: linen.BiRNN, variables, *, rngs: nnx.Rngs | None = None) 
 
 
 def to_linen(model: BiRNN):
-  """`(module, variables)`: the Linen `BiRNN` and its variables computing what `model` does.
+  """The Linen `birnn_jax.BiRNN` and its variables computing what `model` does.
 
-  The variables are `{'params': ...}` with the same arrays (dropout streams are NNX-only).
+  Args:
+    model: a `birnn_jax.nnx.BiRNN`.
+
+  Returns:
+    `(module, variables)`; the variables are `{'params': ...}` with the same arrays
+    (dropout streams are NNX-only).
+
+  Raises:
+    TypeError: `model` is not a `birnn_jax.nnx.BiRNN`.
+
+  Example:
+    >>> from flax import nnx
+    >>> from birnn_jax import nnx as bnnx
+    >>> module, variables = bnnx.to_linen(bnnx.BiRNN(3, 4, rngs=nnx.Rngs(0)))
+    >>> module.hidden_size, variables["params"]["layer_0"]["backward"]["w_ih"].shape
+    (4, (3, 16))
   """
   if not isinstance(model, BiRNN):
     raise TypeError(f"to_linen expects a birnn_jax.nnx.BiRNN, got {type(model).__name__}.")
@@ -419,12 +646,29 @@ def to_linen(model: BiRNN):
 
 
 def from_torch(rnn, *, rngs: nnx.Rngs | None = None, **overrides) -> BiRNN:
-  """The NNX `BiRNN` computing what a `torch.nn.RNN/GRU/LSTM` computes.
+  """The NNX `BiRNN` computing what a `torch.nn.RNN`, `GRU` or `LSTM` computes.
 
   As `birnn_jax.from_torch` (whose `(module, variables)` it converts): `model(x, lengths)`
   with batch-major x equals torch's output on the packed sequence (zeros at padding) and
-  its `h_n` (LSTM: `(h_n, c_n)`). `overrides` set attributes (e.g. `impl='fused'`). The
-  model's mode follows `rnn.training` (it matters only when `rnn.dropout` > 0).
+  its `h_n` (LSTM: `(h_n, c_n)`). The model's mode follows `rnn.training` (it matters
+  only when `rnn.dropout` > 0).
+
+  Args:
+    rnn: the torch module.
+    rngs: seeds the dropout streams (default `nnx.Rngs(0)`).
+    **overrides: attributes to set, e.g. `impl='fused'`.
+
+  Returns:
+    The `birnn_jax.nnx.BiRNN`.
+
+  Example:
+    >>> import numpy as np, torch
+    >>> from birnn_jax import nnx as bnnx
+    >>> gru = torch.nn.GRU(3, 4, batch_first=True, bidirectional=True)
+    >>> model = bnnx.from_torch(gru, impl="fused")
+    >>> x = np.ones((2, 5, 3), np.float32)
+    >>> bool(np.allclose(model(x)[0], gru(torch.from_numpy(x))[0].detach(), atol=1e-5))
+    True
   """
   model = from_linen(*torch_interop.from_torch(rnn, **overrides), rngs=rngs)
   if not rnn.training:

@@ -20,13 +20,39 @@ def _suffix(layer: int, direction: str) -> str:
 
 
 def from_torch(rnn, **overrides):
-  """Returns `(module, variables)`: a `BiRNN` computing what `rnn` computes.
+  """A `BiRNN` and its variables computing what a PyTorch RNN computes.
 
-  `module.apply(variables, x, lengths)` with batch-major `x: [B, T, D]` equals torch's
-  output on `pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)`
-  (zeros at padding) and its final state `h_n` (LSTM: `(h_n, c_n)`), in torch's layout
-  `[num_layers * num_directions, B, H]`, whatever `rnn.batch_first` is.
-  `overrides` set module attributes, e.g. `impl='reference'` or `dtype=jnp.bfloat16`.
+  `module.apply(variables, x, lengths)` with batch-major x float [batch, time, features]
+  equals torch's output on `pack_padded_sequence(x, lengths, batch_first=True,
+  enforce_sorted=False)` unpacked with `pad_packed_sequence(..., total_length=time)`
+  (zeros at padding), and its final state `h_n` (LSTM: `(h_n, c_n)`) in torch's layout
+  `[num_layers * num_directions, batch, H]`, whatever `rnn.batch_first` is. torch is
+  imported only by this call.
+
+  Args:
+    rnn: a `torch.nn.RNN`, `GRU` or `LSTM` (any `num_layers`, `bidirectional`, `bias`,
+      `nonlinearity`, `dropout`, `proj_size`).
+    **overrides: `BiRNN` attributes to set, e.g. `impl='fused'` or `dtype=jnp.bfloat16`.
+
+  Returns:
+    `(module, variables)`: the `BiRNN` and `{'params': ...}` holding torch's weights
+    (transposed to `[in, out]`).
+
+  Raises:
+    TypeError: `rnn` is not a torch RNN, GRU or LSTM.
+
+  Example:
+    >>> import numpy as np, torch
+    >>> import birnn_jax
+    >>> lstm = torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True, batch_first=True)
+    >>> module, variables = birnn_jax.from_torch(lstm, impl="fused")
+    >>> x = np.random.default_rng(0).normal(size=(2, 5, 3)).astype(np.float32)
+    >>> outputs, (h_n, c_n) = module.apply(variables, x)
+    >>> expected, (h_t, _) = lstm(torch.from_numpy(x))
+    >>> bool(np.allclose(outputs, expected.detach().numpy(), atol=1e-5))
+    True
+    >>> h_n.shape == tuple(h_t.shape)
+    True
   """
   kind = type(rnn).__name__
   if kind not in _CELL_OF_TORCH:
@@ -56,10 +82,29 @@ def from_torch(rnn, **overrides):
 
 
 def to_torch(module: BiRNN, variables):
-  """Returns a `torch.nn.RNN/GRU/LSTM` (batch_first=True) with `module`'s weights.
+  """A PyTorch RNN holding a `BiRNN`'s weights (the inverse of `from_torch`).
 
   Only stacks that torch can express: one cell type and hidden size in both directions,
-  merge='concat', no residual connections.
+  merge='concat', no residual connections. torch is imported only by this call.
+
+  Args:
+    module: a `birnn_jax.BiRNN` with cell 'rnn', 'gru' or 'lstm'.
+    variables: its variables, `{'params': ...}`.
+
+  Returns:
+    A `torch.nn.RNN`, `GRU` or `LSTM` with `batch_first=True`.
+
+  Raises:
+    ValueError: the stack is one torch cannot express.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import birnn_jax
+    >>> module = birnn_jax.BiRNN(cell="gru", hidden_size=4)
+    >>> variables = module.init(jax.random.key(0), jnp.ones((2, 5, 3)))
+    >>> gru = birnn_jax.to_torch(module, variables)
+    >>> type(gru).__name__, gru.bidirectional, tuple(gru.weight_ih_l0.shape)
+    ('GRU', True, (12, 3))
   """
   import torch  # pylint: disable=g-import-not-at-top
 

@@ -44,7 +44,30 @@ def uniform_init(scale: float):
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-  """What every cell shares; subclasses define `step` (and LSTM its carry)."""
+  """What every cell shares; subclasses define `step` (and LSTM its carry).
+
+  A cell holds hyper-parameters only; its parameters are a dict passed to each method.
+  A new cell subclasses this one, sets `kind` and `num_gates` and writes `step` (see
+  :doc:`/design`).
+
+  Attributes:
+    features: the hidden size H.
+    use_bias: whether the cell has the biases `b_ih` and `b_hh`.
+    dtype: the compute dtype of the matmuls (gates and carries are float32).
+    param_dtype: the dtype `init` gives the parameters.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from birnn_jax.core import cells
+    >>> cell = cells.LSTMCell(features=4)
+    >>> cell.param_shapes(3)
+    {'w_ih': (3, 16), 'w_hh': (4, 16), 'b_ih': (16,), 'b_hh': (16,)}
+    >>> params = cell.init(jax.random.key(0), 3)
+    >>> x = jnp.ones((2, 3))                                     # [batch, features]
+    >>> carry, y = cell.step(params, cell.zero_carry(x.shape), cell.project_inputs(params, x))
+    >>> y.shape
+    (2, 4)
+  """
   features: int
   use_bias: bool = True
   dtype: Dtype = jnp.float32
@@ -109,6 +132,7 @@ class Cell:
     return carry
 
   def step(self, params: dict, carry, xp: Array):
+    """One recurrent step: (carry, xp [..., G*H] from `project_inputs`) -> (carry, y)."""
     raise NotImplementedError
 
 
@@ -197,9 +221,28 @@ CELLS = {"rnn": SimpleCell, "gru": GRUCell, "lstm": LSTMCell}
 def make_cell(name: str, features: int, *, activation: str = "tanh",
               proj_size: int | None = None, use_bias: bool = True,
               dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32) -> Cell:
-  """A cell by name: 'rnn' (with activation 'tanh'|'relu'), 'gru' or 'lstm'.
+  """A pure cell by name.
 
-  Raises ValueError naming the argument for an unknown name or an impossible size.
+  Args:
+    name: 'rnn', 'gru' or 'lstm'.
+    features: the hidden size H.
+    activation: 'tanh' or 'relu' (for 'rnn').
+    proj_size: the LSTM output projection P (0 or None: none; 'lstm' only).
+    use_bias: whether the cell has the biases `b_ih` and `b_hh`.
+    dtype: the compute dtype of the matmuls.
+    param_dtype: the dtype of the parameters.
+
+  Returns:
+    A `SimpleCell`, `GRUCell` or `LSTMCell`.
+
+  Raises:
+    ValueError: naming the argument, for an unknown name or an impossible size.
+
+  Example:
+    >>> from birnn_jax.core import cells
+    >>> cell = cells.make_cell("rnn", 8, activation="relu")
+    >>> type(cell).__name__, cell.activation, cell.output_size
+    ('SimpleCell', 'relu', 8)
   """
   if name not in CELLS:
     raise ValueError(f"unknown cell={name!r}; expected one of {sorted(CELLS)}.")

@@ -32,7 +32,20 @@ MERGES = ("concat", "sum", "mean", "mul", "none")
 
 
 class Impl(str, enum.Enum):
-  """How a layer's recurrence runs; every implementation gives the same numbers."""
+  """How a layer's recurrence runs; every implementation gives the same numbers.
+
+  The modules take the value as a string (`impl="fused"`); `birnn_jax.IMPLS` lists them.
+  REFERENCE is the plain per-step loop (tests, reading), SCAN one `jax.lax.scan` per
+  direction, FUSED both directions in one scan with a hand-written backward pass (see
+  :doc:`/library/implementations`).
+
+  Example:
+    >>> import birnn_jax
+    >>> birnn_jax.IMPLS
+    ('reference', 'scan', 'fused')
+    >>> birnn_jax.Impl("fused") is birnn_jax.Impl.FUSED
+    True
+  """
   REFERENCE = "reference"
   SCAN = "scan"
   FUSED = "fused"
@@ -42,7 +55,16 @@ IMPLS = tuple(impl.value for impl in Impl)
 
 
 def resolve_impl(impl: str | Impl) -> Impl:
-  """The `Impl` named by `impl`; ValueError listing the choices for any other value."""
+  """The `Impl` named by `impl` (the one place an implementation is chosen).
+
+  Raises:
+    ValueError: listing the choices, for any other value.
+
+  Example:
+    >>> from birnn_jax.core import layers
+    >>> layers.resolve_impl("scan")
+    <Impl.SCAN: 'scan'>
+  """
   try:
     return Impl(impl)
   except ValueError:
@@ -72,7 +94,30 @@ def merged_size(merge: Merge, forward_size: int, backward_size: int) -> int:
 
 
 def merge_directions(merge: Merge, y_f: Array, y_b: Array):
-  """[B, T, H_f], [B, T, H_b] -> [B, T, H_f + H_b] (concat) or [B, T, H] or the pair."""
+  """Combines the two directions' outputs of one step or sequence.
+
+  Args:
+    merge: one of `birnn_jax.MERGES` ('concat', 'sum', 'mean', 'mul', 'none') or a
+      function `(y_f, y_b) -> y`.
+    y_f: float [batch, time, H_f], the forward chain's outputs.
+    y_b: float [batch, time, H_b], the backward chain's outputs.
+
+  Returns:
+    float [batch, time, H_f + H_b] for 'concat', [batch, time, H] for 'sum', 'mean' and
+    'mul' (which need H_f == H_b), the pair `(y_f, y_b)` for 'none'.
+
+  Raises:
+    ValueError: an unknown merge, or unequal sizes for 'sum', 'mean' or 'mul'.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import birnn_jax
+    >>> y_f, y_b = jnp.ones((2, 5, 4)), jnp.ones((2, 5, 3))
+    >>> birnn_jax.merge_directions("concat", y_f, y_b).shape
+    (2, 5, 7)
+    >>> birnn_jax.merge_directions("mean", y_f, 3 * y_f)[0, 0, 0].item()
+    2.0
+  """
   if callable(merge):
     return merge(y_f, y_b)
   merged_size(merge, y_f.shape[-1], y_b.shape[-1])
@@ -115,10 +160,30 @@ def run_chain(impl: Impl, cell, params, x, lengths, carry, reverse: bool, unroll
 
 def apply_recurrent(cell, params, x_BxTxD: Array, lengths_B: Array, carry=None, *,
                     reverse: bool = False, impl: str = "scan", unroll: int = 1):
-  """One direction: -> (outputs [B, T, H_out] in the cell's compute dtype, final carry).
+  """One direction of a layer, the maths of both front ends' `Recurrent`.
 
-  `lengths_B` must already be checked (`recurrence.check_inputs`); `carry` None starts
-  from the cell's zero carry. 'fused' runs as 'scan' here (it fuses two directions).
+  Args:
+    cell: a pure cell (`core.cells`) or any object with its protocol.
+    params: the cell's parameter dict.
+    x_BxTxD: float [batch, time, features].
+    lengths_B: int [batch], already checked (`recurrence.check_inputs`).
+    carry: the initial carry; None starts from the cell's zero carry.
+    reverse: run the backward chain (t = T-1..0, from each sequence's last real step).
+    impl: one of `birnn_jax.IMPLS`; 'fused' runs as 'scan' here (it fuses two
+      directions) and says so in the `birnn_jax` log.
+    unroll: the scan's unroll factor.
+
+  Returns:
+    `(outputs [batch, time, H_out] in the cell's compute dtype, final carry)`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from birnn_jax.core import cells, layers
+    >>> cell = cells.GRUCell(features=4)
+    >>> params = cell.init(jax.random.key(0), 3)
+    >>> y, h = layers.apply_recurrent(cell, params, jnp.ones((2, 5, 3)), jnp.array([5, 2]))
+    >>> y.shape, h.shape
+    ((2, 5, 4), (2, 4))
   """
   impl = resolve_impl(impl)
   if impl == Impl.FUSED:
@@ -133,10 +198,36 @@ def apply_recurrent(cell, params, x_BxTxD: Array, lengths_B: Array, carry=None, 
 def apply_bidirectional(forward_cell, backward_cell, params_f, params_b, x_BxTxD: Array,
                         lengths_B: Array, carries=None, *, merge: Merge = "concat",
                         impl: str = "scan", unroll: int = 1, remat: bool = False):
-  """Both directions: -> (merged outputs [B, T, H_merged], (forward carry, backward carry)).
+  """Both directions of a layer, merged: the maths of both front ends' `Bidirectional`.
 
-  `lengths_B` must already be checked; `carries` None starts both from zero carries.
-  `remat` (fused only) recomputes the gate activations in backprop instead of saving them.
+  Args:
+    forward_cell: the forward chain's pure cell.
+    backward_cell: the backward chain's pure cell.
+    params_f: the forward cell's parameter dict.
+    params_b: the backward cell's parameter dict.
+    x_BxTxD: float [batch, time, features].
+    lengths_B: int [batch], already checked (`recurrence.check_inputs`).
+    carries: None (zero carries) or the pair (forward carry, backward carry).
+    merge: one of `birnn_jax.MERGES` or a function `(y_f, y_b) -> y`.
+    impl: one of `birnn_jax.IMPLS`.
+    unroll: the scan's unroll factor.
+    remat: with impl='fused', recompute the gate activations in backprop instead of
+      saving them.
+
+  Returns:
+    `(merged outputs [batch, time, H_merged], (forward carry, backward carry))`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from birnn_jax.core import cells, layers
+    >>> cell = cells.SimpleCell(features=4)
+    >>> p_f, p_b = cell.init(jax.random.key(0), 3), cell.init(jax.random.key(1), 3)
+    >>> x, lengths = jnp.ones((2, 5, 3)), jnp.array([5, 2])
+    >>> y, _ = layers.apply_bidirectional(cell, cell, p_f, p_b, x, lengths, impl="fused")
+    >>> y_ref, _ = layers.apply_bidirectional(cell, cell, p_f, p_b, x, lengths,
+    ...                                       impl="reference")
+    >>> y.shape, bool(jnp.allclose(y, y_ref, atol=1e-6))
+    ((2, 5, 8), True)
   """
   impl = resolve_impl(impl)
   carry_f, carry_b = carries if carries is not None else (None, None)
