@@ -22,6 +22,19 @@ from birnn_jax.training import optim as optim_lib
 
 DTYPES = ("float32", "bfloat16")
 def base_config() -> ml_collections.ConfigDict:
+  """The keys every experiment shares (groups `model`, `data`, `optim`, `train`, `mesh`).
+
+  An experiment file's `get_config(arg)` starts from it and declares its own keys.
+
+  Returns:
+    A fresh, unlocked ConfigDict.
+
+  Example:
+    >>> from birnn_jax.training import config_lib
+    >>> config = config_lib.base_config()
+    >>> config.model.cell, config.train.batch_size, config.mesh.data
+    ('lstm', 32, -1)
+  """
   c = ml_collections.ConfigDict()
   c.task = ""             # module name under birnn_jax.tasks
   c.seed = 0
@@ -85,8 +98,23 @@ def base_config() -> ml_collections.ConfigDict:
 
 def load_experiment(path: str | os.PathLike, arg: str | None = None
                     ) -> ml_collections.ConfigDict:
-  """`get_config(arg)` of an experiment file, as `--config=<path>:<arg>` loads it (for
-  notebooks and tests; launch.py uses ml_collections' config_flags)."""
+  """`get_config(arg)` of an experiment file, as `--config=<path>:<arg>` loads it.
+
+  For notebooks and tests; launch.py uses ml_collections' config_flags.
+
+  Args:
+    path: an experiment config file, e.g. 'experiments/pos_ewt.py'.
+    arg: the config arg (what follows ':' on the command line), e.g. 'smoke'.
+
+  Returns:
+    The experiment's ConfigDict.
+
+  Example:
+    >>> from birnn_jax.training import config_lib
+    >>> config = config_lib.load_experiment("experiments/pos_ewt.py", "smoke")
+    >>> config.task, config.model.hidden_size
+    ('pos', 16)
+  """
   path = os.fspath(path)
   spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0],
                                                 path)
@@ -162,7 +190,24 @@ def resolve_schedule(train: ml_collections.ConfigDict, steps_per_epoch: int | No
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming `config.<key>` for any impossible shared value."""
+  """Checks the shared keys before any compute.
+
+  Args:
+    config: an experiment's config.
+
+  Raises:
+    birnn_jax.errors.ConfigError: naming `config.<key>=<value>` and what it must be, for
+      any impossible value (a `ValueError`).
+
+  Example:
+    >>> from birnn_jax.training import config_lib
+    >>> config = config_lib.load_experiment("experiments/synthetic_tagging.py", "smoke")
+    >>> config.model.dropout = 1.5
+    >>> config_lib.validate(config)
+    Traceback (most recent call last):
+    ...
+    birnn_jax.errors.ConfigError: config.model.dropout=1.5 is invalid: expected a rate in [0, 1).
+  """
   m, t, o = config.model, config.train, config.optim
   check(bool(config.task), "task", config.task, "a task module name")
   check(m.cell in cells.CELLS, "model.cell", m.cell, f"one of {sorted(cells.CELLS)}")
