@@ -1,5 +1,9 @@
 """Runs an experiment: python launch.py --config=experiments/<name>.py[:smoke] [--mode=...].
 
+Modes: train (then evaluate; the default), eval (the latest checkpoint on the eval splits, or
+with --input on any file of the task's format), predict (--text, or --input/--output files)
+and export (--output=DIR: the tagger serialised with jax.export, runnable with jax alone).
+
 Only parses flags and calls the library. Errors the user can fix (an unknown or invalid config
 key, malformed data, a workdir of another config, in use by another training run or that
 cannot be written, a run whose loss became NaN/Inf) end with one `launch.py: error: ...` line
@@ -8,6 +12,7 @@ during training save a checkpoint and exit 0 (see `train.stop_requested_on_signa
 """
 
 import errno
+import json
 import logging as std_logging
 import os
 import pathlib
@@ -23,9 +28,18 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Where checkpoints, metrics and results go (default: runs/<experiment>).")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"],
-                          "train (then evaluate), eval (latest checkpoint) or predict.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "export"],
+                          "train (then evaluate), eval (latest checkpoint), predict or export.")
 _TEXT = flags.DEFINE_string("text", None, "Input for --mode=predict.")
+_INPUT = flags.DEFINE_string(
+    "input", None, "--mode=predict or eval: a file of the task's format ('-' = stdin): POS "
+    "CoNLL-U or plain text, NER IOB2 or plain text, masked LM / LM plain text.")
+_OUTPUT = flags.DEFINE_string(
+    "output", None, "--mode=predict --input: the output file ('-' = stdout, the default); "
+    "--mode=eval --input: the folder for its JSON and confusion plot (default <workdir>/eval); "
+    "--mode=export: the artifact's folder.")
+_FORMAT = flags.DEFINE_string(
+    "format", None, "The --input format when its name does not say (conllu, iob2, txt).")
 _PREFIX = flags.DEFINE_string("prefix", None, "Alias of --text for generation tasks.")
 _FORCE_FRESH = flags.DEFINE_bool(
     "force_fresh", False, "Start over in a workdir that holds a run of another config.")
@@ -63,6 +77,7 @@ def main(argv):
   del argv
   from birnn_jax.training import config_lib  # pylint: disable=g-import-not-at-top
   from birnn_jax import errors  # pylint: disable=g-import-not-at-top
+  from birnn_jax.training import export  # pylint: disable=g-import-not-at-top
   from birnn_jax.training import train  # pylint: disable=g-import-not-at-top
   try:
     config = _CONFIG.value
@@ -75,14 +90,30 @@ def main(argv):
     config_lib.validate(config)  # before anything touches the workdir or compiles
     if _MODE.value == "train":
       train.run_experiment(config, workdir, force_fresh=_FORCE_FRESH.value)
+    elif _MODE.value == "eval" and _INPUT.value:
+      scores = train.predictor(config, workdir).evaluate_file(
+          _INPUT.value, _OUTPUT.value or pathlib.Path(workdir) / "eval")
+      train.print_summary(scores, "")
     elif _MODE.value == "eval":
       train.evaluate_experiment(config, workdir)
+    elif _MODE.value == "export":
+      if not _OUTPUT.value:
+        raise app.UsageError("--mode=export needs --output=DIR.")
+      meta = export.export_tagger(train.predictor(config, workdir), _OUTPUT.value)
+      print(f"Exported the {meta['task']} tagger of {meta['trained_run']} to {_OUTPUT.value} "
+            f"(platforms {', '.join(meta['platforms'])}); run it with jax alone: "
+            f"python {pathlib.Path(_OUTPUT.value) / 'predict.py'} < sentences.txt")
     else:
       text = _TEXT.value or _PREFIX.value
-      if text is None:
-        raise app.UsageError("--mode=predict needs --text (or --prefix).")
+      if text is None and _INPUT.value is None:
+        raise app.UsageError("--mode=predict needs --text (or --prefix) or --input.")
       try:
-        print(train.predict(config, workdir, text))
+        model = train.predictor(config, workdir)
+        if _INPUT.value is not None:
+          summary = model.predict_file(_INPUT.value, _OUTPUT.value or "-", _FORMAT.value)
+          sys.stderr.write(json.dumps(summary) + "\n")
+        else:
+          print(model.predict(text))
       except errors.InputError as e:  # a task refusing an input it cannot read (no blank, ...)
         fail(f"--mode=predict: {e}")
   except KeyboardInterrupt:

@@ -1,11 +1,15 @@
 """birnn_jax: bidirectional recurrent networks in JAX/Flax.
 
 The library, what `import birnn_jax` gives (it needs jax, flax and numpy only):
+
 - `birnn_jax.core`: the framework-free maths (cells, recurrences, the fused scan, layers);
 - the Linen front end (`BiRNN`, `Bidirectional`, `Recurrent`, the cells; `birnn_jax.linen`);
 - `birnn_jax.nnx`: the NNX front end over the same core (imported on first use);
+- `birnn_jax.load(workdir)`: a trained run's model, to tag sentences and files (imports the
+  runner on first use, so it needs the `train` extra);
 - `birnn_jax.crf`: a linear-chain CRF; `from_torch` / `to_torch`: PyTorch interop (torch is
   imported only when called); `birnn_jax.errors`.
+
 Above it, and never imported by it: `birnn_jax.tasks` (the experiments' tasks),
 `birnn_jax.training` (the runner behind `launch.py`) and `birnn_jax.data` (readers and the
 bundled corpora), which need the `train` extra.
@@ -30,6 +34,8 @@ def __getattr__(name):
   # about a second to `import birnn_jax`, which Linen-only users need not pay.
   if name == "nnx":
     return importlib.import_module("birnn_jax.nnx")
+  if name == "load":  # the runner's loader of a trained workdir (needs the `train` extra)
+    return importlib.import_module("birnn_jax.training.inference").load
   raise AttributeError(f"module 'birnn_jax' has no attribute {name!r}")
 
 

@@ -8,7 +8,6 @@ Slow: the :smoke config on the bundled Danish-DDT, all three variants, then pred
 
 import functools
 import json
-import lzma
 import pathlib
 
 import jax
@@ -23,6 +22,7 @@ from birnn_jax import crf as crf_lib
 from birnn_jax.training import train
 from birnn_jax.data.vocab import Vocab
 from birnn_jax.tasks import ner
+from helpers import write_uner
 from birnn_jax.tasks import pos
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
@@ -324,25 +324,6 @@ def test_variants_and_summary():
 
 # End to end on a tiny UNER folder -------------------------------------------------------------
 
-SENTENCES = [
-    [("Anne", "B-PER"), ("Hansen", "I-PER"), ("bor", "O"), ("i", "O"), ("Odense", "B-LOC")],
-    [("Novo", "B-ORG"), ("Nordisk", "I-ORG"), ("har", "O"), ("kontor", "O"), ("i", "O"),
-     ("Roskilde", "B-LOC"), (".", "O")],
-    [("Hun", "O"), ("arbejder", "O"), ("for", "O"), ("Mærsk", "B-ORG"), (".", "O")],
-]
-
-
-def write_uner(folder, copies=8):
-  folder.mkdir(parents=True)
-  text = ""
-  for n in range(copies):
-    for s in SENTENCES:
-      text += f"# sent_id = s{n}\n" + "".join(
-          f"{i}\t{w}\t{t}\t{t}#O\ts\n" for i, (w, t) in enumerate(s, 1)) + "\n"
-  (folder / "xx_tiny-ud-train.iob2").write_text(text, encoding="utf-8")
-  (folder / "xx_tiny-ud-dev.iob2.xz").write_bytes(lzma.compress(text.encode()))
-  (folder / "xx_tiny-ud-test.iob2").write_text(text, encoding="utf-8")
-  return folder
 
 
 def test_iobes_task_trains_on_iobes_and_scores_iob2(tmp_path):

@@ -25,7 +25,7 @@ def test_the_library_loads_nothing_of_the_runner():
   """`import birnn_jax`, `birnn_jax.nnx` and `birnn_jax.crf` load no module beyond what
   jax, flax (Linen and NNX) and numpy load themselves: none of the runner's dependencies,
   none of birnn_jax.training / tasks / data."""
-  code = f"""
+  code = """
 import json, sys
 import jax, numpy, flax.linen, flax.nnx
 before = set(sys.modules)

@@ -9,7 +9,6 @@ checkpoint for predict and its vocabularies.
 import collections
 import functools
 import json
-import lzma
 import pathlib
 
 import jax
@@ -24,6 +23,7 @@ from birnn_jax.training import trained
 from birnn_jax.data import conllu_data
 from birnn_jax.data.vocab import PAD, UNK, Vocab
 from birnn_jax.tasks import pos
+from helpers import write_greek_treebank
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -269,27 +269,6 @@ def test_dedup_chars_gives_the_same_logits(width, long_forms, tiered):
 
 # Any UD treebank: a tiny Greek one without a dev file ----------------------------------------
 
-GREEK = [("ο", "DET"), ("άνθρωπος", "NOUN"), ("η", "DET"), ("ΓΥΝΑΙΚΑ", "NOUN"),
-         ("τρέχει", "VERB"), ("γράφει", "VERB"), ("γρήγορα", "ADV"), (".", "PUNCT")]
-
-
-def write_greek_treebank(folder: pathlib.Path, num_train: int = 50) -> pathlib.Path:
-  """el_tiny-ud-{train,test}.conllu (test xz-compressed): DET NOUN VERB [ADV] PUNCT."""
-  rng = np.random.default_rng(0)
-  def sentences(n):
-    out = []
-    for i in range(n):
-      det, noun = [GREEK[j] for j in ((0, 1), (2, 3))[rng.integers(2)]]
-      words = [det, noun, GREEK[4 + rng.integers(2)]] + [GREEK[6]] * rng.integers(2)
-      words.append(GREEK[7])
-      out.append(f"# sent_id = s{i}\n" + "".join(
-          f"{k}\t{w}\t_\t{t}\t_\t_\t0\tdep\t_\t_\n" for k, (w, t) in enumerate(words, 1)))
-    return "\n".join(out) + "\n"
-  folder.mkdir(parents=True)
-  (folder / "el_tiny-ud-train.conllu").write_text(sentences(num_train), encoding="utf-8")
-  (folder / "el_tiny-ud-test.conllu.xz").write_bytes(
-      lzma.compress(sentences(10).encode("utf-8")))
-  return folder
 
 
 def greek_config(folder, num_epochs):

@@ -89,6 +89,15 @@ def eval_plan(lengths: Sequence[int] | np.ndarray, batch_size: int) -> list[np.n
 
 # Padding -------------------------------------------------------------------------------------
 
+def bucket_length(length: int, minimum: int = 8) -> int:
+  """A prediction batch's padded length: the next power of two >= `length` (at least
+  `minimum`), so tagging sentences of any lengths compiles O(log(longest)) shapes."""
+  padded = max(int(minimum), 1)
+  while padded < length:
+    padded *= 2
+  return padded
+
+
 def make_batch(examples: Sequence[Example], indices: Sequence[int] | np.ndarray,
                batch_size: int, pad_to: int = 8, max_chars: int | None = None,
                char_pad_to: int | None = None) -> Batch:

@@ -12,6 +12,17 @@ its loss/metrics and its predict function. The trainer calls:
 
 An experiment may train several variants of a config (e.g. bidirectional vs forward-only)
 and then summarise them: `variants(config)` and `summarize(config, results)`.
+
+Using a trained model (`training.inference`) needs no training data: a task built with
+`inference=True` reads what it needs from the workdir alone (its saved vocabularies) and
+never reads a corpus. Then:
+
+    task.example_batch()                     # a tiny batch, for the parameters' shapes
+    task.predict(params, text)               # --mode=predict --text
+    task.file_formats                        # {format: file suffixes} of --input files
+    task.read_records(fmt, file, path)       # an input file's records, streamed
+    task.predict_records(params, fmt, recs)  # their output text, one string per record
+    task.evaluate_file(params, path)         # --mode=eval --input: scores on any file
 """
 
 import abc
@@ -47,14 +58,19 @@ class Task(abc.ABC):
 
   eval_splits: tuple[str, ...] = ("eval",)
 
+  file_formats: dict[str, tuple[str, ...]] = {}
+
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-               restore_run: Callable | None = None):
+               restore_run: Callable | None = None, inference: bool = False):
     """`restore_run(workdir, task=None) -> (task, params)` reads another trained run, for a
     task that builds on one (POS on a biLM's features); the runner passes its
-    `training.trained.restore_run`, so tasks never import the runner."""
+    `training.trained.restore_run`, so tasks never import the runner. `inference`: build
+    only what predicting needs, from the workdir alone (no corpus is read)."""
     self.config = config
     self.workdir = pathlib.Path(workdir)
     self.restore_run = restore_run
+    self.inference = inference
+    self.compiled_shapes: set = set()   # input shapes the prediction function has run on
 
   @abc.abstractmethod
   def model(self) -> nn.Module:
@@ -92,6 +108,25 @@ class Task(abc.ABC):
 
   def predict(self, variables, text: str) -> str:
     raise NotImplementedError(f"{type(self).__name__} has no predict mode.")
+
+  # Using a trained model ------------------------------------------------------------------
+
+  def example_batch(self) -> Batch:
+    """A batch of the model's inputs whose shapes make its parameters (`jax.eval_shape`)."""
+    return self.train_batch(0)
+
+  def read_records(self, fmt: str, file, path) -> Iterable:
+    """The records (sentences, lines) of an input file of format `fmt`, streamed."""
+    raise NotImplementedError(f"{type(self).__name__} reads no input files.")
+
+  def predict_records(self, params, fmt: str, records: list) -> list[str]:
+    """The output text of each record (a chunk of `read_records`), in order."""
+    raise NotImplementedError(f"{type(self).__name__} predicts no input files.")
+
+  def evaluate_file(self, params, path) -> tuple[dict, tuple | None]:
+    """(scores, confusion) of the trained model on a file of the task's format: scores as
+    JSON-ready dict; confusion None or (labels, counts [gold, predicted])."""
+    raise NotImplementedError(f"{type(self).__name__} evaluates no input files.")
 
   # Experiment level -----------------------------------------------------------------------
 

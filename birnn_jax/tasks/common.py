@@ -62,6 +62,37 @@ def table(rows: list[tuple[str, ...]]) -> str:
                    [line(r) for r in rows[1:]])
 
 
+def tagging_scores(gold, predicted, labels) -> tuple[dict, tuple]:
+  """Token-level scores of predicted tags against gold ones.
+
+  Args:
+    gold: sentences of (form, gold tag) pairs.
+    predicted: each sentence's predicted tags, one per form.
+    labels: every tag, in the order of the confusion matrix.
+
+  Returns:
+    (scores, (labels, counts)): scores has 'accuracy', 'tokens', 'sentences', and per gold
+    tag 'per_tag_accuracy' and 'per_tag_count'; counts is int64 [K, K], row the gold tag,
+    column the predicted one.
+  """
+  index = {label: i for i, label in enumerate(labels)}
+  counts = np.zeros((len(labels), len(labels)), np.int64)
+  for sentence, tags in zip(gold, predicted, strict=True):
+    for (_, g), p in zip(sentence, tags, strict=True):
+      counts[index[g], index[p]] += 1
+  per_gold = counts.sum(axis=1)
+  total = int(per_gold.sum())
+  scores = {
+      "accuracy": float(np.trace(counts) / max(total, 1)),
+      "tokens": total,
+      "sentences": len(gold),
+      "per_tag_accuracy": {l: float(counts[i, i] / per_gold[i])
+                           for i, l in enumerate(labels) if per_gold[i]},
+      "per_tag_count": {l: int(per_gold[i]) for i, l in enumerate(labels) if per_gold[i]},
+  }
+  return scores, (tuple(labels), counts)
+
+
 def num_params(params) -> int:
   return int(sum(np.prod(np.shape(p)) for p in jax.tree.leaves(params)))
 

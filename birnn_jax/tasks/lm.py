@@ -15,6 +15,7 @@ model on x_<=t only, lengths = t+1) and a `sample` continuing `config.predict.pr
 Generation only ever reads the past (`sample_next`, `generate`, `prefix_logits_fn`).
 """
 
+import json
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -26,6 +27,7 @@ from birnn_jax.tasks import config_keys
 from birnn_jax import errors
 from birnn_jax.tasks import losses
 from birnn_jax.tasks import models
+from birnn_jax.data import columns
 from birnn_jax.data import sampling
 from birnn_jax.data import text
 from birnn_jax.data.vocab import PAD, UNK, Vocab
@@ -150,8 +152,10 @@ class Task(base.Task):
 
   eval_splits = ("valid", "test")
 
-  def __init__(self, config, workdir, restore_run=None):
-    super().__init__(config, workdir, restore_run)
+  file_formats = {"txt": (".txt",)}
+
+  def __init__(self, config, workdir, restore_run=None, inference=False):
+    super().__init__(config, workdir, restore_run, inference)
     d, p = config.data, config.predict
     config_keys.check(d.level in text.LEVELS, "data.level", d.level, f"one of {text.LEVELS}")
     config_keys.check_at_least(config, {
@@ -161,6 +165,12 @@ class Task(base.Task):
                      d.future_hidden_rows, ">= 0 (0 = all of the test split)")
     config_keys.check(p.temperature >= 0, "predict.temperature", p.temperature,
                      ">= 0 (0 = greedy)")
+    self._model = None
+    if inference:   # the saved vocabulary; one placeholder window gives the input shapes
+      self.vocab = common.saved_vocab(common.time_machine_vocab_path(config, workdir))
+      self.train_windows = np.full((1, d.seq_len + 1), UNK, np.int32)
+      self.sampler = sampling.Stream(1, config.train.batch_size, config.seed)
+      return
     self.corpus = common.time_machine_corpus(config, workdir)
     self.vocab = self.corpus.vocab
     # Training windows of seq_len + 1: inputs w[:, :-1], targets w[:, 1:].
@@ -173,7 +183,6 @@ class Task(base.Task):
     pick = np.linspace(0, n - 1, min(n, d.train_eval_windows)).astype(np.int64)
     self.train_subset = self._from_windows(self.train_windows[pick])
     self.future_hidden = self._future_hidden(self.heldout["test"], d.future_hidden_rows)
-    self._model = None
 
   def _from_windows(self, w: np.ndarray) -> dict[str, np.ndarray]:
     t = w.shape[1] - 1
@@ -255,6 +264,21 @@ class Task(base.Task):
 
   def predict(self, params, prefix):
     return self.generate(params, prefix)
+
+  def read_records(self, fmt, file, path):
+    return columns.read_lines(file, path)
+
+  def predict_records(self, params, fmt, records):
+    """One JSON line per prefix: `{"line", "prefix", "text"}`, the prefix and its
+    continuation (config.predict.*)."""
+    out = []
+    for r in records:
+      try:
+        generated = self.generate(params, r.text)
+      except ValueError as e:
+        raise errors.DataError(str(e), None, r.number) from e
+      out.append(json.dumps({"line": r.number, "prefix": r.text, "text": generated}) + "\n")
+    return out
 
   # Experiment level -----------------------------------------------------------------------
 

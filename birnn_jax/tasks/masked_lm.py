@@ -17,6 +17,7 @@ Metrics: `masked_accuracy` (top-1 on the targets) and `perplexity` (exp of the m
 cross-entropy). PAD and UNK are never targets (an unknown word has nothing to predict).
 """
 
+import json
 from typing import Iterable, Sequence
 
 import flax.linen as nn
@@ -28,6 +29,7 @@ from birnn_jax.tasks import config_keys
 from birnn_jax import errors
 from birnn_jax.tasks import losses
 from birnn_jax.tasks import models
+from birnn_jax.data import columns
 from birnn_jax.data import sampling
 from birnn_jax.data import text
 from birnn_jax.data.vocab import PAD, UNK, Vocab
@@ -243,8 +245,10 @@ class Task(base.Task):
 
   eval_splits = ("valid", "test")
 
-  def __init__(self, config, workdir, restore_run=None):
-    super().__init__(config, workdir, restore_run)
+  file_formats = {"txt": (".txt",)}
+
+  def __init__(self, config, workdir, restore_run=None, inference=False):
+    super().__init__(config, workdir, restore_run, inference)
     d, m = config.data, config.model
     config_keys.check(d.level in text.LEVELS, "data.level", d.level, f"one of {text.LEVELS}")
     config_keys.check_at_least(config, {"data.seq_len": 2, "data.stride": 1, "data.min_freq": 1,
@@ -260,15 +264,20 @@ class Task(base.Task):
       config_keys.check(0.0 <= m[key] < 1.0, f"model.{key}", m[key], "a rate in [0, 1)")
     config_keys.check(not (m.reverse and m.bidirectional), "model.reverse", m.reverse,
                      "False when model.bidirectional (reverse makes a backward-only encoder)")
-    self.corpus = common.time_machine_corpus(config, workdir)
-    self.vocab = self.corpus.vocab
+    self._model = None
+    if inference:   # the saved vocabulary; one placeholder window gives the input shapes
+      self.vocab = common.saved_vocab(common.time_machine_vocab_path(config, workdir))
+      self.train_windows = np.full((1, d.seq_len), UNK, np.int32)
+    else:
+      self.corpus = common.time_machine_corpus(config, workdir)
+      self.vocab = self.corpus.vocab
+      self.train_windows = text.windows(self.corpus.train, d.seq_len, d.stride)
     self.mask_id = mask_id(self.vocab)
     self.special_ids = tuple(range(self.vocab.num_reserved))   # PAD, UNK, <mask>
-    self.train_windows = text.windows(self.corpus.train, d.seq_len, d.stride)
     self.sampler = sampling.Stream(len(self.train_windows), config.train.batch_size, config.seed)
     self.num_slots = max_targets(d.mask_rate, d.seq_len)
-    self.heldout = {split: self._fixed_masks(split) for split in self.eval_splits}
-    self._model = None
+    if not inference:
+      self.heldout = {split: self._fixed_masks(split) for split in self.eval_splits}
 
   def _fixed_masks(self, split: str) -> dict[str, np.ndarray]:
     """`eval_copies` maskings of the split's rows, every target a [MASK]; the masks depend
@@ -361,6 +370,27 @@ class Task(base.Task):
     for k, options in enumerate(fillers, 1):
       lines.append(f"  blank {k}: " + "  ".join(f"{tok} {p:.1%}" for tok, p in options))
     return "\n".join(lines)
+
+  def read_records(self, fmt, file, path):
+    return columns.read_lines(file, path)
+
+  def predict_records(self, params, fmt, records):
+    """One JSON line per sentence with blanks: `{"line", "text", "best", "fillers"}`, the
+    fillers of each blank as [token, probability] pairs, best first."""
+    out = []
+    for r in records:
+      try:
+        fillers = self.fill_blanks(params, r.text)
+      except ValueError as e:
+        raise errors.DataError(str(e), None, r.number) from e
+      best = iter(options[0][0] for options in fillers)
+      tokens = sentence_tokens(r.text, self.config.data.level)
+      filled = text.detokenize([next(best) if t is None else t for t in tokens],
+                               self.config.data.level)
+      out.append(json.dumps({"line": r.number, "text": r.text, "best": filled,
+                             "fillers": [[[t, round(p, 6)] for t, p in options]
+                                         for options in fillers]}) + "\n")
+    return out
 
   # Experiment level -----------------------------------------------------------------------
 

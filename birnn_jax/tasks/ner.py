@@ -39,6 +39,7 @@ Predict: `--mode=predict --text="..."` tokenises as the POS task does and prints
 sentence with its entities bracketed, then one `TYPE: words` line per entity.
 """
 
+import json
 import warnings
 
 import flax.linen as nn
@@ -54,6 +55,7 @@ from birnn_jax.tasks import config_keys
 from birnn_jax import crf as crf_lib
 from birnn_jax import errors
 from birnn_jax.data import batching
+from birnn_jax.data import columns
 from birnn_jax.data import iob2
 from birnn_jax.data.vocab import PAD_TOKEN, Vocab
 from birnn_jax.tasks import base
@@ -191,6 +193,14 @@ def entities(tokens: list[str], labels: list[str]) -> list[tuple[str, str]]:
 
 
 # Tag schemes -----------------------------------------------------------------------------------
+
+def entity_spans(tokens: list[str], labels: list[str]) -> list[dict]:
+  """Each entity as `{"type", "start", "end", "text"}`, `end` exclusive (seqeval's default
+  mode reads the labels)."""
+  return [{"type": kind, "start": start, "end": end + 1,
+           "text": " ".join(tokens[start:end + 1])}
+          for kind, start, end in sequence_labeling.get_entities(list(labels))]
+
 
 def scheme_labels(scheme: str) -> tuple[str, ...]:
   """The labels (in id order) a model of this tag scheme predicts."""
@@ -354,12 +364,19 @@ def loss_sums(outputs: dict, batch: dict, head: str) -> dict[str, jax.Array]:
 # Task -------------------------------------------------------------------------------------------
 
 class Task(pos.WordCharTask):
-  """NER on a UNER corpus; dev is evaluated during training, dev and test at the end."""
+  """NER on a UNER corpus; dev is evaluated during training, dev and test at the end.
+
+  Files (`--mode=predict --input`): IOB2 / CoNLL columns in (token in column 2, tag in
+  column 3), the same file out with the tag column predicted; plain text (one pre-tokenised
+  sentence per line) in, one JSON line per sentence out with its entities.
+  """
 
   eval_splits = ("dev", "test")
+  label_names = LABELS   # the model's "predicted" output is IOB2 ids, whatever the scheme
+  file_formats = {"iob2": (".iob2", ".iob2.xz", ".conll", ".tsv"), "txt": (".txt",)}
 
-  def __init__(self, config, workdir, restore_run=None):
-    super().__init__(config, workdir, restore_run)
+  def __init__(self, config, workdir, restore_run=None, inference=False):
+    super().__init__(config, workdir, restore_run, inference)
     d, m = config.data, config.model
     pos.check_encoder_config(config)
     casing_size = config_keys.added_key(m, "model.casing_embed_size")
@@ -370,13 +387,16 @@ class Task(pos.WordCharTask):
     config_keys.check(self.scheme in SCHEMES, "model.tag_scheme", self.scheme,
                      f"one of {SCHEMES}")
     self.labels = scheme_labels(self.scheme)
-
+    self._model = None
+    self._prediction_fn = None
+    if inference:
+      self.load_inputs()
+      self.sources = {}
+      return
     corpus = iob2.load_uner(d.dir or None, labels=LABELS, max_length=d.max_length)
     self.sources = corpus.sources
     self.sentences = {split: getattr(corpus, split) for split in iob2.SPLITS}
     self.build_inputs()
-    self._model = None
-    self._predict_fn = None
 
   def encode(self, sentences, tagged: bool) -> list[batching.Example]:
     """Sentences of (token, IOB2 label) pairs (label ignored unless `tagged`) -> Examples,
@@ -438,17 +458,17 @@ class Task(pos.WordCharTask):
 
   # Predictions ------------------------------------------------------------------------------
 
+  def ids_from_outputs(self, outputs):
+    return outputs["predicted"]
+
   def predict_labels(self, params, examples, batch_size: int | None = None
                      ) -> list[list[str]]:
     """The predicted labels of each example (in the given order)."""
-    if self._predict_fn is None:
-      model = self.model()
-      self._predict_fn = jax.jit(lambda p, *inputs: model.apply(
-          {"params": p}, *inputs, deterministic=True)["predicted"])
+    fn = self.prediction_fn()
     out: list[list[str] | None] = [None] * len(examples)
     for idx, batch in self.fixed_batches(examples, batch_size or
                                          self.config.data.eval_batch_size):
-      tags = np.asarray(self._predict_fn(params, *self.model_inputs(batch)))
+      tags = np.asarray(fn(params, *self.model_inputs(batch)))
       for row, i in enumerate(idx):
         out[i] = [LABELS[int(t)] for t in tags[row, :len(examples[i].words)]]
     return out
@@ -476,8 +496,7 @@ class Task(pos.WordCharTask):
     tokens = pos.tokenize(text, lambda w: self.normalize(w) in self.word_vocab)
     if not tokens:
       raise errors.InputError("--text has no words to tag.")
-    examples = self.encode([[(w, "O") for w in tokens]], tagged=False)
-    labels = self.predict_labels(params, examples, batch_size=1)[0]
+    labels = self.tag_sentences(params, [tokens], batch_size=1)[0]
     found = sequence_labeling.get_entities(labels)
     words = list(tokens)
     for kind, start, end in found:
@@ -487,6 +506,32 @@ class Task(pos.WordCharTask):
     lines += [f"{kind}: {text}" for kind, text in entities(tokens, labels)] or [
         "(no entities found)"]
     return "\n".join(lines)
+
+  def read_records(self, fmt, file, path):
+    if fmt == "iob2":
+      return columns.read_blocks(file, path, columns.IOB2)
+    return columns.read_lines(file, path)
+
+  def predict_records(self, params, fmt, records):
+    """IOB2 blocks with their tag column predicted; plain-text lines as JSON lines
+    `{"line", "tokens", "entities": [{"type", "start", "end", "text"}]}` (end exclusive)."""
+    sentences = [r.forms if fmt == "iob2" else r.tokens for r in records]
+    words = [i for i, s in enumerate(sentences) if s]
+    labels = dict(zip(words, self.tag_sentences(params, [sentences[i] for i in words])))
+    if fmt == "iob2":
+      return [r.with_column(labels.get(i, [])) for i, r in enumerate(records)]
+    return [json.dumps({"line": r.number, "tokens": r.tokens,
+                        "entities": entity_spans(r.tokens, labels[i])},
+                       ensure_ascii=False) + "\n" for i, r in enumerate(records)]
+
+  def evaluate_file(self, params, path):
+    """Entity F1 (seqeval, per type) on an IOB2 file, token accuracy and the confusion
+    counts of the labels."""
+    gold = iob2.read_iob2(path, labels=LABELS)
+    predicted = self.tag_sentences(params, [[w for w, _ in s] for s in gold])
+    scores, confusion = common.tagging_scores(gold, predicted, LABELS)
+    scores.update(score([[t for _, t in s] for s in gold], predicted))
+    return scores, confusion
 
   # Experiment level -------------------------------------------------------------------------
 

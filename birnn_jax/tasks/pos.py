@@ -55,6 +55,7 @@ tokenised, and prints `word/TAG` pairs.
 import abc
 import collections
 import re
+import unicodedata
 
 import flax.linen as nn
 import jax
@@ -66,6 +67,7 @@ from birnn_jax import errors
 from birnn_jax.tasks import losses
 from birnn_jax.tasks import models
 from birnn_jax.data import batching
+from birnn_jax.data import columns
 from birnn_jax.data import conllu_data
 from birnn_jax.data.vocab import PAD, UNK, Vocab
 from birnn_jax.tasks import base
@@ -326,7 +328,15 @@ class WordCharTask(base.Task):
   from the training sentences (words normalised, characters as written) and kept in the
   workdir, every split's examples, rare-word dropout and the step-indexed batcher. A
   subclass sets `self.sentences` ({split: [[(form, tag), ...]]}), defines `encode`, then
-  calls `build_inputs()`."""
+  calls `build_inputs()` (training) or `load_inputs()` (inference: the workdir alone).
+
+  Predicting (`predict_ids`, `tag_sentences`) batches sentences by length into batches
+  padded to a power of two (`batching.bucket_length`), so a file of any lengths compiles a
+  few shapes; `prediction_fn` (the subclass's) maps a batch's model inputs to label ids
+  [B, T] naming `label_names`.
+  """
+
+  label_names: tuple[str, ...] = ()
 
   @abc.abstractmethod
   def encode(self, sentences, tagged: bool) -> list[batching.Example]:
@@ -357,8 +367,74 @@ class WordCharTask(base.Task):
                                         self.config.seed, **self.padding)
     self._eval_cache: dict[str, list] = {}
 
+  def load_inputs(self) -> None:
+    """What predicting needs, from the workdir alone: the saved vocabularies (no corpus)."""
+    d = self.config.data
+    self.word_vocab = common.saved_vocab(self.workdir / WORD_VOCAB_FILE)
+    self.char_vocab = common.saved_vocab(self.workdir / CHAR_VOCAB_FILE)
+    self.char_encoder = CharEncoder(self.char_vocab, d.max_chars)
+    self.sentences, self.examples, self.train_forms = {}, {}, frozenset()
+    self.padding = dict(pad_to=d.pad_to, max_chars=d.max_chars, char_pad_to=d.max_chars)
+    self._eval_cache = {}
+
   def steps_per_epoch(self):
     return self.batcher.steps_per_epoch
+
+  # Predictions ------------------------------------------------------------------------------
+
+  def ids_from_outputs(self, outputs) -> jax.Array:
+    """The model's outputs -> predicted label ids int [B, T] (of `label_names`)."""
+    raise NotImplementedError
+
+  def prediction_fn(self):
+    """A jitted `(params, *model_inputs) -> label ids [B, T]`, made once."""
+    if self._prediction_fn is None:
+      model = self.model()
+      self._prediction_fn = jax.jit(lambda p, *inputs: self.ids_from_outputs(
+          model.apply({"params": p}, *inputs, deterministic=True)))
+    return self._prediction_fn
+
+  def add_prediction_features(self, batch, sentences, rows) -> dict:
+    """The batch plus features the model needs beyond words and characters (POS: biLM)."""
+    del sentences, rows
+    return batch
+
+  def prediction_batches(self, sentences, batch_size: int):
+    """(sentence indices, model-ready batch) covering `sentences` (lists of forms) once,
+    sorted by length, each batch padded to `batching.bucket_length` of its longest."""
+    examples = self.encode([[(unicodedata.normalize("NFC", w), self.label_names[0])
+                             for w in s] for s in sentences], tagged=False)
+    for idx in batching.eval_plan([len(ex.words) for ex in examples], batch_size):
+      longest = max(len(examples[i].words) for i in idx)
+      padding = dict(self.padding, pad_to=batching.bucket_length(longest,
+                                                                 self.config.data.pad_to))
+      batch = batching.make_batch(examples, idx, batch_size, **padding)
+      yield idx, dedup_chars(self.add_prediction_features(batch, sentences, idx))
+
+  def example_batch(self):
+    if not self.inference:
+      return self.train_batch(0)
+    return next(iter(self.prediction_batches([["x"]], 1)))[1]
+
+  def predict_ids(self, params, sentences, batch_size: int | None = None
+                  ) -> list[np.ndarray]:
+    """The predicted label ids (int [n_i]) of each sentence (a list of forms), in order."""
+    fn = self.prediction_fn()
+    out: list[np.ndarray | None] = [None] * len(sentences)
+    for idx, batch in self.prediction_batches(
+        sentences, batch_size or self.config.data.eval_batch_size):
+      inputs = self.model_inputs(batch)
+      self.compiled_shapes.add(str(jax.tree.map(np.shape, inputs)))
+      ids = np.asarray(fn(params, *inputs))
+      for row, i in enumerate(idx):
+        out[i] = ids[row, :len(sentences[i])]
+    return out
+
+  def tag_sentences(self, params, sentences, batch_size: int | None = None
+                    ) -> list[list[str]]:
+    """Each sentence's predicted labels (`label_names`), one per form."""
+    return [[self.label_names[int(t)] for t in ids]
+            for ids in self.predict_ids(params, sentences, batch_size)]
 
   def dropped_batch(self, step: int) -> dict:
     """Training batch `step` with rare words replaced by UNK (a function of seed and step),
@@ -371,12 +447,18 @@ class WordCharTask(base.Task):
 
 
 class Task(WordCharTask):
-  """UPOS tagging on UD English-EWT; dev is evaluated during training, dev and test at the end."""
+  """UPOS tagging on UD English-EWT; dev is evaluated during training, dev and test at the end.
+
+  Files (`--mode=predict --input`): CoNLL-U in, the same CoNLL-U out with only the UPOS
+  column replaced; plain text (one pre-tokenised sentence per line) in, CoNLL-U out.
+  """
 
   eval_splits = ("dev", "test")
+  label_names = TAGS
+  file_formats = {"conllu": (".conllu", ".conllu.xz"), "txt": (".txt",)}
 
-  def __init__(self, config, workdir, restore_run=None):
-    super().__init__(config, workdir, restore_run)
+  def __init__(self, config, workdir, restore_run=None, inference=False):
+    super().__init__(config, workdir, restore_run, inference)
     d, m = config.data, config.model
     check_encoder_config(config)
     config_keys.check(d.train_sentences >= 0, "data.train_sentences", d.train_sentences,
@@ -391,6 +473,12 @@ class Task(WordCharTask):
                      d.train_file, "a path when data.dev_file or data.test_file is set")
     # A wrong biLM workdir is refused before the treebank is read.
     self.bilm = load_bilm(m.bilm_workdir, restore_run) if m.bilm_workdir else None
+    self._model = None
+    self._prediction_fn = None
+    if inference:
+      self.load_inputs()
+      self.sources, self._bilm_inputs = {}, {}
+      return
     splits = conllu_data.load_treebank(
         None if d.train_file else conllu_data.treebank_folder(d.dir or None), files=files,
         max_length=d.max_length, dev_fraction=d.dev_fraction, seed=config.seed)
@@ -401,8 +489,6 @@ class Task(WordCharTask):
     self.build_inputs()
     self._bilm_inputs = {name: self.encode_bilm(sentences)
                          for name, sentences in self.sentences.items()}
-    self._model = None
-    self._tag_fn = None
 
   def encode(self, sentences, tagged: bool) -> list[batching.Example]:
     """Sentences of (form, UPOS tag) pairs (tag ignored unless `tagged`) -> Examples."""
@@ -461,18 +547,22 @@ class Task(WordCharTask):
 
   # Predictions ------------------------------------------------------------------------------
 
+  def ids_from_outputs(self, outputs):
+    return jnp.argmax(outputs, axis=-1)
+
+  def add_prediction_features(self, batch, sentences, rows):
+    bilm_inputs = self.encode_bilm([[(w, None) for w in sentences[i]] for i in rows])
+    return self.with_bilm(batch, bilm_inputs, range(len(rows)))
+
   def tag_examples(self, params, examples, bilm_inputs, batch_size: int | None = None
                    ) -> list[np.ndarray]:
     """The predicted tag ids of each example (in the given order); `bilm_inputs` are their
     `encode_bilm` outputs."""
-    if self._tag_fn is None:
-      model = self.model()
-      self._tag_fn = jax.jit(lambda p, *inputs: jnp.argmax(
-          model.apply({"params": p}, *inputs, deterministic=True), axis=-1))
+    fn = self.prediction_fn()
     batch_size = batch_size or self.config.data.eval_batch_size
     out: list[np.ndarray | None] = [None] * len(examples)
     for idx, batch in self.fixed_batches(examples, bilm_inputs, batch_size):
-      tags = np.asarray(self._tag_fn(params, *self.model_inputs(batch)))
+      tags = np.asarray(fn(params, *self.model_inputs(batch)))
       for row, i in enumerate(idx):
         out[i] = tags[row, :len(examples[i].words)]
     return out
@@ -546,7 +636,27 @@ class Task(WordCharTask):
     words = tokenize(text, lambda w: self.normalize(w) in self.word_vocab)
     if not words:
       raise errors.InputError("--text has no words to tag.")
-    sentences = [[(w, TAGS[0]) for w in words]]
-    tags = self.tag_examples(params, self.encode(sentences, tagged=False),
-                             self.encode_bilm(sentences), batch_size=1)[0]
-    return " ".join(f"{w}/{TAGS[int(t)]}" for w, t in zip(words, tags))
+    tags = self.tag_sentences(params, [words], batch_size=1)[0]
+    return " ".join(f"{w}/{t}" for w, t in zip(words, tags))
+
+  def read_records(self, fmt, file, path):
+    if fmt == "conllu":
+      return columns.read_blocks(file, path, columns.CONLLU)
+    return columns.read_lines(file, path)
+
+  def predict_records(self, params, fmt, records):
+    """CoNLL-U blocks with their UPOS column predicted (a block without words, e.g. a file's
+    closing comments, is kept as it is); plain-text lines as CoNLL-U sentences."""
+    sentences = [r.forms if fmt == "conllu" else r.tokens for r in records]
+    words = [i for i, s in enumerate(sentences) if s]
+    tags = dict(zip(words, self.tag_sentences(params, [sentences[i] for i in words])))
+    if fmt == "conllu":
+      return [r.with_column(tags.get(i, [])) for i, r in enumerate(records)]
+    return [columns.conllu_sentence(r.number, r.text, r.tokens, tags[i])
+            for i, r in enumerate(records)]
+
+  def evaluate_file(self, params, path):
+    """UPOS accuracy on a CoNLL-U file, per gold tag, and the confusion counts."""
+    gold = conllu_data.read_conllu(path)
+    predicted = self.tag_sentences(params, [[w for w, _ in s] for s in gold])
+    return common.tagging_scores(gold, predicted, TAGS)

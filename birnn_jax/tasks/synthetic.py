@@ -21,8 +21,8 @@ def generator(config) -> SyntheticTagging:
 class Task(base.Task):
   eval_splits = ("test",)
 
-  def __init__(self, config, workdir, restore_run=None):
-    super().__init__(config, workdir, restore_run)
+  def __init__(self, config, workdir, restore_run=None, inference=False):
+    super().__init__(config, workdir, restore_run, inference)
     self.data = generator(config)
     config_keys.check_at_least(config, {"data.num_test_sequences": 1})
     # Held-out sentences come from their own stream, never from the training stream.

@@ -104,6 +104,41 @@ def plot_curves(workdir: str | pathlib.Path) -> list[pathlib.Path]:
   return out
 
 
+def plot_confusion(labels, counts, path: str | pathlib.Path, title: str = "") -> pathlib.Path:
+  """A confusion-matrix PNG at `path`: rows the gold labels, columns the predicted ones,
+  colour the share of the row, each cell's count written in it (empty rows and columns,
+  labels that occur in neither, left out so the rest stays readable)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  counts = np.asarray(counts)
+  keep = (counts.sum(axis=0) + counts.sum(axis=1)) > 0
+  counts, labels = counts[keep][:, keep], [l for l, k in zip(labels, keep) if k]
+  shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+  size = 2.0 + 0.5 * len(labels)
+  fig, ax = plt.subplots(figsize=(size + 1.5, size))
+  image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+  ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+  ax.set_yticks(range(len(labels)), labels)
+  ax.set_xlabel("predicted")
+  ax.set_ylabel("gold")
+  for i in range(len(labels)):
+    for j in range(len(labels)):
+      if counts[i, j]:
+        ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=7,
+                color="white" if shares[i, j] > 0.5 else "black")
+  fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the gold row")
+  ax.set_title(title, fontsize=9)
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
 class MetricWindow:
   """The training metrics of the steps since the last log row.
 

@@ -31,6 +31,7 @@ from birnn_jax import tasks
 from birnn_jax.tasks import losses
 from birnn_jax.training import checkpoint as ckpt_lib
 from birnn_jax.training import config_lib
+from birnn_jax.training import inference
 from birnn_jax.training import metrics as metrics_lib
 from birnn_jax.training import optim
 from birnn_jax.training import prefetch
@@ -460,8 +461,12 @@ def evaluate_experiment(config, workdir) -> dict:
   return summary
 
 
+def predictor(config, workdir) -> inference.Predictor:
+  """The first variant's trained model, from its workdir alone (`inference.load`)."""
+  _, (cfg, vdir) = next(iter(variant_dirs(config, workdir).items()))
+  return inference.load(vdir, config=cfg)
+
+
 def predict(config, workdir, text: str) -> str:
   """The task's prediction for `text`, from the first variant's latest checkpoint."""
-  name, (cfg, vdir) = next(iter(variant_dirs(config, workdir).items()))
-  trainer, params = load_trained(cfg, vdir)
-  return trainer.task.predict(params, text)
+  return predictor(config, workdir).predict(text)

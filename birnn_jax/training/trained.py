@@ -27,19 +27,24 @@ def read_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
-def restore_run(workdir: str | pathlib.Path, task: str | None = None):
+def restore_run(workdir: str | pathlib.Path, task: str | None = None,
+                inference: bool = False, config: ml_collections.ConfigDict | None = None):
   """(task, params) of the trained run in `workdir`: its saved config, its task built from
   it, and the latest checkpoint's parameters (the moving average when the run kept one).
 
   Args:
     workdir: a trained run's workdir.
     task: the task the run must be (e.g. 'bilm'); checked before anything is built.
+    inference: build the task for predicting only, from the workdir alone (its saved
+      vocabularies): no corpus is read.
+    config: the run's config (e.g. with predict.* keys changed on the command line);
+      None reads the one the run saved.
 
   Raises:
     errors.NoCheckpointError: no config.json or no checkpoint in the workdir.
     errors.WorkdirMismatchError: the run is of another task than `task`.
   """
-  config = read_config(workdir)
+  config = read_config(workdir) if config is None else config
   if task is not None and config.get("task") != task:  # a saved run's JSON: may lack keys
     raise errors.WorkdirMismatchError(
         f"{pathlib.Path(workdir) / 'config.json'} is a {config.get('task')!r} run, not a "
@@ -47,11 +52,12 @@ def restore_run(workdir: str | pathlib.Path, task: str | None = None):
   if not (pathlib.Path(workdir) / "checkpoints").is_dir():
     raise errors.NoCheckpointError(f"no checkpoint in {pathlib.Path(workdir) / 'checkpoints'}; "
                                    "train first (--mode=train) with the same --workdir.")
-  run_task = tasks.get_task_class(config.task)(config, workdir, restore_run=restore_run)
+  run_task = tasks.get_task_class(config.task)(config, workdir, restore_run=restore_run,
+                                               inference=inference)
   model = run_task.model()
   tx = optim.make_optimizer(config.optim, config.train.num_steps)
   ema = config_keys.added_key(config.train, "train.ema_decay") > 0
-  inputs = run_task.model_inputs(run_task.train_batch(0))
+  inputs = run_task.model_inputs(run_task.example_batch())
   abstract = jax.eval_shape(lambda key: optim.init_state(model, tx, inputs, key, ema=ema),
                             jax.random.key(0))
   state = ckpt_lib.restore_latest(workdir, config.train, abstract)

@@ -117,8 +117,8 @@ class Task(base.Task):
 
   eval_splits = ("valid", "test")
 
-  def __init__(self, config, workdir, restore_run=None):
-    super().__init__(config, workdir, restore_run)
+  def __init__(self, config, workdir, restore_run=None, inference=False):
+    super().__init__(config, workdir, restore_run, inference)
     d, m = config.data, config.model
     config_keys.check(d.level == "word", "data.level", d.level,
                      "'word' (the biLM gives vectors to words)")

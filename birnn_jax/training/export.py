@@ -1,0 +1,71 @@
+"""`--mode=export`: a trained tagger as a self-contained artifact that runs with jax alone.
+
+    DIR/model.jax     the prediction function, serialised by `jax.export` (StableHLO), the
+                      parameters inside as constants; lowered for cpu, cuda and tpu in one
+                      artifact (lowering for a platform needs no such hardware), with
+                      symbolic batch and length: words int32 [b, t], chars int32 [b, t, C],
+                      lengths int32 [b] -> label ids int32 [b, t]
+    DIR/meta.json     labels, word and character vocabularies, how words are looked up
+    DIR/predict.py    the loader (`export_runtime.py`): imports jax and numpy only
+
+Taggers only (POS, NER): their inputs are token ids a small loader can make.
+"""
+
+import json
+import pathlib
+import shutil
+
+import jax
+from jax import export as jax_export
+import jax.numpy as jnp
+
+import birnn_jax
+from birnn_jax import errors
+
+PLATFORMS = ("cpu", "cuda", "tpu")
+
+
+def export_tagger(predictor, out_dir, platforms=PLATFORMS) -> dict:
+  """Writes `predictor`'s tagger to `out_dir` (see the module docstring); returns meta.json.
+
+  Raises:
+    errors.InputError: the model is not an exportable tagger (a task without token labels,
+      or a POS tagger that reads a biLM's features).
+  """
+  task, params = predictor.task, predictor.params
+  if not hasattr(task, "ids_from_outputs"):
+    raise errors.InputError(f"--mode=export: a {task.config.task!r} model cannot be "
+                            "exported; the taggers (pos, ner) can.")
+  if getattr(task, "bilm", None) is not None:
+    raise errors.InputError("--mode=export: a tagger that reads a biLM's features "
+                            "(model.bilm_workdir) cannot be exported on its own.")
+  model, d = task.model(), task.config.data
+
+  def tag(words, chars, lengths):
+    outputs = model.apply({"params": params}, words, chars, None, lengths, deterministic=True)
+    return task.ids_from_outputs(outputs).astype(jnp.int32)
+
+  batch, steps = jax_export.symbolic_shape("b, t")
+  exported = jax_export.export(jax.jit(tag), platforms=tuple(platforms))(
+      jax.ShapeDtypeStruct((batch, steps), jnp.int32),
+      jax.ShapeDtypeStruct((batch, steps, d.max_chars), jnp.int32),
+      jax.ShapeDtypeStruct((batch,), jnp.int32))
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  meta = {"task": task.config.task, "labels": list(task.label_names),
+          "word_vocab": list(task.word_vocab.tokens), "char_vocab": list(task.char_vocab.tokens),
+          "lowercase": bool(d.lowercase), "max_chars": int(d.max_chars),
+          "min_length": int(d.pad_to), "platforms": list(exported.platforms),
+          "trained_run": str(predictor.workdir), "birnn_jax": birnn_jax.__version__,
+          "jax": jax.__version__}
+  _write_bytes(out_dir / "model.jax", bytes(exported.serialize()))
+  _write_bytes(out_dir / "meta.json", json.dumps(meta, ensure_ascii=False).encode())
+  shutil.copyfile(pathlib.Path(__file__).with_name("export_runtime.py"),
+                  out_dir / "predict.py")
+  return meta
+
+
+def _write_bytes(path: pathlib.Path, data: bytes) -> None:
+  tmp = path.with_name(f".{path.name}.tmp")
+  tmp.write_bytes(data)
+  tmp.replace(path)
