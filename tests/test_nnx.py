@@ -376,16 +376,17 @@ def test_our_cell_inside_nnx_rnn_matches_our_recurrent(cell):
 # ---------------------------------------------------------------------------- README
 
 
-def test_readme_nnx_training_step_runs_as_written_and_lowers_the_loss():
-  """The README's "From Flax NNX" example: nnx.jit + nnx.Optimizer(optax.adam) training a
-  tagger with dropout (train mode, RNG streams inside jit), then eval-mode predictions."""
+def test_docs_nnx_training_step_runs_as_written_and_lowers_the_loss():
+  """docs/library/modules.md's "A complete training step with NNX": nnx.jit +
+  nnx.Optimizer(optax.adam) training a tagger with dropout (train mode, RNG streams inside
+  jit), then eval-mode predictions."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
-    readme = f.read()
-  section = readme.split("## From Flax NNX", 1)[1].split("\n## ", 1)[0]
+  with open(os.path.join(root, "docs", "library", "modules.md"), encoding="utf-8") as f:
+    page = f.read()
+  section = page.split("## A complete training step with NNX", 1)[1].split("\n## ", 1)[0]
   code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
   namespace = {}
-  exec(compile(code, "README.md (From Flax NNX)", "exec"), namespace)  # pylint: disable=exec-used
+  exec(compile(code, "docs/library/modules.md (NNX training step)", "exec"), namespace)  # pylint: disable=exec-used
   losses = namespace["losses"]
   assert losses[-1] < 0.8 * losses[0], losses
   model = namespace["model"]
