@@ -13,11 +13,13 @@ has the single empty labelling (s = 0, log Z = 0, log-likelihood 0).
 
 Inference is the hidden-Markov-model forward-backward algorithm, with the recurrence
 contract's length semantics (design.md section 2):
+
 - the forward recursion alpha is a `jax.lax.scan` over t = 0..T-1 whose carry is frozen for
   t >= L, so the final carry is alpha_{L-1};
 - the backward recursion beta is a `jax.lax.scan(..., reverse=True)` over t = T-1..0 whose
   carry keeps its initial value (`end`) while t >= L, so each sequence's beta chain starts
   at its own last real step.
+
 `marginals` combines the two chains per step, exactly as a bidirectional RNN merges its
 forward and backward states. `viterbi` is the max-product forward scan plus a backtrace
 scan in reverse. Every recursion runs in float32 whatever the input dtype (bf16 emissions

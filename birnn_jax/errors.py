@@ -1,5 +1,5 @@
 """Errors a user can fix, one small hierarchy: `launch.py` reports a `BirnnError` in one line
-(its message says what is wrong and where) and lets everything else keep its traceback.
+(its message says what is wrong and where) and lets everything else keep its traceback::
 
     BirnnError
       ConfigError            an invalid config value; the message names `config.<key>`

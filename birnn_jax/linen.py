@@ -348,7 +348,8 @@ class BiRNN(nn.Module):
     merge: how the two directions combine: 'concat' | 'sum' | 'mean' | 'mul' | 'none'
       ('none' returns the (forward, backward) pair and is only valid for one layer), or a
       function `(y_f, y_b) -> y`.
-    backward_cell, backward_hidden_size: let the backward direction differ.
+    backward_cell: the backward direction's cell name, if it differs.
+    backward_hidden_size: the backward direction's H, if it differs.
     activation: 'tanh' | 'relu' for the 'rnn' cell.
     proj_size: LSTM output projection (PyTorch's proj_size); None for none.
     use_bias: biases b_ih and b_hh.
@@ -359,7 +360,8 @@ class BiRNN(nn.Module):
     unroll: scan unroll factor.
     remat: with impl='fused', recompute gate activations in backprop instead of storing
       them, so memory for long sequences stays bounded.
-    dtype, param_dtype: compute and parameter dtypes (carries stay float32).
+    dtype: the compute dtype (carries stay float32).
+    param_dtype: the parameters' dtype.
 
   Raises:
     ValueError: naming the attribute, for an impossible setting (at init or apply).

@@ -426,11 +426,13 @@ class BiRNN(nnx.Module):
     in_features: D, the input features of the first layer.
     hidden_size: H of the forward direction (and the backward one unless set).
     cell: 'rnn' | 'gru' | 'lstm'.
-    num_layers, bidirectional, merge, backward_cell, backward_hidden_size, activation,
-      proj_size, use_bias, dropout, variational_dropout, residual, impl, unroll, remat,
-      dtype, param_dtype: as in `linen.BiRNN` (the same attributes, the same meaning).
     rngs: `nnx.Rngs`; parameters come from its `params` stream, dropout masks from its
       `dropout` stream (each falls back to `default`).
+    **attributes: `num_layers`, `bidirectional`, `merge`, `backward_cell`,
+      `backward_hidden_size`, `activation`, `proj_size`, `use_bias`, `dropout`,
+      `variational_dropout`, `residual`, `impl`, `unroll`, `remat`, `dtype`,
+      `param_dtype`: keyword-only, as in the Linen `birnn_jax.BiRNN` (the same
+      attributes, the same meaning, the same defaults).
 
   Submodules (the Linen parameter tree's names): `layer_{k}` (a `Bidirectional`, or a
   `Recurrent` when not bidirectional) and, with dropout, `dropout_{k}` for k >= 1.

@@ -5,12 +5,14 @@ Notation: B = batch, T = time, D = input features, H = hidden size, G = gates
 
 A cell here is a frozen dataclass of hyper-parameters only (hashable, so it can be a static
 argument of `jit` or `custom_vjp`); its parameters are a plain dict passed to each function:
+
 - `param_shapes(D)`: the parameters' names and shapes, in creation order;
 - `init(key, D)`: fresh parameters, PyTorch's U(-1/sqrt(H), 1/sqrt(H));
 - `project_inputs(params, x)`: the part that does not depend on the carry, so it can run for
   every time step at once, outside the scan, as one matmul;
 - `step(params, carry, projected_x)`: the sequential part;
 - `zero_carry(input_shape)`, `output(carry)`.
+
 The Linen and NNX front ends (`birnn_jax.linen`, `birnn_jax.nnx`) only hold parameters and
 call these. Weights are kept in PyTorch's gate order, transposed for `x @ W`:
 `w_ih: [D, G*H]`, `w_hh: [H_out, G*H]`, `b_ih, b_hh: [G*H]` (and `w_hr: [H, P]` for a

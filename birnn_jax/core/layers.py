@@ -1,4 +1,4 @@
-"""Layers as pure functions: one direction, both directions merged, and the stack of layers.
+"""Layers as pure functions: one direction, both directions merged, and the stack of layers::
 
     H→_t = cell_f(H→_{t-1}, X_t)        H←_t = cell_b(H←_{t+1}, X_t)
     H_t  = merge(H→_t, H←_t)            (concat by default: D2L eq. 10.4.2)
@@ -9,6 +9,7 @@ NNX front ends only hold the parameters and call `apply_recurrent`, `apply_bidir
 `stack_layers`, so the maths exists once.
 
 The implementation is chosen here and only here (`Impl`, one `match`):
+
 - 'reference': the plain per-step loop (`recurrence.reference`), for tests and reading;
 - 'scan': `jax.lax.scan` per direction, `reverse=True` backwards (`recurrence.scan`);
 - 'fused': both directions in one scan with a cuDNN-style custom VJP (`fused`). A request it

@@ -2,10 +2,12 @@
 
 x: [B, T, D], lengths: [B] int in [0, T]. Step t of sequence b is real when t < lengths[b].
 On real steps the cell advances; on padded steps the carry is frozen and the output is 0.
+
 - forward (reverse=False): t = 0..T-1, so the final carry is the one after step lengths-1;
 - backward (reverse=True): t = T-1..0; while t >= lengths the carry keeps its initial
   value, so each sequence's backward chain starts at its own last real token and its final
   carry is the one after step 0.
+
 A length-0 sequence returns its initial carry and all-zero outputs.
 
 A cell is any object with `project_inputs(params, x)`, `step(params, carry, xp)` and
@@ -13,6 +15,7 @@ A cell is any object with `project_inputs(params, x)`, `step(params, carry, xp)`
 another framework's cell (e.g. `birnn_jax.linen.FlaxCell` for any Flax Linen cell).
 
 Implementations (all return `(outputs [B, T, H_out], final_carry)` with equal numbers):
+
 - `reference`: D2L's "from scratch" loop in plain Python, one step at a time; the backward
   chain flips each sequence within its length (`flip_within_lengths`), runs forward, flips back.
 - `scan`: the input projection for all steps hoisted out as one matmul, then
