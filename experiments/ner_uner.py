@@ -59,7 +59,7 @@ def get_config(arg=None):
   c.model.embed_dropout = 0.5
   c.model.output_dropout = 0.5
 
-  c.data.max_length = 256           # a guard: the longest DDT sentence has 91 tokens
+  c.data.max_length = 256           # longer train sentences left out, counted (DDT max: 91)
   c.data.min_freq = 1
   c.data.word_dropout_alpha = 1.0   # a word seen c times in train -> UNK w.p. 1 / (1 + c)
   c.data.lowercase = True

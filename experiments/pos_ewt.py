@@ -54,7 +54,7 @@ def get_config(arg=None):
   c.data.dev_file = ""              # '' with no dev file in the folder: hold out dev_fraction
   c.data.test_file = ""
   c.data.dev_fraction = 0.1         # of train, seeded, when the treebank has no dev file
-  c.data.max_length = 256           # a guard: the longest EWT sentence has 159 words
+  c.data.max_length = 256           # longer train sentences left out, counted (EWT max: 159)
   c.data.min_freq = 1
   c.data.train_sentences = 0        # keep the first N training sentences; 0 = all 12,544
   c.data.word_dropout_alpha = 1.0   # a word seen c times in train -> UNK w.p. 1 / (1 + c)

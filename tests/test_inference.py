@@ -261,3 +261,37 @@ def test_column_blocks_keep_every_byte():
   assert [b.forms for b in blocks] == [["Ο", "άνθρωπος", "do", "n't", "γράφει", "."],
                                        ["Η"], []]
   assert [b.first_line for b in blocks] == [1, 12, 15]
+
+
+def test_training_leaves_out_sentences_over_max_length_and_counts_them(tmp_path):
+  from birnn_jax.tasks import pos  # pylint: disable=g-import-not-at-top
+  folder = write_greek_treebank(tmp_path / "UD_Greek-Tiny", num_train=20)
+  train_file = folder / "el_tiny-ud-train.conllu"
+  long = "".join(f"{k}\tο\t_\tDET\t_\t_\t0\tdep\t_\t_\n" for k in range(1, 31))
+  train_file.write_text(train_file.read_text(encoding="utf-8") + "# sent_id = long\n" + long
+                        + "\n", encoding="utf-8")
+  config = config_lib.load_experiment(ROOT / "experiments" / "pos_ewt.py", "smoke")
+  config.data.dir = str(folder)
+  config.data.max_length = 12
+  task = pos.Task(config, tmp_path / "run")
+  assert task.long_train_sentences == 1
+  assert max(len(s) for s in task.sentences["train"]) <= 12
+  assert sum(len(s) for s in task.sentences["train"] + task.sentences["dev"]) == sum(
+      len(s) for s in conllu_data.read_conllu(train_file)) - 30
+
+
+def test_the_docs_python_example_runs_as_written(pos_run, ner_run, tmp_path, monkeypatch):
+  """docs/trained.md's "From Python" block, in a folder holding runs/pos and runs/ner."""
+  import re  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  page = (ROOT / "docs" / "trained.md").read_text(encoding="utf-8")
+  section = page.split("## From Python\n", 1)[1].split("\n## ", 1)[0]
+  code = re.search(r"```\{code-block\} python\n(.*?)```", section, re.S).group(1)
+  shutil.copytree(pos_run[1], tmp_path / "runs" / "pos")
+  shutil.copytree(ner_run[1], tmp_path / "runs" / "ner")
+  (tmp_path / "corpus.conllu").write_text(CONLLU, encoding="utf-8")
+  monkeypatch.chdir(tmp_path)
+  namespace = {}
+  exec(compile(code, "docs/trained.md (From Python)", "exec"), namespace)  # pylint: disable=exec-used
+  assert [len(t) for t in namespace["tagger"].tag([["a", "b"], "c d e"])] == [2, 3]
+  assert (tmp_path / "tagged.conllu").is_file()

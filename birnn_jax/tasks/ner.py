@@ -393,9 +393,10 @@ class Task(pos.WordCharTask):
       self.load_inputs()
       self.sources = {}
       return
-    corpus = iob2.load_uner(d.dir or None, labels=LABELS, max_length=d.max_length)
+    corpus = iob2.load_uner(d.dir or None, labels=LABELS)
     self.sources = corpus.sources
     self.sentences = {split: getattr(corpus, split) for split in iob2.SPLITS}
+    self.sentences["train"] = self.without_long_sentences(self.sentences["train"])
     self.build_inputs()
 
   def encode(self, sentences, tagged: bool) -> list[batching.Example]:
@@ -488,6 +489,7 @@ class Task(pos.WordCharTask):
         "word_vocab_size": len(self.word_vocab),
         "char_vocab_size": len(self.char_vocab),
         "num_params": common.num_params(params),
+        "train_sentences_over_max_length": self.long_train_sentences,
     })
     return results
 

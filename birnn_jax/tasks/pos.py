@@ -57,6 +57,7 @@ import collections
 import re
 import unicodedata
 
+from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -346,6 +347,20 @@ class WordCharTask(base.Task):
     """The key a word form is looked up by in the word vocabulary."""
     return form.lower() if self.config.data.lowercase else form
 
+  def without_long_sentences(self, train: list) -> list:
+    """The training sentences of at most `data.max_length` words. Longer ones (real
+    treebanks have a few) are left out of training, counted in `long_train_sentences`
+    (logged, and in results.json); evaluation and prediction tag them in full."""
+    limit = self.config.data.max_length
+    kept = [s for s in train if len(s) <= limit]
+    self.long_train_sentences = len(train) - len(kept)
+    if self.long_train_sentences:
+      logging.warning("Training on %d of %d sentences: %d are longer than data.max_length=%d "
+                      "words (the longest has %d); evaluation and prediction tag them in full.",
+                      len(kept), len(train), self.long_train_sentences, limit,
+                      max(len(s) for s in train))
+    return kept
+
   def build_inputs(self) -> None:
     """Vocabularies (a saved one is reused, a different one refused: `common.workdir_vocab`),
     examples of every split, word-dropout probabilities and the training batcher."""
@@ -408,8 +423,11 @@ class WordCharTask(base.Task):
       longest = max(len(examples[i].words) for i in idx)
       padding = dict(self.padding, pad_to=batching.bucket_length(longest,
                                                                  self.config.data.pad_to))
-      batch = batching.make_batch(examples, idx, batch_size, **padding)
-      yield idx, dedup_chars(self.add_prediction_features(batch, sentences, idx))
+      batch = self.add_prediction_features(
+          batching.make_batch(examples, idx, batch_size, **padding), sentences, idx)
+      # One sentence at a time (--text): the dense [1, T, C] characters compile in about
+      # half the time of the deduplicated tiers, which save nothing there (same logits).
+      yield idx, dedup_chars(batch) if batch_size > 1 else {**batch, "char_index": None}
 
   def example_batch(self):
     if not self.inference:
@@ -481,7 +499,8 @@ class Task(WordCharTask):
       return
     splits = conllu_data.load_treebank(
         None if d.train_file else conllu_data.treebank_folder(d.dir or None), files=files,
-        max_length=d.max_length, dev_fraction=d.dev_fraction, seed=config.seed)
+        dev_fraction=d.dev_fraction, seed=config.seed)
+    splits = splits._replace(train=self.without_long_sentences(splits.train))
     self.sources = splits.sources
     if d.train_sentences:
       splits = splits._replace(train=splits.train[:d.train_sentences])
@@ -592,6 +611,7 @@ class Task(WordCharTask):
         "sentences": {split: len(self.sentences[split]) for split in conllu_data.SPLITS},
         "char_vocab_size": len(self.char_vocab),
         "num_params": int(sum(np.size(x) for x in jax.tree.leaves(params))),
+        "train_sentences_over_max_length": self.long_train_sentences,
     }
 
   # Experiment level -------------------------------------------------------------------------
