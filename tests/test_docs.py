@@ -28,7 +28,7 @@ DOCTEST_MODULES = (
 OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 # Guide pages whose python blocks train for more than a few seconds: run with `-m slow`.
-SLOW_PAGES = frozenset()
+SLOW_PAGES = frozenset({"trained.md"})
 # Sections whose python blocks another test runs (and checks more closely).
 RUN_ELSEWHERE = {
     ("library/modules.md", "A complete training step with NNX"):
