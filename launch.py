@@ -43,6 +43,10 @@ _FORMAT = flags.DEFINE_string(
 _PREFIX = flags.DEFINE_string("prefix", None, "Alias of --text for generation tasks.")
 _FORCE_FRESH = flags.DEFINE_bool(
     "force_fresh", False, "Start over in a workdir that holds a run of another config.")
+_COMPILE_CACHE = flags.DEFINE_string(
+    "compile_cache", None, "Folder of JAX's persistent compilation cache, so a later run of "
+    "the same programs compiles nothing (default: $JAX_COMPILATION_CACHE_DIR, else "
+    "~/.cache/birnn_jax/xla); 'off' disables it.")
 flags.mark_flag_as_required("config")
 
 # OS errors that mean "this disk or folder refuses the write", not a bug.
@@ -79,6 +83,9 @@ def main(argv):
   from birnn_jax import errors  # pylint: disable=g-import-not-at-top
   from birnn_jax.training import export  # pylint: disable=g-import-not-at-top
   from birnn_jax.training import train  # pylint: disable=g-import-not-at-top
+  from birnn_jax.training import compile_cache  # pylint: disable=g-import-not-at-top
+  from birnn_jax.training import compile_log  # pylint: disable=g-import-not-at-top
+  compile_log.install()   # before anything compiles: the count below is the whole run's
   try:
     config = _CONFIG.value
     task = config.task  # a config file that failed to load raises here
@@ -87,6 +94,7 @@ def main(argv):
   workdir = _WORKDIR.value or default_workdir()
   logging.info("Experiment %s, workdir %s, mode %s", task, workdir, _MODE.value)
   try:
+    compile_cache.configure(_COMPILE_CACHE.value)
     config_lib.validate(config)  # before anything touches the workdir or compiles
     if _MODE.value == "train":
       train.run_experiment(config, workdir, force_fresh=_FORCE_FRESH.value)
@@ -126,6 +134,7 @@ def main(argv):
     if isinstance(e, OSError) and not isinstance(e, errors.BirnnError):
       message += f" (workdir {workdir})"
     fail(message)
+  logging.info("Compilation in this run: %s.", compile_log.snapshot())
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -3,11 +3,13 @@ birnn_jax as installed (scripts/test.sh installs the built wheel), never from a 
 
 import functools
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import jax
-from jax.experimental.compilation_cache import compilation_cache
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -19,6 +21,25 @@ _FAST_COMPILE = "jax_disable_most_optimizations"
 # Tests only: at XLA's default optimisations the classic emitters were slower (NER :smoke
 # 105 -> 125 s), so training keeps XLA's default.
 _FAST_CPU_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
+
+# Every test process (xdist workers, launch.py subprocesses) keeps its compiled programs in
+# one persistent compilation cache, kept across test sessions: most of the suite's time is
+# XLA compiling a few hundred small programs, and a second run reads them back instead.
+# Bounded (so JAX locks it: the workers share it) and keyed by program, XLA flags and
+# versions, so a stale entry is never used. `BIRNN_TEST_COMPILE_CACHE=<folder>` moves it (an
+# empty folder measures a cold suite).
+_TEST_CACHE_ENV = "BIRNN_TEST_COMPILE_CACHE"
+_TEST_CACHE_DIR = pathlib.Path("~/.cache/birnn_jax/xla-tests").expanduser()
+_PARSED_CACHE_ENV = "BIRNN_PARSED_CACHE_DIR"   # birnn_jax.data.cache: a folder per session
+
+
+def _compile_cache_env() -> dict[str, str]:
+  """JAX's own variables for the tests' compilation cache."""
+  folder = os.path.expanduser(os.environ.get(_TEST_CACHE_ENV) or str(_TEST_CACHE_DIR))
+  return {"JAX_COMPILATION_CACHE_DIR": folder,
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
+          "JAX_COMPILATION_CACHE_MAX_SIZE": str(8 << 30)}
 
 
 def _xla_accepts(flag: str) -> bool:
@@ -32,14 +53,31 @@ def _xla_accepts(flag: str) -> bool:
 
 
 def pytest_configure(config):
-  """Adds the fast-compiling XLA flag to the environment before any backend starts. Run in
-  the main process only: pytest-xdist's workers and launch.py subprocesses inherit it."""
-  del config
+  """Sets the environment before any backend starts: the fast-compiling XLA flag, the
+  compilation cache and a parsed-corpus cache folder for this session. Run in the main
+  process only: pytest-xdist's workers and launch.py subprocesses inherit it."""
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    return
+  cache = _compile_cache_env()
+  os.environ.update(cache)
+  for name, value in cache.items():   # this process imported jax before reading them
+    jax.config.update(name.lower(), value if name.endswith("_DIR") else float(value)
+                      if name.endswith("_SECS") else int(value))
+  if not os.environ.get(_PARSED_CACHE_ENV):
+    config.birnn_parsed_cache = tempfile.mkdtemp(prefix="birnn_parsed_")
+    os.environ[_PARSED_CACHE_ENV] = config.birnn_parsed_cache
   flags = os.environ.get("XLA_FLAGS", "")
-  if os.environ.get("PYTEST_XDIST_WORKER") or _FAST_CPU_EMITTERS.split("=")[0] in flags:
-    return   # a worker, or the user chose
+  if _FAST_CPU_EMITTERS.split("=")[0] in flags:
+    return   # the user chose
   if _xla_accepts(_FAST_CPU_EMITTERS):
     os.environ["XLA_FLAGS"] = f"{flags} {_FAST_CPU_EMITTERS}".strip()
+
+
+def pytest_unconfigure(config):
+  """Removes the session's parsed-corpus cache folder (made by pytest_configure)."""
+  folder = getattr(config, "birnn_parsed_cache", None)
+  if folder:
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -54,27 +92,17 @@ def fast_compile():
 
 
 @pytest.fixture(scope="session")
-def _compile_cache_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp("jax_compile_cache")
+def _compile_cache_dir():
+  """The tests' compilation cache folder."""
+  return pathlib.Path(_compile_cache_env()["JAX_COMPILATION_CACHE_DIR"])
 
 
 @pytest.fixture(scope="module")
-def compile_cache(_compile_cache_dir):
-  """A persistent XLA compilation cache for this module (one folder per test session and
-  worker): each `Trainer` jits fresh closures, so without it every Trainer of the same
-  config recompiles. Identical programs load from the cache instead. Restored afterwards.
-  Opt in with `pytestmark = pytest.mark.usefixtures("compile_cache")`."""
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
-  old = {n: jax.config.values[n] for n in names}
-  jax.config.update("jax_compilation_cache_dir", str(_compile_cache_dir))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  compilation_cache.reset_cache()
+def compile_cache():
+  """Kept for the modules that ask for it: every test process now uses the persistent
+  compilation cache (`_compile_cache_env`), so identical programs of fresh jits (each
+  `Trainer` jits its own closures) load from it instead of compiling again."""
   yield
-  for n, v in old.items():
-    jax.config.update(n, v)
-  compilation_cache.reset_cache()
 
 
 @pytest.fixture(scope="module")
@@ -82,10 +110,9 @@ def subprocess_env(_compile_cache_dir):
   """An environment for launch.py subprocesses: they share the session's XLA cache and
   compile options with the in-process tests, so each distinct program compiles once."""
   out = dict(os.environ)
-  out.update(JAX_COMPILATION_CACHE_DIR=str(_compile_cache_dir),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-             JAX_DISABLE_MOST_OPTIMIZATIONS="1", JAX_PLATFORMS="cpu")
+  del _compile_cache_dir   # in the environment already (pytest_configure)
+  out.update(_compile_cache_env())
+  out.update(JAX_DISABLE_MOST_OPTIMIZATIONS="1", JAX_PLATFORMS="cpu")
   return out
 
 

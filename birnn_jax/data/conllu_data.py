@@ -18,18 +18,18 @@ UD English-EWT v2.16 (12,544 / 2,001 / 2,077 sentences) is bundled with the proj
     load_treebank("UD_Greek-GDT/")             # any treebank folder
 """
 
-import collections
 import os
 import pathlib
 import re
 import unicodedata
-from typing import BinaryIO, Iterator, NamedTuple
+from typing import Iterator, NamedTuple
 
 from absl import logging
 import conllu
 import conllu.exceptions
 import numpy as np
 
+from birnn_jax.data import cache
 from birnn_jax.data import common
 from birnn_jax.data.common import DataError
 
@@ -81,8 +81,15 @@ class Treebank(NamedTuple):
 
 # Reading -------------------------------------------------------------------------------------
 
+# The reader's output version (`cache.cached`): bump it when a file would read otherwise.
+READER_VERSION = 1
+
+
 def read_conllu(path: str | os.PathLike, max_length: int | None = None) -> list[Sentence]:
   """Reads a CoNLL-U file into sentences of (form, upos), one pair per syntactic word.
+
+  A file read before (the same bytes, the same reader) comes from the parsed-corpus cache
+  (`data.cache`) instead of being parsed again.
 
   Args:
     path: the .conllu or .conllu.xz file (UTF-8, 10 tab-separated columns per token line).
@@ -97,41 +104,63 @@ def read_conllu(path: str | os.PathLike, max_length: int | None = None) -> list[
       UPOS tag; a sentence with no words or more than `max_length` of them; a missing or
       unreadable file; or a file with no sentences.
   """
+  if max_length is not None and max_length < 1:
+    raise ValueError(f"max_length must be None or >= 1, got {max_length}.")
+  return cache.cached(parse_conllu, path, READER_VERSION, max_length=max_length)
+
+
+def parse_conllu(path: str | os.PathLike, max_length: int | None = None) -> list[Sentence]:
+  """`read_conllu` without the cache: always parses the file."""
   return list(iter_conllu(path, max_length))
 
 
 def iter_conllu(path: str | os.PathLike, max_length: int | None = None
                 ) -> Iterator[Sentence]:
-  """Streams the sentences of a CoNLL-U file; see `read_conllu` for arguments and errors."""
+  """The sentences of a CoNLL-U file, parsed one at a time (the file is decompressed and
+  decoded at once); see `read_conllu` for arguments and errors."""
   if max_length is not None and max_length < 1:
     raise ValueError(f"max_length must be None or >= 1, got {max_length}.")
-  with common.open_binary(path) as f:
-    lines = _CheckedLines(path, f)
-    count = 0
-    for tokenlist in _parse(lines):
-      start, _ = lines.blocks.popleft()
-      sentence = [(unicodedata.normalize("NFC", t["form"]), t["upos"])
-                  for t in tokenlist if isinstance(t["id"], int)]
-      _check_sentence(sentence, max_length, path, start)
-      count += 1
-      yield sentence
-    if count == 0:
-      raise DataError("no sentences in the file.", path, max(lines.line, 1))
+  checker = _LineChecker(path)
+  count = 0
+  lines = common.read_lines(path)
+  for start, block in checker.blocks(lines):
+    tokenlist = _parse(block, path, start)
+    sentence = [(unicodedata.normalize("NFC", t["form"]), t["upos"])
+                for t in tokenlist if isinstance(t["id"], int)]
+    _check_sentence(sentence, max_length, path, start)
+    count += 1
+    yield sentence
+  if count == 0:
+    raise DataError("no sentences in the file.", path, max(len(lines), 1))
 
 
-def _parse(lines: "_CheckedLines") -> Iterator[conllu.TokenList]:
-  """conllu.parse_incr over the checked lines; a conllu error is re-raised as a DataError."""
-  tokenlists = conllu.parse_incr(lines, fields=_FIELDS)
-  while True:
-    try:
-      tokenlist = next(tokenlists)
-    except StopIteration:
-      return
-    except DataError:
-      raise
-    except (conllu.exceptions.ParseException, ValueError) as e:
-      raise _locate_conllu_error(lines, e) from e
-    yield tokenlist
+def _parse_id(columns: list[str], i: int) -> int | str:
+  """conllu's ID field, for an ID `_LineChecker` has already checked: a word ID as an int,
+  a range or empty node as its text (conllu's own parser spends a regex on each)."""
+  value = columns[i]
+  return int(value) if value.isdigit() else value
+
+
+_FIELD_PARSERS = {"id": _parse_id}
+
+
+def _parse(block: list[tuple[int, str]], path, start: int) -> conllu.TokenList:
+  """conllu's parse of one sentence block's token lines; its error as a DataError at the
+  line it fails on."""
+  data = "\n".join(text for _, text in block if not text.startswith("#"))
+  if not data:
+    return conllu.TokenList([])   # comments only: `_check_sentence` says so
+  try:
+    return conllu.parse_token_and_metadata(data, fields=_FIELDS, field_parsers=_FIELD_PARSERS)
+  except (conllu.exceptions.ParseException, ValueError) as error:
+    for number, text in block:
+      if text.startswith("#"):
+        continue
+      try:
+        conllu.parse_token_and_metadata(text, fields=_FIELDS, field_parsers=_FIELD_PARSERS)
+      except (conllu.exceptions.ParseException, ValueError) as e:
+        raise DataError(f"conllu cannot parse this line: {e}", path, number) from e
+    raise DataError(f"conllu cannot parse this sentence: {error}", path, start) from error
 
 
 def _check_sentence(sentence: Sentence, max_length: int | None, path, line: int) -> None:
@@ -142,52 +171,30 @@ def _check_sentence(sentence: Sentence, max_length: int | None, path, line: int)
                     f"max_length={max_length}.", path, line)
 
 
-def _locate_conllu_error(lines: "_CheckedLines", error: Exception) -> DataError:
-  """A DataError at the line that conllu fails on, in the sentence it was parsing."""
-  start, block = lines.blocks[0] if lines.blocks else (lines.line, [])
-  for number, text in block:
-    try:
-      conllu.parse_token_and_metadata(text, fields=_FIELDS)
-    except (conllu.exceptions.ParseException, ValueError) as e:
-      return DataError(f"conllu cannot parse this line: {e}", lines.path, number)
-  return DataError(f"conllu cannot parse this sentence: {error}", lines.path, start)
+class _LineChecker:
+  """Checks each line of a CoNLL-U file and groups them into sentence blocks."""
 
-
-class _CheckedLines:
-  """The lines of a CoNLL-U file as text for conllu.parse_incr, each checked as it is read.
-
-  Blank lines (sentence ends) reach conllu as "\\n". Each finished sentence block is appended
-  to `blocks` as (first line number, [(line number, text), ...]) before conllu sees its end,
-  so the caller pops one block per sentence conllu yields.
-  """
-
-  def __init__(self, path: str | os.PathLike, file: BinaryIO):
-    self.path, self._file = path, file
+  def __init__(self, path: str | os.PathLike):
+    self.path = path
     self.line = 0
-    self.blocks: collections.deque = collections.deque()
 
-  def read(self, size: int = -1) -> str:
-    """Present because conllu.parse_incr requires it; parse_incr only iterates."""
-    raise NotImplementedError("iterate over the lines instead.")
-
-  def __iter__(self) -> Iterator[str]:
+  def blocks(self, lines: list[str]) -> Iterator[tuple[int, list[tuple[int, str]]]]:
+    """(first line number, [(line number, text), ...]) for each run of non-blank lines,
+    every line checked before its block is yielded."""
     block, next_word = [], 1
-    for self.line, raw in enumerate(self._file, 1):
-      text = common.decode_line(raw, self.path, self.line)
+    for self.line, text in enumerate(lines, 1):
       if not text.strip():
         if block:
-          self.blocks.append((block[0][0], block))
+          yield block[0][0], block
           block, next_word = [], 1
-        yield "\n"
         continue
       if text.startswith("#"):
         self._check_comment(text)
       elif self._check_token(text, next_word):
         next_word += 1
       block.append((self.line, text))
-      yield text + "\n"
     if block:
-      self.blocks.append((block[0][0], block))
+      yield block[0][0], block
 
   def _error(self, message: str) -> DataError:
     return DataError(message, self.path, self.line)

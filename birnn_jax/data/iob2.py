@@ -29,8 +29,9 @@ import os
 import pathlib
 import re
 import unicodedata
-from typing import BinaryIO, Collection, Iterator, NamedTuple
+from typing import Collection, Iterator, NamedTuple
 
+from birnn_jax.data import cache
 from birnn_jax.data import common
 from birnn_jax.data.common import DataError
 
@@ -57,6 +58,10 @@ class Corpus(NamedTuple):
 
 # Reading -------------------------------------------------------------------------------------
 
+# The reader's output version (`cache.cached`): bump it when a file would read otherwise.
+READER_VERSION = 1
+
+
 def read_iob2(path: str | os.PathLike, labels: Collection[str] | None = None,
               max_length: int | None = None) -> list[Sentence]:
   """Reads a UNER `.iob2` file (plain or .xz) into sentences of (token, tag).
@@ -67,6 +72,9 @@ def read_iob2(path: str | os.PathLike, labels: Collection[str] | None = None,
       allows any `O`, `B-X` or `I-X`.
     max_length: the longest sentence allowed, in tokens; None = no limit.
 
+  A file read before (the same bytes, the same reader and arguments) comes from the
+  parsed-corpus cache (`data.cache`) instead of being parsed again.
+
   Returns:
     The sentences in file order (at least one), OTH and B-O tags read as O.
 
@@ -76,24 +84,32 @@ def read_iob2(path: str | os.PathLike, labels: Collection[str] | None = None,
       that is not IOB2 (or not in `labels`); a sentence longer than `max_length`; a missing
       or unreadable file; or a file with no sentences.
   """
+  if max_length is not None and max_length < 1:
+    raise ValueError(f"max_length must be None or >= 1, got {max_length}.")
+  return cache.cached(parse_iob2, path, READER_VERSION, labels=labels, max_length=max_length)
+
+
+def parse_iob2(path: str | os.PathLike, labels: Collection[str] | None = None,
+               max_length: int | None = None) -> list[Sentence]:
+  """`read_iob2` without the cache: always parses the file."""
   return list(iter_iob2(path, labels, max_length))
 
 
 def iter_iob2(path: str | os.PathLike, labels: Collection[str] | None = None,
               max_length: int | None = None) -> Iterator[Sentence]:
-  """Streams the sentences of a `.iob2` file; see `read_iob2`."""
+  """The sentences of a `.iob2` file, one at a time (the file is decompressed and decoded at
+  once); see `read_iob2`."""
   if max_length is not None and max_length < 1:
     raise ValueError(f"max_length must be None or >= 1, got {max_length}.")
-  with common.open_binary(path) as f:
-    count = 0
-    for start, sentence in _sentences(path, f, labels):
-      if max_length is not None and len(sentence) > max_length:
-        raise DataError(f"sentence has {len(sentence)} tokens, more than "
-                        f"max_length={max_length}.", path, start)
-      count += 1
-      yield sentence
-    if count == 0:
-      raise DataError("no sentences in the file.", path)
+  count = 0
+  for start, sentence in _sentences(path, common.read_lines(path), labels):
+    if max_length is not None and len(sentence) > max_length:
+      raise DataError(f"sentence has {len(sentence)} tokens, more than "
+                      f"max_length={max_length}.", path, start)
+    count += 1
+    yield sentence
+  if count == 0:
+    raise DataError("no sentences in the file.", path)
 
 
 def normalize_tag(tag: str) -> str:
@@ -101,14 +117,12 @@ def normalize_tag(tag: str) -> str:
   return "O" if tag in OUTSIDE_ALIASES else tag
 
 
-def _sentences(path, file: BinaryIO, labels: Collection[str] | None
+def _sentences(path, lines: list[str], labels: Collection[str] | None
                ) -> Iterator[tuple[int, Sentence]]:
-  """(first line number, sentence) for each sentence of an open file, checking each line."""
+  """(first line number, sentence) for each sentence of a file's lines, checking each line."""
   sentence: Sentence = []
   start = 0
-  number = 0
-  for number, raw in enumerate(file, 1):
-    text = common.decode_line(raw, path, number)
+  for number, text in enumerate(lines, 1):
     if not text.strip():
       if sentence:
         yield start, sentence

@@ -30,6 +30,7 @@ from birnn_jax import errors
 from birnn_jax import tasks
 from birnn_jax.tasks import losses
 from birnn_jax.training import checkpoint as ckpt_lib
+from birnn_jax.training import compile_log
 from birnn_jax.training import config_lib
 from birnn_jax.training import inference
 from birnn_jax.training import metrics as metrics_lib
@@ -391,8 +392,10 @@ def write_json(path: pathlib.Path, obj) -> None:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                        force_fresh: bool = False) -> dict:
-  """Trains one model as configured and returns its final metrics."""
-  return Trainer(config, workdir).train(force_fresh)
+  """Trains one model as configured and returns its final metrics (and logs what it
+  compiled: `compile_log.logged`)."""
+  with compile_log.logged(f"the training run in {workdir}"):
+    return Trainer(config, workdir).train(force_fresh)
 
 
 def load_trained(config, workdir):
