@@ -295,3 +295,14 @@ def test_the_docs_python_example_runs_as_written(pos_run, ner_run, tmp_path, mon
   exec(compile(code, "docs/trained.md (From Python)", "exec"), namespace)  # pylint: disable=exec-used
   assert [len(t) for t in namespace["tagger"].tag([["a", "b"], "c d e"])] == [2, 3]
   assert (tmp_path / "tagged.conllu").is_file()
+
+
+def test_the_exported_ner_tagger_decodes_as_the_crf_does(ner_run, tmp_path):
+  """The CRF's constrained Viterbi inside the exported function (symbolic t >= 2)."""
+  from birnn_jax.data import iob2  # pylint: disable=g-import-not-at-top
+  model = birnn_jax.load(ner_run[1])
+  export.export_tagger(model, tmp_path / "ner")
+  sentences = [[w for w, _ in s] for s in iob2.load_uner().dev[:150]]
+  exported = _exported_in_a_subprocess(tmp_path / "ner", sentences)
+  assert exported == model.tag(sentences)
+  assert all(set(tags) <= set(ner.LABELS) for tags in exported)

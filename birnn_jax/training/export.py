@@ -40,12 +40,16 @@ def export_tagger(predictor, out_dir, platforms=PLATFORMS) -> dict:
     raise errors.InputError("--mode=export: a tagger that reads a biLM's features "
                             "(model.bilm_workdir) cannot be exported on its own.")
   model, d = task.model(), task.config.data
+  if d.pad_to < 2:
+    raise errors.InputError(f"--mode=export needs config.data.pad_to >= 2, got {d.pad_to}.")
 
   def tag(words, chars, lengths):
     outputs = model.apply({"params": params}, words, chars, None, lengths, deterministic=True)
     return task.ids_from_outputs(outputs).astype(jnp.int32)
 
-  batch, steps = jax_export.symbolic_shape("b, t")
+  # Batches are padded to at least data.pad_to steps (the loader does so too), so t >= 2:
+  # the CRF's Viterbi scans the t - 1 transitions, a loop JAX must know is not empty.
+  batch, steps = jax_export.symbolic_shape("b, t", constraints=("t >= 2",))
   exported = jax_export.export(jax.jit(tag), platforms=tuple(platforms))(
       jax.ShapeDtypeStruct((batch, steps), jnp.int32),
       jax.ShapeDtypeStruct((batch, steps, d.max_chars), jnp.int32),
