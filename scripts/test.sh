@@ -5,7 +5,7 @@
 #     default .venv-test; made fresh when missing, and the wheel is always reinstalled);
 #  3. checks the import contract (the floors of the package, pyproject.toml) on the installed
 #     package;
-#  4. runs pytest from a folder holding the tests, experiments/, launch.py and README.md but
+#  4. runs pytest from a folder holding the tests, experiments/, docs/, launch.py and README.md but
 #     not the package source, so every import is of the installed wheel: a file missing from
 #     the package fails a test.
 # Pass pytest arguments through: `-m slow` (or `-m ""` for everything) adds the end-to-end runs.
@@ -32,7 +32,7 @@ echo "[test.sh] installing $(basename "$wheel")[test] ($torch_pin)"
   "$wheel" 2>&1 | grep -v "^WARNING: Location" || true
 
 mkdir "$work/tree"
-cp -r tests experiments launch.py README.md pytest.ini pyproject.toml requirements.txt "$work/tree/"
+cp -r tests experiments docs launch.py README.md pytest.ini pyproject.toml requirements.txt "$work/tree/"
 cd "$work/tree"
 echo "[test.sh] import contract"
 "$venv/bin/lint-imports" --no-cache

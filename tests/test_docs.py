@@ -165,7 +165,8 @@ def _exported() -> list[str]:
             "birnn_jax.training.trained.restore_run",
             "birnn_jax.training.train.run_experiment",
             "birnn_jax.training.train.evaluate_experiment",
-            "birnn_jax.training.train.predict"]
+            "birnn_jax.training.train.predict",
+            "birnn_jax.training.inference.load"]
   return names
 
 
