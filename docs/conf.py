@@ -7,6 +7,7 @@ objects in type annotations are listed in `nitpick_ignore_regex` instead of link
 """
 
 import importlib.metadata
+import re
 
 project = "birnn_jax"
 author = "the birnn_jax authors"
@@ -59,3 +60,18 @@ html_theme_options = {
 }
 html_static_path = []
 html_show_sourcelink = False
+
+
+def _tidy_signature(app, what, name, obj, options, signature, return_annotation):
+  """Linen modules' signatures as a reader writes them: `dtype=jnp.float32`, not the class
+  repr, and without the `parent`/`name` fields every Flax module has."""
+  del app, what, name, obj, options
+  if signature:
+    signature = re.sub(r"<class 'jax\.numpy\.(\w+)'>", r"jnp.\1", signature)
+    signature = re.sub(r", parent: [^=]*= <flax\.linen\.module\._Sentinel object>, "
+                       r"name: str \| None = None\)", ")", signature)
+  return signature, return_annotation
+
+
+def setup(app):
+  app.connect("autodoc-process-signature", _tidy_signature)
