@@ -392,8 +392,17 @@ def write_json(path: pathlib.Path, obj) -> None:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                        force_fresh: bool = False) -> dict:
-  """Trains one model as configured and returns its final metrics (and logs what it
-  compiled: `compile_log.logged`)."""
+  """Trains one model as configured (resuming from the workdir's last checkpoint) and logs
+  what it compiled (`compile_log.logged`).
+
+  Args:
+    config: the model's config (one variant of an experiment).
+    workdir: where its checkpoints, metrics and results go.
+    force_fresh: start over in a workdir that holds a run of another config.
+
+  Returns:
+    The final metrics (what the variant's results.json holds).
+  """
   with compile_log.logged(f"the training run in {workdir}"):
     return Trainer(config, workdir).train(force_fresh)
 
@@ -415,8 +424,24 @@ def variant_dirs(config, workdir) -> dict[str, tuple[ml_collections.ConfigDict, 
 
 def run_experiment(config, workdir, force_fresh: bool = False) -> dict:
   """Trains every variant the task asks for, then writes the experiment's results.json
-  and prints a summary table and verdict. Holds the workdir's training lock throughout
-  (`workdir_lock`): a second run on it is refused before it writes anything."""
+  and prints a summary table and verdict: what `launch.py --mode=train` runs.
+
+  Holds the workdir's training lock throughout (`workdir_lock`): a second run on it is
+  refused before it writes anything. A run that finds checkpoints resumes from them. See
+  :doc:`/trained` for an example.
+
+  Args:
+    config: the experiment's config (`config_lib.load_experiment`).
+    workdir: the experiment's workdir (each variant trains in a folder of its name).
+    force_fresh: start over in a workdir that holds a run of another config.
+
+  Returns:
+    The experiment's summary (the contents of results.json).
+
+  Raises:
+    birnn_jax.errors.BirnnError: an error the user can fix (config, data, workdir,
+      NaN/Inf), with a one-line message.
+  """
   config_lib.validate(config)
   variants = variant_dirs(config, workdir)  # an unknown task fails before the workdir exists
   sharding.maybe_initialize_distributed(config.mesh)  # process 0 takes the lock
@@ -446,9 +471,21 @@ def print_summary(summary: dict, verdict: str) -> None:
 
 
 def evaluate_experiment(config, workdir) -> dict:
-  """Evaluates each variant's latest checkpoint on every eval split. Only reads the training
-  run's files (it may still be running: variants it has not reached yet are skipped, with a
-  warning) and writes workdir/eval_results.json."""
+  """Evaluates each variant's latest checkpoint on every eval split: `--mode=eval`.
+
+  Only reads the training run's files (it may still be running: variants it has not
+  reached yet are skipped, with a warning) and writes workdir/eval_results.json.
+
+  Args:
+    config: the experiment's config.
+    workdir: the trained experiment's workdir.
+
+  Returns:
+    `{split}_{metric}` values (per variant when the experiment has several).
+
+  Raises:
+    birnn_jax.errors.NoCheckpointError: nothing trained in the workdir.
+  """
   out = {}
   for name, (cfg, vdir) in variant_dirs(config, workdir).items():
     if out and ckpt_lib.make_manager(vdir, cfg.train, read_only=True).latest_step() is None:
@@ -471,5 +508,21 @@ def predictor(config, workdir) -> inference.Predictor:
 
 
 def predict(config, workdir, text: str) -> str:
-  """The task's prediction for `text`, from the first variant's latest checkpoint."""
+  """The task's prediction for `text`, from the first variant's latest checkpoint.
+
+  What `--mode=predict --text=...` prints; `birnn_jax.load(workdir)` gives the model
+  itself (see :doc:`/trained`).
+
+  Args:
+    config: the experiment's config.
+    workdir: the trained experiment's workdir.
+    text: the input, in the task's form (a sentence, a sentence with `___`, a prefix).
+
+  Returns:
+    The prediction as text.
+
+  Raises:
+    birnn_jax.errors.InputError: a text the task cannot read.
+    birnn_jax.errors.NoCheckpointError: nothing trained in the workdir.
+  """
   return predictor(config, workdir).predict(text)

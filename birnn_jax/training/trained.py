@@ -18,7 +18,11 @@ from birnn_jax.training import optim
 
 
 def read_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
-  """The config a run saved in `workdir/config.json`; NoCheckpointError if there is none."""
+  """The config a run saved in `workdir/config.json`.
+
+  Raises:
+    birnn_jax.errors.NoCheckpointError: the workdir has no config.json.
+  """
   path = pathlib.Path(workdir) / "config.json"
   if not path.is_file():
     raise errors.NoCheckpointError(
