@@ -211,3 +211,21 @@ def test_smoke_experiment_end_to_end(tmp_path):
                                 "future_hidden_perplexity", "sample"}
     assert saved[name]["sample"].startswith("time traveller")
   assert saved == json.loads(json.dumps(summary))
+
+
+def test_a_file_of_prefixes_gives_one_json_line_each(trained, tmp_path):
+  import birnn_jax  # pylint: disable=g-import-not-at-top
+  from birnn_jax import errors  # pylint: disable=g-import-not-at-top
+  task, params = trained
+  model = birnn_jax.load(task.workdir)          # the vocabulary from the workdir alone
+  assert model.task.inference
+  (tmp_path / "prefixes.txt").write_text("time traveller\n\nthe\n", encoding="utf-8")
+  summary = model.predict_file(tmp_path / "prefixes.txt", tmp_path / "out.jsonl")
+  rows = [json.loads(l) for l in (tmp_path / "out.jsonl").read_text().splitlines()]
+  assert summary["sentences"] == 2 and [r["line"] for r in rows] == [1, 3]
+  assert [r["text"] for r in rows] == [task.predict(params, "time traveller"),
+                                       task.predict(params, "the")]
+  (tmp_path / "bad.txt").write_text("time\n123 !!\n", encoding="utf-8")
+  with pytest.raises(errors.DataError, match=r"bad.txt:2: .*no known token"):
+    model.predict_file(tmp_path / "bad.txt", tmp_path / "bad.jsonl")
+  assert not (tmp_path / "bad.jsonl").exists()

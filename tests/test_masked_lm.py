@@ -319,3 +319,22 @@ def test_blank_sentence_errors(small_vocabs):
     masked_lm.blank_sentence("am ___ hungry", small_vocabs["char"], level="word")
   with pytest.raises(ValueError, match="<mask>"):
     masked_lm.blank_sentence("I am ___", text.build_vocab(["i", "am"], specials=()), level="word")
+
+
+def test_a_file_of_blanked_sentences_gives_the_fillers_as_json_lines(trained, tmp_path):
+  import birnn_jax  # pylint: disable=g-import-not-at-top
+  task, params, workdir = trained
+  model = birnn_jax.load(workdir)
+  assert model.task.inference
+  (tmp_path / "in.txt").write_text("the ___ machine\ni am ___ hungry\n", encoding="utf-8")
+  model.predict_file(tmp_path / "in.txt", tmp_path / "out.jsonl")
+  rows = [json.loads(l) for l in (tmp_path / "out.jsonl").read_text().splitlines()]
+  assert [r["line"] for r in rows] == [1, 2]
+  for row, sentence in zip(rows, ("the ___ machine", "i am ___ hungry")):
+    want = task.fill_blanks(params, sentence)
+    assert [[t for t, _ in blank] for blank in row["fillers"]] == [
+        [t for t, _ in blank] for blank in want]
+    assert row["best"].split()[0] == sentence.split()[0]
+  (tmp_path / "bad.txt").write_text("no blank here\n", encoding="utf-8")
+  with pytest.raises(errors.DataError, match=r"bad.txt:1: "):
+    model.predict_file(tmp_path / "bad.txt", tmp_path / "bad.jsonl")

@@ -26,6 +26,7 @@ never reads a corpus. Then:
 """
 
 import abc
+import json
 import pathlib
 from typing import Callable, Iterable
 
@@ -33,6 +34,9 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
+
+from birnn_jax import errors
+from birnn_jax.data import columns
 
 Batch = dict[str, np.ndarray]
 
@@ -116,12 +120,26 @@ class Task(abc.ABC):
     return self.train_batch(0)
 
   def read_records(self, fmt: str, file, path) -> Iterable:
-    """The records (sentences, lines) of an input file of format `fmt`, streamed."""
-    raise NotImplementedError(f"{type(self).__name__} reads no input files.")
+    """The records (sentences, lines) of an input file of format `fmt`, streamed; by
+    default the non-empty lines of plain text (`columns.Line`)."""
+    return columns.read_lines(file, path)
+
+  def predict_line(self, params, text: str) -> dict:
+    """The prediction for one line of plain text, as a JSON-ready dict."""
+    raise NotImplementedError(f"{type(self).__name__} predicts no input files.")
 
   def predict_records(self, params, fmt: str, records: list) -> list[str]:
-    """The output text of each record (a chunk of `read_records`), in order."""
-    raise NotImplementedError(f"{type(self).__name__} predicts no input files.")
+    """The output text of each record (a chunk of `read_records`), in order; by default
+    one JSON line per line of text, `{"line": n, **predict_line(params, text)}`. A line
+    the task cannot read (ValueError) is a DataError naming it."""
+    out = []
+    for record in records:
+      try:
+        prediction = self.predict_line(params, record.text)
+      except ValueError as e:
+        raise errors.DataError(str(e), None, record.number) from e
+      out.append(json.dumps({"line": record.number, **prediction}, ensure_ascii=False) + "\n")
+    return out
 
   def evaluate_file(self, params, path) -> tuple[dict, tuple | None]:
     """(scores, confusion) of the trained model on a file of the task's format: scores as

@@ -15,7 +15,6 @@ model on x_<=t only, lengths = t+1) and a `sample` continuing `config.predict.pr
 Generation only ever reads the past (`sample_next`, `generate`, `prefix_logits_fn`).
 """
 
-import json
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -27,7 +26,6 @@ from birnn_jax.tasks import config_keys
 from birnn_jax import errors
 from birnn_jax.tasks import losses
 from birnn_jax.tasks import models
-from birnn_jax.data import columns
 from birnn_jax.data import sampling
 from birnn_jax.data import text
 from birnn_jax.data.vocab import PAD, UNK, Vocab
@@ -265,20 +263,9 @@ class Task(base.Task):
   def predict(self, params, prefix):
     return self.generate(params, prefix)
 
-  def read_records(self, fmt, file, path):
-    return columns.read_lines(file, path)
-
-  def predict_records(self, params, fmt, records):
-    """One JSON line per prefix: `{"line", "prefix", "text"}`, the prefix and its
-    continuation (config.predict.*)."""
-    out = []
-    for r in records:
-      try:
-        generated = self.generate(params, r.text)
-      except ValueError as e:
-        raise errors.DataError(str(e), None, r.number) from e
-      out.append(json.dumps({"line": r.number, "prefix": r.text, "text": generated}) + "\n")
-    return out
+  def predict_line(self, params, text):
+    """`{"prefix", "text"}`: the prefix and its continuation (config.predict.*)."""
+    return {"prefix": text, "text": self.generate(params, text)}
 
   # Experiment level -----------------------------------------------------------------------
 

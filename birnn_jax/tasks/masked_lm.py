@@ -17,7 +17,6 @@ Metrics: `masked_accuracy` (top-1 on the targets) and `perplexity` (exp of the m
 cross-entropy). PAD and UNK are never targets (an unknown word has nothing to predict).
 """
 
-import json
 from typing import Iterable, Sequence
 
 import flax.linen as nn
@@ -29,7 +28,6 @@ from birnn_jax.tasks import config_keys
 from birnn_jax import errors
 from birnn_jax.tasks import losses
 from birnn_jax.tasks import models
-from birnn_jax.data import columns
 from birnn_jax.data import sampling
 from birnn_jax.data import text
 from birnn_jax.data.vocab import PAD, UNK, Vocab
@@ -371,26 +369,16 @@ class Task(base.Task):
       lines.append(f"  blank {k}: " + "  ".join(f"{tok} {p:.1%}" for tok, p in options))
     return "\n".join(lines)
 
-  def read_records(self, fmt, file, path):
-    return columns.read_lines(file, path)
-
-  def predict_records(self, params, fmt, records):
-    """One JSON line per sentence with blanks: `{"line", "text", "best", "fillers"}`, the
-    fillers of each blank as [token, probability] pairs, best first."""
-    out = []
-    for r in records:
-      try:
-        fillers = self.fill_blanks(params, r.text)
-      except ValueError as e:
-        raise errors.DataError(str(e), None, r.number) from e
-      best = iter(options[0][0] for options in fillers)
-      tokens = sentence_tokens(r.text, self.config.data.level)
-      filled = text.detokenize([next(best) if t is None else t for t in tokens],
-                               self.config.data.level)
-      out.append(json.dumps({"line": r.number, "text": r.text, "best": filled,
-                             "fillers": [[[t, round(p, 6)] for t, p in options]
-                                         for options in fillers]}) + "\n")
-    return out
+  def predict_line(self, params, sentence):
+    """`{"text", "best", "fillers"}`: the sentence, it with each blank's best filler, and
+    each blank's fillers as [token, probability] pairs, best first."""
+    fillers = self.fill_blanks(params, sentence)
+    best = iter(options[0][0] for options in fillers)
+    tokens = sentence_tokens(sentence, self.config.data.level)
+    filled = text.detokenize([next(best) if t is None else t for t in tokens],
+                             self.config.data.level)
+    return {"text": sentence, "best": filled,
+            "fillers": [[[t, round(p, 6)] for t, p in options] for options in fillers]}
 
   # Experiment level -----------------------------------------------------------------------
 

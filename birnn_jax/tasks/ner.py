@@ -188,8 +188,7 @@ def score(gold: list[list[str]], predicted: list[list[str]]) -> dict:
 
 def entities(tokens: list[str], labels: list[str]) -> list[tuple[str, str]]:
   """(type, the entity's tokens joined by spaces) for each entity, seqeval's default mode."""
-  return [(kind, " ".join(tokens[start:end + 1]))
-          for kind, start, end in sequence_labeling.get_entities(list(labels))]
+  return [(span["type"], span["text"]) for span in entity_spans(tokens, labels)]
 
 
 # Tag schemes -----------------------------------------------------------------------------------
