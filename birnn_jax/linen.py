@@ -62,6 +62,11 @@ class RecurrentCell(nn.Module):
   def output_size(self) -> int:
     return self.core.output_size
 
+  @property
+  def num_feature_axes(self) -> int:
+    """Flax's cell protocol: x has one feature axis (so `nn.RNN(cell)` runs it)."""
+    return 1
+
   @nn.compact
   def __call__(self, carry, x: Array):
     """One time step.

@@ -203,3 +203,14 @@ def test_the_pure_cell_initialises_what_the_linen_cell_declares(cell):
   # One key per parameter: no two parameters share their draws.
   firsts = [float(np.ravel(p)[0]) for p in pure_params.values()]
   assert len(set(firsts)) == len(firsts)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm_proj"])
+def test_our_linen_cell_runs_inside_flax_nn_rnn_as_in_recurrent(cell):
+  module = make(cell)
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(B, 6, D)), jnp.float32)
+  rnn = flax.linen.RNN(module)
+  variables = rnn.init(jax.random.key(0), x)
+  ours = birnn_jax.Recurrent(module)
+  y_ours, _ = ours.apply({"params": {"forward": variables["params"]["cell"]}}, x)
+  np.testing.assert_allclose(rnn.apply(variables, x), y_ours, atol=1e-6)

@@ -159,3 +159,26 @@ def test_birnn_remat_attribute_gives_reference_gradients():
 
 if __name__ == "__main__":
   absltest.main()
+
+
+def test_a_subclass_of_our_cells_is_never_fused():
+  """A user's cell (here an LSTM with another step) has no fused gate maths: two scans."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from birnn_jax.core import cells  # pylint: disable=g-import-not-at-top
+
+  @dataclasses.dataclass(frozen=True)
+  class Peephole(cells.LSTMCell):
+    def step(self, params, carry, xp):
+      return super().step(params, carry, 2.0 * xp)
+
+  cell = Peephole(features=H)
+  assert fused.fusable_spec(cell, cell) is None
+  assert "no gate maths for Peephole" in fused.unfusable_reason(cell, cell)
+  x, lengths = inputs()
+  params = {d: cell.init(jax.random.key(k), x.shape[-1]) for k, d in enumerate(("f", "b"))}
+  carry = cell.zero_carry(x[:, 0].shape)
+  y_f, y_b, _, _ = fused.fused_bidirectional(cell, cell, params["f"], params["b"], x, lengths,
+                                             carry, carry)
+  from birnn_jax.core import recurrence  # pylint: disable=g-import-not-at-top
+  want, _ = recurrence.reference(cell, params["f"], x, lengths, carry)
+  helpers.assert_trees_close(y_f, want, atol=1e-6, rtol=1e-6)
