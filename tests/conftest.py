@@ -25,9 +25,12 @@ _FAST_CPU_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
 # Every test process (xdist workers, launch.py subprocesses) keeps its compiled programs in
 # one persistent compilation cache, kept across test sessions: most of the suite's time is
 # XLA compiling a few hundred small programs, and a second run reads them back instead.
-# Bounded (so JAX locks it: the workers share it) and keyed by program, XLA flags and
-# versions, so a stale entry is never used. `BIRNN_TEST_COMPILE_CACHE=<folder>` moves it (an
-# empty folder measures a cold suite).
+# Keyed by program, XLA flags and versions, so a stale entry is never used. Unbounded: a
+# bounded cache (launch.py's default) is locked, but every write then reads the whole
+# folder's access times, and the suite writes thousands of entries; without the lock a
+# worker may read an entry another is still writing, which JAX reports with a warning and
+# compiles instead. `BIRNN_TEST_COMPILE_CACHE=<folder>` moves it (an empty folder measures
+# a cold suite).
 _TEST_CACHE_ENV = "BIRNN_TEST_COMPILE_CACHE"
 _TEST_CACHE_DIR = pathlib.Path("~/.cache/birnn_jax/xla-tests").expanduser()
 _PARSED_CACHE_ENV = "BIRNN_PARSED_CACHE_DIR"   # birnn_jax.data.cache: a folder per session
@@ -39,7 +42,7 @@ def _compile_cache_env() -> dict[str, str]:
   return {"JAX_COMPILATION_CACHE_DIR": folder,
           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
-          "JAX_COMPILATION_CACHE_MAX_SIZE": str(8 << 30)}
+          "JAX_COMPILATION_CACHE_MAX_SIZE": "-1"}
 
 
 def _xla_accepts(flag: str) -> bool:

@@ -24,14 +24,21 @@ _SETTINGS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time
 
 
 @pytest.fixture
-def own_cache(tmp_path):
-  """compile_cache.enable on an empty folder for this test; the suite's cache afterwards."""
+def settings_restored():
+  """The suite's compilation-cache settings back after the test."""
   old = {name: jax.config.values[name] for name in _SETTINGS}
-  compile_cache.enable(tmp_path / "xla")
-  yield tmp_path / "xla"
+  yield
   for name, value in old.items():
     jax.config.update(name, value)
   compilation_cache.reset_cache()
+
+
+@pytest.fixture
+def own_cache(tmp_path, settings_restored):
+  """compile_cache.enable on an empty folder for this test."""
+  del settings_restored
+  compile_cache.enable(tmp_path / "xla")
+  return tmp_path / "xla"
 
 
 def make_program(scale: float):
@@ -57,6 +64,22 @@ def test_a_program_compiles_once_then_comes_from_the_persistent_cache(own_cache)
   before = compile_log.snapshot()
   jax.jit(make_program(3.0))(x)            # another constant: another program
   assert (compile_log.snapshot() - before).compiles >= 1
+
+
+def test_by_default_the_cache_is_bounded_so_that_jax_locks_it(tmp_path, monkeypatch,
+                                                              settings_restored):
+  del settings_restored
+  monkeypatch.delenv(compile_cache.MAX_SIZE_ENV_VAR, raising=False)
+  compile_cache.enable(tmp_path / "xla")
+  assert jax.config.values["jax_compilation_cache_max_size"] == compile_cache.DEFAULT_MAX_SIZE_BYTES
+  assert jax.config.values["jax_persistent_cache_min_compile_time_secs"] == 0
+  jax.jit(make_program(11.0))(np.ones((2, 2), np.float32))
+  assert (tmp_path / "xla" / ".lockfile").exists()   # JAX's file lock, for concurrent runs
+  # JAX's own variable wins (JAX reads it when it is imported; set here by hand).
+  monkeypatch.setenv(compile_cache.MAX_SIZE_ENV_VAR, "-1")
+  jax.config.update("jax_compilation_cache_max_size", -1)
+  compile_cache.enable(tmp_path / "xla2")
+  assert jax.config.values["jax_compilation_cache_max_size"] == -1
 
 
 def test_off_turns_the_cache_off_even_when_the_environment_sets_one(own_cache, monkeypatch):

@@ -9,10 +9,15 @@ turns it on for this process:
 
 - every program is kept, however quick its compile (JAX's default keeps only those over
   1 s, so a second run would still compile the rest);
-- the folder is bounded (`max_size_bytes`, least recently used entries evicted first),
-  which also makes JAX guard every read and write with a file lock in the folder, so
-  several runs may share one cache at once (JAX writes entries in place, so without the
-  lock a run could read another's half-written entry).
+- the folder is bounded (`max_size_bytes`, least recently used entries evicted first;
+  `$JAX_COMPILATION_CACHE_MAX_SIZE` overrides it, -1 = unbounded), which also makes JAX
+  guard every read and write with a file lock in the folder, so several runs may share
+  one cache at once (JAX writes entries in place, so without the lock a run could read
+  another's half-written entry).
+
+JAX writes an entry in place even under the lock, so a run killed at the very moment it
+writes one can leave it truncated; JAX then warns ("Error reading persistent compilation
+cache entry") and compiles that program again, each time, until the folder is deleted.
 
 Where (`resolve`): `launch.py --compile_cache=DIR`; else `$JAX_COMPILATION_CACHE_DIR`; else
 the per-user `~/.cache/birnn_jax/xla`. `--compile_cache=off` turns it off. Deleting the
@@ -31,7 +36,8 @@ from jax.experimental.compilation_cache import compilation_cache
 from birnn_jax import errors
 
 DEFAULT_DIR = pathlib.Path("~/.cache/birnn_jax/xla").expanduser()
-ENV_VAR = "JAX_COMPILATION_CACHE_DIR"   # JAX's own variable, honoured as JAX does
+ENV_VAR = "JAX_COMPILATION_CACHE_DIR"   # JAX's own variables, honoured as JAX does
+MAX_SIZE_ENV_VAR = "JAX_COMPILATION_CACHE_MAX_SIZE"
 OFF = "off"
 # Room for every experiment's programs many times over (a smoke run's are a few MB).
 DEFAULT_MAX_SIZE_BYTES = 4 << 30
@@ -86,7 +92,8 @@ def enable(directory: str | os.PathLike, max_size_bytes: int = DEFAULT_MAX_SIZE_
   jax.config.update("jax_compilation_cache_dir", str(directory))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)   # -1: no lower bound
-  jax.config.update("jax_compilation_cache_max_size", int(max_size_bytes))
+  if not os.environ.get(MAX_SIZE_ENV_VAR):   # JAX's own variable wins, as for the folder
+    jax.config.update("jax_compilation_cache_max_size", int(max_size_bytes))
   compilation_cache.reset_cache()   # the next compile opens the cache with these settings
   logging.info("Persistent compilation cache: %s (--compile_cache=%s turns it off).",
                directory, OFF)
