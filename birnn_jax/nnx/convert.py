@@ -9,6 +9,20 @@ from birnn_jax import torch_interop  # imports torch only when called
 from birnn_jax.nnx.layers import ATTRIBUTES, BiRNN
 
 
+def _to_pure_dict(state) -> dict:
+  """`nnx.to_pure_dict` (flax >= 0.11), else the State method older flax has."""
+  convert = getattr(nnx, "to_pure_dict", None)
+  return convert(state) if convert is not None else state.to_pure_dict()
+
+
+def _replace_by_pure_dict(state, values) -> None:
+  replace = getattr(nnx, "replace_by_pure_dict", None)
+  if replace is not None:
+    replace(state, values)
+  else:
+    state.replace_by_pure_dict(values)
+
+
 def _shapes(tree) -> dict:
   return jax.tree.map(lambda a: tuple(a.shape), tree)
 
@@ -54,11 +68,11 @@ def from_linen(module: linen.BiRNN, variables, *, rngs: nnx.Rngs | None = None) 
   attrs = {name: getattr(module, name) for name in ATTRIBUTES}
   model = BiRNN(in_features, rngs=rngs if rngs is not None else nnx.Rngs(0), **attrs)
   state = nnx.state(model, nnx.Param)
-  expected, given = _shapes(state.to_pure_dict()), _shapes(params)
+  expected, given = _shapes(_to_pure_dict(state)), _shapes(params)
   if expected != given:
     raise ValueError(f"from_linen: the variables do not fit {module}: expected parameter "
                      f"shapes {expected}, got {given}.")
-  state.replace_by_pure_dict(jax.tree.map(jnp.asarray, params))
+  _replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
   nnx.update(model, state)
   return model
 
@@ -85,7 +99,7 @@ def to_linen(model: BiRNN):
   """
   if not isinstance(model, BiRNN):
     raise TypeError(f"to_linen expects a birnn_jax.nnx.BiRNN, got {type(model).__name__}.")
-  return model.linen_module(), {"params": nnx.state(model, nnx.Param).to_pure_dict()}
+  return model.linen_module(), {"params": _to_pure_dict(nnx.state(model, nnx.Param))}
 
 
 def from_torch(rnn, *, rngs: nnx.Rngs | None = None, **overrides) -> BiRNN:

@@ -40,6 +40,13 @@ def make_optimizer(optim: ml_collections.ConfigDict,
   return tx
 
 
+def global_norm(tree) -> jax.Array:
+  """The global L2 norm of a pytree: optax's `tree.norm` (optax >= 0.2.5), else its older
+  `global_norm` (which newer optax deprecates)."""
+  norm = getattr(getattr(optax, "tree", None), "norm", None)
+  return norm(tree) if norm is not None else optax.global_norm(tree)
+
+
 def init_state(model, tx: optax.GradientTransformation, inputs: tuple, key: jax.Array,
                ema: bool = False) -> dict:
   """A fresh train state `{"step", "params", "opt_state"}`, the pytree checkpoints hold:

@@ -92,7 +92,7 @@ def make_steps(task, model, tx, nan_policy: str, ema_decay: float = 0.0):
       return sums["loss"] / jnp.maximum(sums["count"], 1.0), sums
 
     (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optim.global_norm(grads)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     # Finite loss and gradients can still give overflowing parameters (a huge learning rate).
