@@ -96,7 +96,7 @@ def linen_and_nnx(module, variables, model, x, lengths, initial_carry=None):
     return ours, theirs
 
   (ours, (d_model, dx)), theirs = both(model, variables["params"], x)
-  return (ours, (d_model.to_pure_dict(), dx)), theirs
+  return (ours, (nnx.to_pure_dict(d_model), dx)), theirs
 
 
 # ------------------------------------------------------------------- NNX == Linen
@@ -157,7 +157,7 @@ def test_parameters_have_the_linen_names_and_shapes(cell):
   x = jnp.zeros((B, T, D))
   linen = jax.eval_shape(birnn_jax.BiRNN(**kwargs).init, jax.random.key(0), x)["params"]
   model = nnx.eval_shape(lambda: bnnx.BiRNN(D, rngs=nnx.Rngs(0), **kwargs))
-  ours = nnx.state(model, nnx.Param).to_pure_dict()
+  ours = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   assert jax.tree.map(lambda a: (a.shape, a.dtype), ours) == jax.tree.map(
       lambda a: (a.shape, a.dtype), linen)
   assert model.linen_module() == birnn_jax.BiRNN(**kwargs)
