@@ -1,7 +1,9 @@
 """Shared pytest setup: fast compiles, compilation caches, random variables. The tests import
 birnn_jax as installed (scripts/test.sh installs the built wheel), never from a path edit."""
 
+import contextlib
 import functools
+import json
 import os
 import pathlib
 import shutil
@@ -47,12 +49,25 @@ def _compile_cache_env() -> dict[str, str]:
 
 def _xla_accepts(flag: str) -> bool:
   """Whether this jaxlib knows `flag`: XLA aborts the process on an unknown one, so ask a
-  child process (once per test session)."""
-  env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {flag}",
-             JAX_PLATFORMS="cpu")
-  probe = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=env,
-                         capture_output=True, check=False, timeout=120)
-  return probe.returncode == 0
+  child process, once per jaxlib version (the answer is kept beside the compilation cache:
+  the child's imports cost seconds of every session)."""
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  flags = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+  known = pathlib.Path(_compile_cache_env()["JAX_COMPILATION_CACHE_DIR"]) / "xla_flag_probes.json"
+  key = f"jaxlib {jaxlib.__version__}: {flags}"
+  try:
+    answers = json.loads(known.read_text())
+  except (OSError, ValueError):
+    answers = {}
+  if key not in answers:
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+    probe = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=env,
+                           capture_output=True, check=False, timeout=120)
+    answers[key] = probe.returncode == 0
+    with contextlib.suppress(OSError):
+      known.parent.mkdir(parents=True, exist_ok=True)
+      known.write_text(json.dumps(answers, indent=1))
+  return answers[key]
 
 
 def pytest_configure(config):

@@ -285,10 +285,13 @@ def bad_input_cases(tmp: pathlib.Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def bad_input_runs(tmp_path_factory, env):
-  """Runs every bad-input case at once (each is only imports and a refusal)."""
+def bad_input_runs(tmp_path_factory, env, request):
+  """Runs the bad-input cases this session selected, at once (each is only imports and a
+  refusal)."""
   tmp = tmp_path_factory.mktemp("bad_input")
   cases = bad_input_cases(tmp)
+  selected = {item.callspec.params["name"] for item in request.session.items
+              if item.originalname == "test_bad_input_fails_before_compute_naming_what"}
 
   def go(case):
     args, workdir, _, _ = case
@@ -296,14 +299,22 @@ def bad_input_runs(tmp_path_factory, env):
     args = [a for a in args if not a.startswith("--config=")]
     return launch(env, workdir, *args, config=config, timeout=300)
 
+  names = [name for name in cases if name in selected]
   with concurrent.futures.ThreadPoolExecutor(4) as pool:
-    procs = dict(zip(cases, pool.map(go, cases.values())))
+    procs = dict(zip(names, pool.map(go, [cases[name] for name in names])))
   return cases, procs
 
 
-BAD_INPUTS = ["type", "unknown_key", "zero_batch", "dropout", "negative_hidden",
-              "merge_none_bidirectional", "workdir_under_a_file", "malformed_conllu",
-              "malformed_time_machine"]
+# Each case is a launch.py process (seconds of imports). The fast suite runs one of each
+# way to fail: a flag that does not parse, a workdir that cannot be made, a malformed corpus.
+# The rest are slow here because faster tests keep their promise: an unknown key and an
+# invalid value through launch.py in test_launch.py, and every invalid value's message in
+# process in test_config_lib.py; malformed Time Machine bytes in test_text.py.
+_FAST_BAD_INPUTS = ("type", "workdir_under_a_file", "malformed_conllu")
+BAD_INPUTS = [pytest.param(name, marks=() if name in _FAST_BAD_INPUTS else pytest.mark.slow)
+              for name in ("type", "unknown_key", "zero_batch", "dropout", "negative_hidden",
+                           "merge_none_bidirectional", "workdir_under_a_file",
+                           "malformed_conllu", "malformed_time_machine")]
 
 
 @pytest.mark.parametrize("name", BAD_INPUTS)
@@ -411,12 +422,21 @@ def test_nan_policy_skip_skips_exactly_those_updates(tmp_path):
 
 # --- an unwritable or full workdir ---------------------------------------------------------
 
+def link_or_copy(src, dst):
+  """A hard link (instant, and safe: JAX never rewrites a file of an unbounded cache such as
+  the tests', it only adds new ones), else a copy (another filesystem)."""
+  try:
+    os.link(src, dst)
+  except OSError:
+    shutil.copy2(src, dst)
+
+
 def test_full_disk_during_a_checkpoint_save_is_one_clear_error(tmp_path, env,
                                                                _compile_cache_dir):
   """RLIMIT_FSIZE makes every write past 8 KiB fail with EFBIG, as a full disk fails with
   ENOSPC: config.json and the first rows fit, the first checkpoint does not."""
   cache = tmp_path / "xla_cache"  # the limit also truncates cache entries: use a copy
-  shutil.copytree(_compile_cache_dir, cache)
+  shutil.copytree(_compile_cache_dir, cache, copy_function=link_or_copy)
   limited = dict(env, JAX_COMPILATION_CACHE_DIR=str(cache))
   workdir = tmp_path / "run"
   limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
