@@ -239,6 +239,18 @@ def char_rows(rng, batch, steps, width, lengths):
   return np.where(np.arange(width) < lengths[..., None], ids, PAD).astype(np.int32)
 
 
+@pytest.mark.parametrize("shape", [(0, 4), (1, 4), (300, 1), (500, 16)])
+def test_unique_rows_is_numpys_unique(shape):
+  rng = np.random.default_rng(1)
+  rows = rng.integers(-3, 4, shape).astype(np.int32)
+  rows[shape[0] // 2:] = rows[:shape[0] - shape[0] // 2]      # half the rows repeated
+  expected_rows, expected_index = np.unique(rows, axis=0, return_inverse=True)
+  got_rows, got_index = pos.unique_rows(rows)
+  np.testing.assert_array_equal(got_rows, expected_rows)
+  np.testing.assert_array_equal(got_index, expected_index.reshape(-1))
+  np.testing.assert_array_equal(got_rows[got_index], rows)
+
+
 @pytest.mark.parametrize("width, long_forms, tiered", [
     (6, 2, False),       # C < 8: one table
     (16, 2, True),       # a few long forms: tiers of 16, 8 and 4 characters

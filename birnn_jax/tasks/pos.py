@@ -158,6 +158,20 @@ class CharEncoder:
 CHAR_TIERS = ((0.25, 1.0), (0.375, 0.5), (0.375, 0.25))
 
 
+def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """`np.unique(rows, axis=0, return_inverse=True)` for an integer [N, C] array: the distinct
+  rows in lexicographic order and each row's place among them [N]. A lexsort over the
+  columns: np.unique sorts the rows as structured records, ~60x slower (4 s of a POS
+  `:smoke` run's batches)."""
+  order = np.lexsort(rows.T[::-1])
+  ordered = rows[order]
+  first = np.ones(len(rows), bool)
+  first[1:] = np.any(ordered[1:] != ordered[:-1], axis=1)
+  index = np.empty(len(rows), np.intp)
+  index[order] = np.cumsum(first) - 1
+  return ordered[first], index
+
+
 def dedup_chars(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """Replaces `chars` [B, T, C] by the batch's distinct character rows and an index.
 
@@ -171,7 +185,7 @@ def dedup_chars(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """
   chars = batch["chars"]
   size, steps, width = chars.shape
-  rows, index = np.unique(chars.reshape(-1, width), axis=0, return_inverse=True)
+  rows, index = unique_rows(chars.reshape(-1, width))
   lengths = np.sum(rows != PAD, axis=1)
   order = np.argsort(-lengths, kind="stable")
   rows, lengths = rows[order], lengths[order]
