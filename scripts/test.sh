@@ -24,9 +24,10 @@ if [ ! -x "$venv/bin/python" ]; then
   echo "[test.sh] making a fresh environment in $venv"
   python3 -m venv "$venv"
 fi
-torch_pin=$(grep -E '^torch==' requirements-dev.txt)   # the CPU build (see that file)
-echo "[test.sh] installing $(basename "$wheel")[test] ($torch_pin)"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$wheel[test]" "$torch_pin" \
+pins=$(grep -oE '^[A-Za-z0-9_.-]+==[^ #]+' requirements-dev.txt | tr '\n' ' ')  # torch's CPU build, ml_dtypes (see there)
+echo "[test.sh] installing $(basename "$wheel")[test] ($pins)"
+# shellcheck disable=SC2086
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$wheel[test]" $pins \
   2>&1 | grep -v "^WARNING: Location" || true
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps \
   "$wheel" 2>&1 | grep -v "^WARNING: Location" || true

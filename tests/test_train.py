@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from birnn_jax.training import compile_log
 from birnn_jax.training import config_lib
 from birnn_jax.training import metrics as metrics_lib
 from birnn_jax.training import optim
@@ -196,6 +197,31 @@ def test_train_and_evaluate_is_a_no_op_when_already_done(runs, tmp_path):
 
 
 # --- parameter averaging (train.ema_decay) -----------------------------------------------
+
+def test_the_steps_compiled_ahead_are_the_ones_that_run(tmp_path):
+  """`Trainer.compile_ahead` compiles the steps on a thread while the state initialises; the
+  jitted steps must then find those programs, not build their own a second time."""
+  config = smoke_config(4)
+  config.model.hidden_size = 11        # programs no other test of this process builds
+  config.train.eval_every = 2
+  before = compile_log.snapshot()
+  train.Trainer(config, tmp_path).train()
+  built = dict((compile_log.snapshot() - before).programs)
+  assert built["jit(train_step)"] == 1 and built["jit(eval_step)"] == 1, built
+
+
+def test_a_failed_compile_ahead_is_logged_and_waited_for(caplog):
+  ran = []
+  def fail():
+    raise ValueError("bad shapes")
+  with caplog.at_level("INFO"):
+    ahead = train.AheadOfTime([fail, lambda: ran.append("second")])
+    ahead.wait(1)
+    ahead.wait(0)
+  assert ran == ["second"]
+  assert any("Compiling ahead failed (ValueError: bad shapes)" in r.getMessage()
+             for r in caplog.records)
+
 
 def test_ema_is_off_by_default(first_step, tmp_path):
   """ema_decay=0 (every experiment's default) keeps the state and the steps as they were."""
