@@ -105,6 +105,15 @@ def test_entity_counts_equal_seqeval_on_random_sequences():
     check_counts(gold, pred)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_chunks_are_seqevals_entities(seed):
+  rng = np.random.default_rng(seed)
+  sequences = [[LABELS[i] for i in rng.choice(len(LABELS), n)] for n in rng.integers(0, 15, 300)]
+  sequences += [list(gold) + list(pred) for gold, pred in HAND_MADE]
+  for labels in sequences:
+    assert ner.chunks(labels) == sequence_labeling.get_entities(list(labels)), labels
+
+
 def test_score_on_hand_made_cases():
   gold = [["B-PER", "I-PER", "O", "B-LOC", "O"], ["B-ORG", "O", "O", "I-LOC"]]
   pred = [["B-PER", "I-PER", "O", "B-ORG", "O"], ["B-ORG", "O", "I-PER", "I-LOC"]]

@@ -39,6 +39,7 @@ Predict: `--mode=predict --text="..."` tokenises as the POS task does and prints
 sentence with its entities bracketed, then one `TYPE: words` line per entity.
 """
 
+from collections.abc import Sequence
 import json
 import warnings
 
@@ -47,9 +48,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from seqeval import metrics as seqeval_metrics
-from seqeval import scheme as seqeval_scheme
-from seqeval.metrics import sequence_labeling
 
 from birnn_jax.tasks import config_keys
 from birnn_jax import crf as crf_lib
@@ -166,6 +164,10 @@ def score(gold: list[list[str]], predicted: list[list[str]]) -> dict:
     type), `invalid_rate` (the fraction of predicted sequences that are not valid IOB2) and
     `invalid_sequences` (their count).
   """
+  # Here, not at the top: seqeval.metrics imports scikit-learn, 1.2 s that predicting and the
+  # library's users do not need.
+  from seqeval import metrics as seqeval_metrics  # pylint: disable=g-import-not-at-top
+  from seqeval import scheme as seqeval_scheme  # pylint: disable=g-import-not-at-top
   kw = dict(zero_division=0)
   with warnings.catch_warnings():
     # With no entities at all seqeval averages empty arrays (numpy warns; the result is 0).
@@ -193,12 +195,30 @@ def entities(tokens: list[str], labels: list[str]) -> list[tuple[str, str]]:
 
 # Tag schemes -----------------------------------------------------------------------------------
 
+def chunks(labels: Sequence[str]) -> list[tuple[str, int, int]]:
+  """(type, first, last) of each entity in IOB2 `labels`, as seqeval's default mode reads them
+  (`get_entities`; equal on every IOB2 sequence, tested): an entity starts at B-X, or at an
+  I-X that does not continue an X, and runs over the I-X after it. Not seqeval's own: its
+  module imports scikit-learn, 1.2 s of every `--mode=predict`."""
+  found, kind, first = [], None, 0
+  for i, label in enumerate(labels):
+    tag, new_kind = label[:1], label[2:]
+    if kind is not None and (tag != "I" or new_kind != kind):
+      found.append((kind, first, i - 1))
+      kind = None
+    if tag in ("B", "I") and kind is None:
+      kind, first = new_kind, i
+  if kind is not None:
+    found.append((kind, first, len(labels) - 1))
+  return found
+
+
 def entity_spans(tokens: list[str], labels: list[str]) -> list[dict]:
   """Each entity as `{"type", "start", "end", "text"}`, `end` exclusive (seqeval's default
   mode reads the labels)."""
   return [{"type": kind, "start": start, "end": end + 1,
            "text": " ".join(tokens[start:end + 1])}
-          for kind, start, end in sequence_labeling.get_entities(list(labels))]
+          for kind, start, end in chunks(labels)]
 
 
 def scheme_labels(scheme: str) -> tuple[str, ...]:
@@ -210,7 +230,7 @@ def to_iobes(labels: list[str]) -> list[str]:
   """IOB2 labels -> IOBES, entity by entity as seqeval's default mode chunks them (so an
   I-X that continues nothing starts an entity, as it is scored)."""
   out = ["O"] * len(labels)
-  for kind, start, end in sequence_labeling.get_entities(list(labels)):
+  for kind, start, end in chunks(labels):
     if start == end:
       out[start] = f"S-{kind}"
       continue
@@ -498,7 +518,7 @@ class Task(pos.WordCharTask):
     if not tokens:
       raise errors.InputError("--text has no words to tag.")
     labels = self.tag_sentences(params, [tokens], batch_size=1)[0]
-    found = sequence_labeling.get_entities(labels)
+    found = chunks(labels)
     words = list(tokens)
     for kind, start, end in found:
       words[start] = "[" + words[start]
