@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from seqeval import metrics as seqeval_metrics
 from seqeval import scheme as seqeval_scheme
 from seqeval.metrics import sequence_labeling
 
@@ -112,12 +113,18 @@ def test_chunks_are_seqevals_entities(seed):
   sequences += [list(gold) + list(pred) for gold, pred in HAND_MADE]
   for labels in sequences:
     assert ner.chunks(labels) == sequence_labeling.get_entities(list(labels)), labels
+  gold, pred = sequences[:150], sequences[150:300]
+  scores = ner.score(gold, pred)
+  for name in ("f1", "precision", "recall"):
+    assert scores[name] == getattr(seqeval_metrics, f"{name}_score")(gold, pred, zero_division=0)
 
 
 def test_score_on_hand_made_cases():
   gold = [["B-PER", "I-PER", "O", "B-LOC", "O"], ["B-ORG", "O", "O", "I-LOC"]]
   pred = [["B-PER", "I-PER", "O", "B-ORG", "O"], ["B-ORG", "O", "I-PER", "I-LOC"]]
   s = ner.score(gold, pred)
+  for name in ("f1", "precision", "recall"):   # the report's micro row: seqeval's own scores
+    assert s[name] == getattr(seqeval_metrics, f"{name}_score")(gold, pred, zero_division=0)
   # Default mode. Gold: PER(0-1), LOC(3), ORG(0), LOC(3) [the orphan I-LOC]; predicted:
   # PER(0-1), ORG(3), ORG(0), PER(2), LOC(3). Correct: PER, ORG(0), LOC(3) of sentence 2.
   assert s["precision"] == pytest.approx(3 / 5) and s["recall"] == pytest.approx(3 / 4)

@@ -175,10 +175,11 @@ def score(gold: list[list[str]], predicted: list[list[str]]) -> dict:
     report = seqeval_metrics.classification_report(gold, predicted, output_dict=True, **kw)
   types = sorted(k for k in report if not k.endswith(" avg"))
   invalid = sum(not crf_lib.is_valid_bio(p) for p in predicted)
+  micro = report["micro avg"]   # = f1_score() etc., without reading the entities 3 more times
   return {
-      "f1": float(seqeval_metrics.f1_score(gold, predicted, **kw)),
-      "precision": float(seqeval_metrics.precision_score(gold, predicted, **kw)),
-      "recall": float(seqeval_metrics.recall_score(gold, predicted, **kw)),
+      "f1": float(micro["f1-score"]),
+      "precision": float(micro["precision"]),
+      "recall": float(micro["recall"]),
       "f1_strict": float(seqeval_metrics.f1_score(gold, predicted, mode="strict",
                                                   scheme=seqeval_scheme.IOB2, **kw)),
       "per_type_f1": {t: float(report[t]["f1-score"]) for t in types},
