@@ -133,6 +133,13 @@ def steps_in(checkpoints: pathlib.Path) -> list[int]:
   return sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
 
 
+def assert_never_trained(vdir: pathlib.Path) -> None:
+  """A later variant's folder (made when the experiment starts, so that its steps compile
+  while the first variant trains) holds no checkpoint, metrics or results."""
+  assert not (vdir / "checkpoints").exists() or not steps_in(vdir / "checkpoints")
+  assert not (vdir / "metrics.jsonl").exists() and not (vdir / "results.json").exists()
+
+
 def tmp_dirs(workdir: pathlib.Path) -> list[pathlib.Path]:
   return [p for p in workdir.rglob(f"*{TMP_SUFFIX}*") if p.is_dir()]
 
@@ -193,8 +200,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(sigterm_run):
   # The metrics so far are on disk: every log row up to that step, none after it.
   assert [r["step"] for r in rows(vdir)] == row_steps(step)
   assert json.loads((vdir / "config.json").read_text())["train"]["num_steps"] == 200
-  # It stopped: no later variant, no final results.
-  assert not (workdir / "unidirectional").exists()
+  # It stopped: no later variant trained, no final results.
+  assert_never_trained(workdir / "unidirectional")
   assert not (workdir / "results.json").exists() and not (vdir / "results.json").exists()
 
 
@@ -348,7 +355,7 @@ def test_nan_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, env):
   assert steps_in(checkpoints) == list(range(1, bad))[-2:] and last_good == bad - 1
   assert not tmp_dirs(workdir)
   assert not (workdir / "results.json").exists()
-  assert not (workdir / "unidirectional").exists()
+  assert_never_trained(workdir / "unidirectional")
 
 
 def smoke_config(**train_overrides):

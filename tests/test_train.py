@@ -210,15 +210,33 @@ def test_the_steps_compiled_ahead_are_the_ones_that_run(tmp_path):
   assert built["jit(train_step)"] == 1 and built["jit(eval_step)"] == 1, built
 
 
+def test_every_variant_compiles_its_steps_once(tmp_path, caplog):
+  """run_experiment queues both variants' steps on one compiler up front."""
+  config = smoke_config(4)
+  config.model.hidden_size = 13
+  config.train.eval_every = 2
+  before = compile_log.snapshot()
+  with caplog.at_level("INFO"):
+    train.run_experiment(config, tmp_path)
+  built = dict((compile_log.snapshot() - before).programs)
+  assert built["jit(train_step)"] == 2 and built["jit(eval_step)"] == 2, built
+  runs = [r.getMessage() for r in caplog.records if "Compilation in the training run" in
+          r.getMessage()]
+  assert len(runs) == 2 and all("no recompiles" in r for r in runs), runs
+
+
 def test_a_failed_compile_ahead_is_logged_and_waited_for(caplog):
   ran = []
   def fail():
     raise ValueError("bad shapes")
+  compiler = train.AheadOfTime()
   with caplog.at_level("INFO"):
-    ahead = train.AheadOfTime([fail, lambda: ran.append("second")])
-    ahead.wait(1)
-    ahead.wait(0)
-  assert ran == ["second"]
+    failed, second = compiler.add(fail), compiler.add(lambda: ran.append("second"))
+    second.wait()
+    assert failed.is_set()
+    third = compiler.add(lambda: ran.append("third"))   # its thread had ended: a new one
+    third.wait()
+  assert ran == ["second", "third"]
   assert any("Compiling ahead failed (ValueError: bad shapes)" in r.getMessage()
              for r in caplog.records)
 

@@ -106,8 +106,18 @@ class Task(abc.ABC):
     """Extra metrics from means (e.g. perplexity = exp(loss))."""
     return means
 
+  def eval_ids(self, outputs) -> jax.Array | None:
+    """What the eval step also returns of each batch: predicted ids (e.g. [B, T]) for a task
+    whose final results need the eval splits' predictions, so that evaluating and
+    predicting share one compiled step and one pass; None (the default): nothing."""
+    del outputs
+    return None
+
   def extra_results(self, params, evaluate) -> dict:
-    """Task-specific final results beside `{split}_{metric}` (evaluate(params, split))."""
+    """Task-specific final results beside `{split}_{metric}`. `evaluate(params, split)` gives
+    a split's metrics; `evaluate(params, split, predictions=True)` gives (metrics, a host
+    array of `eval_ids` per batch of `eval_batches(split)`), from the final evaluation's
+    own pass when it was of these params."""
     return {}
 
   def predict(self, variables, text: str) -> str:

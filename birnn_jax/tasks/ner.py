@@ -449,11 +449,8 @@ class Task(pos.WordCharTask):
   def train_batch(self, step):
     return pos.dedup_chars(self.dropped_batch(step))
 
-  def eval_batches(self, split):
-    if split not in self._eval_cache:
-      self._eval_cache[split] = [batch for _, batch in self.fixed_batches(
-          self.examples[split], self.config.data.eval_batch_size)]
-    return self._eval_cache[split]
+  def split_batches(self, split):
+    return self.fixed_batches(self.examples[split], self.config.data.eval_batch_size)
 
   def metric_sums(self, outputs, batch):
     sums = loss_sums(outputs, batch, self.config.model.head)
@@ -482,26 +479,15 @@ class Task(pos.WordCharTask):
   def ids_from_outputs(self, outputs):
     return outputs["predicted"]
 
-  def predict_labels(self, params, examples, batch_size: int | None = None
-                     ) -> list[list[str]]:
-    """The predicted labels of each example (in the given order)."""
-    fn = self.prediction_fn()
-    out: list[list[str] | None] = [None] * len(examples)
-    for idx, batch in self.fixed_batches(examples, batch_size or
-                                         self.config.data.eval_batch_size):
-      tags = np.asarray(fn(params, *self.model_inputs(batch)))
-      for row, i in enumerate(idx):
-        out[i] = [LABELS[int(t)] for t in tags[row, :len(examples[i].words)]]
-    return out
-
   def extra_results(self, params, evaluate):
     """seqeval scores of dev and test (replacing the in-graph dev_f1 / test_f1 with the
     same numbers from seqeval itself), per-type F1, invalid-sequence rates, sizes."""
-    del evaluate
     results = {}
     for split in ("dev", "test"):
       gold = [[label for _, label in s] for s in self.sentences[split]]
-      scores = score(gold, self.predict_labels(params, self.examples[split]))
+      predicted = [[LABELS[int(t)] for t in ids]
+                   for ids in self.split_predictions(params, split, evaluate)]
+      scores = score(gold, predicted)
       results.update({f"{split}_{k}": v for k, v in scores.items()})
     results.update({
         "sentences": {split: len(s) for split, s in self.sentences.items()},

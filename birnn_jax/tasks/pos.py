@@ -434,6 +434,30 @@ class WordCharTask(base.Task):
     """The model's outputs -> predicted label ids int [B, T] (of `label_names`)."""
     raise NotImplementedError
 
+  def eval_ids(self, outputs) -> jax.Array:
+    return self.ids_from_outputs(outputs)
+
+  def split_batches(self, split: str):
+    """(example indices, model-ready batch) covering the split once (`fixed_batches`)."""
+    raise NotImplementedError
+
+  def eval_batches(self, split):
+    if split not in self._eval_cache:
+      self._eval_cache[split] = list(self.split_batches(split))
+    return [batch for _, batch in self._eval_cache[split]]
+
+  def split_predictions(self, params, split: str, evaluate) -> list[np.ndarray]:
+    """Each example's predicted label ids [len(words)], in the split's order: the eval
+    step's own (`extra_results`' `evaluate`), so no second program and no second pass."""
+    _, ids = evaluate(params, split, predictions=True)
+    self.eval_batches(split)
+    examples = self.examples[split]
+    out: list[np.ndarray | None] = [None] * len(examples)
+    for (idx, _), batch_ids in zip(self._eval_cache[split], ids):
+      for row, i in enumerate(idx):
+        out[i] = batch_ids[row, :len(examples[i].words)]
+    return out
+
   def prediction_fn(self):
     """A jitted `(params, *model_inputs) -> label ids [B, T]`, made once."""
     if self._prediction_fn is None:
@@ -588,11 +612,9 @@ class Task(WordCharTask):
                            self.batcher.indices(step))
     return dedup_chars(batch)
 
-  def eval_batches(self, split):
-    if split not in self._eval_cache:
-      self._eval_cache[split] = [batch for _, batch in self.fixed_batches(
-          self.examples[split], self._bilm_inputs[split], self.config.data.eval_batch_size)]
-    return self._eval_cache[split]
+  def split_batches(self, split):
+    return self.fixed_batches(self.examples[split], self._bilm_inputs[split],
+                              self.config.data.eval_batch_size)
 
   def metric_sums(self, logits, batch):
     return losses.token_classification_sums(logits, batch["tags"], batch["mask"])
@@ -606,24 +628,10 @@ class Task(WordCharTask):
     bilm_inputs = self.encode_bilm([[(w, None) for w in sentences[i]] for i in rows])
     return self.with_bilm(batch, bilm_inputs, range(len(rows)))
 
-  def tag_examples(self, params, examples, bilm_inputs, batch_size: int | None = None
-                   ) -> list[np.ndarray]:
-    """The predicted tag ids of each example (in the given order); `bilm_inputs` are their
-    `encode_bilm` outputs."""
-    fn = self.prediction_fn()
-    batch_size = batch_size or self.config.data.eval_batch_size
-    out: list[np.ndarray | None] = [None] * len(examples)
-    for idx, batch in self.fixed_batches(examples, bilm_inputs, batch_size):
-      tags = np.asarray(fn(params, *self.model_inputs(batch)))
-      for row, i in enumerate(idx):
-        out[i] = tags[row, :len(examples[i].words)]
-    return out
-
   def extra_results(self, params, evaluate):
     """Test accuracy per gold tag and on words unseen in training; vocabulary sizes."""
-    del evaluate
     sentences = self.sentences["test"]
-    predicted = self.tag_examples(params, self.examples["test"], self._bilm_inputs["test"])
+    predicted = self.split_predictions(params, "test", evaluate)
     correct, count = collections.Counter(), collections.Counter()
     unseen_correct = unseen_count = 0
     for sentence, tags in zip(sentences, predicted):

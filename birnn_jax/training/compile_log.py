@@ -19,6 +19,10 @@ between (one training run, one prediction):
 
 A program name (`jit_train_step`) built more than once in one span is a recompile of the
 same function for other shapes, dtypes or shardings: `Counts.rebuilt` names them.
+
+Work done on behalf of one run on any thread (`Trainer` compiles its steps ahead on a
+thread of their own, for several variants at once) is counted for it too when that thread
+is inside `attributed_to(label)`: `snapshot(of=label)` is that run's total alone.
 """
 
 import collections
@@ -88,8 +92,9 @@ class _Recorder:
 
   def __init__(self):
     self.lock = threading.Lock()
-    self.totals = collections.Counter()
-    self.programs = collections.Counter()
+    # label -> counts; None: events outside any `attributed_to` (the process total sums all)
+    self.totals = collections.defaultdict(collections.Counter)
+    self.programs = collections.defaultdict(collections.Counter)
     self.pending_hit = threading.local()   # a cache hit seen, its backend event to come
 
   def on_event(self, event: str, **kwargs) -> None:
@@ -106,15 +111,31 @@ class _Recorder:
         hit = getattr(self.pending_hit, "value", False)
         self.pending_hit.value = False
         count, seconds = ("cache_hits", "cache_s") if hit else ("compiles", "compile_s")
-        self.programs[str(kwargs.get("fun_name", "?"))] += 1
+        self.programs[_label()][str(kwargs.get("fun_name", "?"))] += 1
       else:
         return
-      self.totals[count] += 1
-      self.totals[seconds] += duration_secs
+      self.totals[_label()][count] += 1
+      self.totals[_label()][seconds] += duration_secs
 
 
 _recorder: _Recorder | None = None
 _install_lock = threading.Lock()
+_attribution = threading.local()
+
+
+def _label() -> str | None:
+  return getattr(_attribution, "label", None)
+
+
+@contextlib.contextmanager
+def attributed_to(label: str):
+  """Counts what this thread builds inside the block for `label` (`snapshot(of=label)`)."""
+  previous = _label()
+  _attribution.label = label
+  try:
+    yield
+  finally:
+    _attribution.label = previous
 
 
 def install() -> None:
@@ -127,12 +148,17 @@ def install() -> None:
       jax.monitoring.register_event_duration_secs_listener(_recorder.on_duration)
 
 
-def snapshot() -> Counts:
-  """The totals since `install()` (which it calls)."""
+def snapshot(of: str | None = None) -> Counts:
+  """The totals since `install()` (which it calls): of the whole process, or only what was
+  built for the label `of` (`attributed_to`)."""
   install()
   with _recorder.lock:
-    totals = dict(_recorder.totals)
-    programs = tuple(sorted(_recorder.programs.items()))
+    labels = list(_recorder.totals) if of is None else [of]
+    totals, programs = collections.Counter(), collections.Counter()
+    for label in labels:
+      totals.update(_recorder.totals.get(label, {}))
+      programs.update(_recorder.programs.get(label, {}))
+    programs = tuple(sorted(programs.items()))
   return Counts(traces=totals.get("traces", 0), trace_s=totals.get("trace_s", 0.0),
                 lowerings=totals.get("lowerings", 0), lower_s=totals.get("lower_s", 0.0),
                 compiles=totals.get("compiles", 0), compile_s=totals.get("compile_s", 0.0),
@@ -141,15 +167,16 @@ def snapshot() -> Counts:
 
 
 @contextlib.contextmanager
-def logged(what: str):
+def logged(what: str, of: str | None = None):
   """Logs what was built inside the `with` block, as "Compilation in <what>: <Counts>",
   naming any program built more than once there (a recompile: new shapes or shardings).
-  Yields the snapshot taken on entry."""
-  before = snapshot()
+  With `of`, what was built for that label (`attributed_to`), inside the block or before
+  it (compiled ahead), on any thread. Yields the snapshot taken on entry."""
+  before = snapshot() if of is None else Counts()
   try:
     yield before
   finally:
-    counts = snapshot() - before
+    counts = snapshot(of) - before
     rebuilt = ", ".join(f"{name} x{n}" for name, n in sorted(counts.rebuilt.items()))
     logging.info("Compilation in %s: %s%s.", what, counts,
                  f"; recompiled (new shapes or shardings): {rebuilt}" if rebuilt else
