@@ -17,6 +17,7 @@ Metrics: `masked_accuracy` (top-1 on the targets) and `perplexity` (exp of the m
 cross-entropy). PAD and UNK are never targets (an unknown word has nothing to predict).
 """
 
+import functools
 from typing import Iterable, Sequence
 
 import flax.linen as nn
@@ -337,6 +338,14 @@ class Task(base.Task):
     return {"num_params": common.num_params(params), "test_num_targets": int(mask.sum()),
             "test_distinct_targets": int(per_copy.any(axis=0).sum())}
 
+  @functools.cached_property
+  def _blank_log_probs(self):
+    """Jitted `(params, ids [1, T], lengths [1], positions [1, K]) -> log p [1, K, V]`: one
+    program per sentence length (run op by op, it was 38 small ones)."""
+    model = self.model()
+    return jax.jit(lambda params, ids, lengths, positions: jax.nn.log_softmax(model.apply(
+        {"params": params}, ids, lengths, positions, deterministic=True), axis=-1))
+
   def fill_blanks(self, params, sentence: str) -> list[list[tuple[str, float]]]:
     """For each `___` in `sentence`, the top-k (token, probability) fillers, all blanks
     masked at once. Uses the vocabulary saved in the workdir. ValueError (from
@@ -344,10 +353,9 @@ class Task(base.Task):
     vocab = common.saved_vocab(common.time_machine_vocab_path(self.config, self.workdir),
                                params["embed"]["embedding"].shape[0])
     ids, positions = blank_sentence(sentence, vocab, level=self.config.data.level)
-    logits = self.model().apply({"params": params}, ids[None, :],
-                                np.asarray([len(ids)], np.int32), positions[None, :],
-                                deterministic=True)
-    logp = np.asarray(jax.nn.log_softmax(logits[0], axis=-1), np.float64)
+    logp = np.asarray(self._blank_log_probs(params, ids[None, :],
+                                            np.asarray([len(ids)], np.int32),
+                                            positions[None, :])[0], np.float64)
     logp[:, list(self.special_ids)] = -np.inf   # never offer PAD, UNK or <mask> as a word
     top = np.argsort(-logp, axis=-1, kind="stable")[:, :self.config.predict.top_k]
     return [[(vocab.tokens[i], float(np.exp(row[i]))) for i in order]
