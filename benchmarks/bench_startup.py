@@ -27,7 +27,10 @@ runs launch.py as `python launch.py` would (runpy, `__main__`). It measures:
   compile_s     tracing, lowering and XLA compiling (or reading from the compilation cache),
                 from jax.monitoring's events
   other_s       total - startup - data - compile: training and evaluation steps, checkpoints,
-                plots, interpreter exit
+                plots, interpreter exit. compile_s adds up every thread's time, and the
+                trainer compiles its steps (every variant's) on a thread of their own while
+                the main one goes on, so compile_s may exceed the wall time it took and
+                other_s may be negative: read first_step_s and total_s
   first_step_s  spawn until the first training step's outputs are ready (the harness waits
                 for them, which training itself would do a few steps later)
   xla_compiles, cache_hits   programs XLA compiled / read from the persistent cache
@@ -140,7 +143,10 @@ def run_one(tree: pathlib.Path, args: list[str], caches: pathlib.Path | None,
             log: pathlib.Path) -> dict:
   """One fresh process of launch.py with `args` in `tree`; its timings."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(tree))
-  for name in ("JAX_COMPILATION_CACHE_DIR", "BIRNN_PARSED_CACHE_DIR", "XLA_FLAGS"):
+  # PYTHONDONTWRITEBYTECODE: this project's machines set it, and then every process compiles
+  # the tree's sources anew (0.6 s); a user's checkout keeps Python's bytecode cache.
+  for name in ("JAX_COMPILATION_CACHE_DIR", "BIRNN_PARSED_CACHE_DIR", "XLA_FLAGS",
+               "PYTHONDONTWRITEBYTECODE"):
     env.pop(name, None)
   if caches is not None:
     env["BIRNN_PARSED_CACHE_DIR"] = str(caches / "parsed")
@@ -239,7 +245,9 @@ def main() -> None:
              "python": platform.python_version(), "cpus": os.cpu_count(),
              "date": time.strftime("%Y-%m-%d %H:%M"), "experiments": {}}
   import jax  # pylint: disable=g-import-not-at-top
+  import ml_dtypes  # pylint: disable=g-import-not-at-top
   results["jax"] = jax.__version__
+  results["ml_dtypes"] = ml_dtypes.__version__   # 0.7.0's import alone costs 1.1 s a process
   for name in args.experiments.split(","):
     scratch = pathlib.Path(tempfile.mkdtemp(prefix=f"bench_startup_{name}_"))
     print(f"{name} ({scratch})", flush=True)
