@@ -234,7 +234,7 @@ class Trainer:
 
   @functools.cached_property
   def _init(self):
-    """The jitted initialiser; one object, so that `compile_ahead`'s trace is reused."""
+    """The jitted initialiser; one object, so that `prepare`'s trace of it is reused."""
     def init(key, batch):
       return optim.init_state(self.model, self.tx, self.task.model_inputs(batch), key,
                               ema=config_lib.added_key(self.config.train, "train.ema_decay") > 0)
@@ -251,18 +251,20 @@ class Trainer:
         np.shape(x), jax.dtypes.canonicalize_dtype(np.asarray(x).dtype), sharding=data), batch)
 
   def prepare(self, force_fresh: bool = False, compiler: AheadOfTime | None = None) -> None:
-    """What `train` does before it computes: checks the workdir (`check_workdir`), makes the
-    initial inputs, and queues the train step's compile, then the eval step's, on
+    """What `train` does before it computes: checks that the workdir can be written and holds
+    no run of another config (`check_workdir`), makes the initial inputs, and queues the train step's compile, then the eval step's, on
     `compiler` (one of its own by default), for a state initialised from those inputs and
     batches shaped like theirs. XLA then compiles them while this thread initialises
     (compiles `init`, restores) and the first steps train; `run_experiment` queues every
-    variant's on one compiler, so the next variant compiles while this one trains (POS
-    `:smoke` cold, 2 cores: the first step 23 -> 17 s; NER's three variants 81 -> 65 s). The
-    jitted steps then find the programs in JAX's own caches."""
+    variant's on one compiler, so the next variant compiles while this one trains (2 cores,
+    compilation cache off: POS `:smoke`'s first step 23 -> 17 s; NER `:smoke`'s three
+    variants 65 -> 49 s). The jitted steps then find the programs in JAX's own caches."""
     with compile_log.attributed_to(self.compile_label):
       self._prepare(force_fresh, compiler)
 
   def _prepare(self, force_fresh: bool, compiler: AheadOfTime | None) -> None:
+    if is_main_process():
+      ckpt_lib.ensure_writable(self.workdir)  # read-only or full: say so before any compute
     self.check_workdir(force_fresh)
     self._inputs = inputs = self.init_inputs()
     # One of its own is cancelled when `train` returns; a shared one, by whoever shares it.
@@ -360,8 +362,6 @@ class Trainer:
     Returns the final metrics on every eval split, `{split}_{metric}`, also written to
     workdir/results.json; after SIGTERM/SIGINT, `{"stopped_at_step", "stopped_by"}`.
     """
-    if is_main_process():
-      ckpt_lib.ensure_writable(self.workdir)  # read-only or full: say so before any compute
     try:
       with compile_log.attributed_to(self.compile_label):
         return self._train(force_fresh)
