@@ -7,6 +7,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import threading
 
 import jax
 from jax.experimental.compilation_cache import compilation_cache
@@ -106,6 +107,21 @@ def test_logged_names_a_function_recompiled_for_new_shapes(caplog):
     fn(np.ones((3, 4), np.float32))
   assert any("the quiet span: 0 XLA compiles" in r.getMessage() and "no recompiles" in
              r.getMessage() for r in caplog.records)
+
+
+def test_work_on_another_thread_is_counted_for_its_label():
+  compile_log.install()
+  x = np.ones((2, 3), np.float32)
+  def work():
+    with compile_log.attributed_to("a run on another thread"):
+      jax.jit(make_program(5.0))(x)
+  thread = threading.Thread(target=work)
+  thread.start()
+  thread.join()
+  counts = compile_log.snapshot(of="a run on another thread")
+  assert counts.traces >= 1 and dict(counts.programs) == {"jit(program)": 1}
+  assert compile_log.snapshot(of="a run that built nothing") == compile_log.Counts()
+  assert compile_log.snapshot().traces >= counts.traces   # the process total holds it too
 
 
 def test_counts_subtract_and_print():
