@@ -307,6 +307,24 @@ def greek_task(tmp_path_factory):
 
 
 @pytest.mark.usefixtures("compile_cache")
+def test_the_eval_steps_predictions_are_the_prediction_programs(tmp_path):
+  """extra_results reads the test predictions from the eval step (split_predictions); they
+  are the tags the task's own prediction program gives, example for example."""
+  config = greek_config(write_greek_treebank(tmp_path / "UD_Greek"), 1)
+  trainer = train.Trainer(config, tmp_path / "run")
+  # Scaled up, an untrained model's tags vary from word to word (a misplaced row shows).
+  params = jax.tree.map(lambda x: 30.0 * x, trainer.init_state()["params"])
+  got = trainer.task.split_predictions(params, "test", trainer.evaluate)
+  examples, predict = trainer.task.examples["test"], trainer.task.prediction_fn()
+  assert len(got) == len(examples) > 1
+  assert len({int(t) for tags in got for t in tags}) > 2
+  for idx, batch in trainer.task.indexed_eval_batches("test"):
+    tags = np.asarray(predict(params, *trainer.task.model_inputs(batch)))
+    for row, i in enumerate(idx):
+      np.testing.assert_array_equal(got[i], tags[row, :len(examples[i].words)])
+
+
+@pytest.mark.usefixtures("compile_cache")
 def test_any_treebank_trains_in_epochs_evaluates_predicts_and_resumes(tmp_path):
   folder = write_greek_treebank(tmp_path / "UD_Greek-Tiny")
   workdir = tmp_path / "run"

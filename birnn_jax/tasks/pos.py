@@ -441,19 +441,22 @@ class WordCharTask(base.Task):
     """(example indices, model-ready batch) covering the split once (`fixed_batches`)."""
     raise NotImplementedError
 
-  def eval_batches(self, split):
+  def indexed_eval_batches(self, split: str) -> list[tuple[np.ndarray, dict]]:
+    """`split_batches(split)`, made once: what `eval_batches` and `split_predictions` read."""
     if split not in self._eval_cache:
       self._eval_cache[split] = list(self.split_batches(split))
-    return [batch for _, batch in self._eval_cache[split]]
+    return self._eval_cache[split]
+
+  def eval_batches(self, split):
+    return [batch for _, batch in self.indexed_eval_batches(split)]
 
   def split_predictions(self, params, split: str, evaluate) -> list[np.ndarray]:
     """Each example's predicted label ids [len(words)], in the split's order: the eval
     step's own (`extra_results`' `evaluate`), so no second program and no second pass."""
     _, ids = evaluate(params, split, predictions=True)
-    self.eval_batches(split)
     examples = self.examples[split]
     out: list[np.ndarray | None] = [None] * len(examples)
-    for (idx, _), batch_ids in zip(self._eval_cache[split], ids):
+    for (idx, _), batch_ids in zip(self.indexed_eval_batches(split), ids):
       for row, i in enumerate(idx):
         out[i] = batch_ids[row, :len(examples[i].words)]
     return out
