@@ -505,14 +505,13 @@ class Task(pos.WordCharTask):
     if not tokens:
       raise errors.InputError("--text has no words to tag.")
     labels = self.tag_sentences(params, [tokens], batch_size=1)[0]
-    found = chunks(labels)
+    spans = entity_spans(tokens, labels)
     words = list(tokens)
-    for kind, start, end in found:
-      words[start] = "[" + words[start]
-      words[end] = words[end] + "]" + kind
+    for span in spans:
+      words[span["start"]] = "[" + words[span["start"]]
+      words[span["end"] - 1] = words[span["end"] - 1] + "]" + span["type"]
     lines = [" ".join(words)]
-    lines += [f"{kind}: {text}" for kind, text in entities(tokens, labels)] or [
-        "(no entities found)"]
+    lines += [f"{span['type']}: {span['text']}" for span in spans] or ["(no entities found)"]
     return "\n".join(lines)
 
   def read_records(self, fmt, file, path):

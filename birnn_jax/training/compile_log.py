@@ -104,6 +104,7 @@ class _Recorder:
 
   def on_duration(self, event: str, duration_secs: float, **kwargs) -> None:
     keys = {TRACE_EVENT: ("traces", "trace_s"), LOWER_EVENT: ("lowerings", "lower_s")}
+    label = _label()
     with self.lock:
       if event in keys:
         count, seconds = keys[event]
@@ -111,11 +112,11 @@ class _Recorder:
         hit = getattr(self.pending_hit, "value", False)
         self.pending_hit.value = False
         count, seconds = ("cache_hits", "cache_s") if hit else ("compiles", "compile_s")
-        self.programs[_label()][str(kwargs.get("fun_name", "?"))] += 1
+        self.programs[label][str(kwargs.get("fun_name", "?"))] += 1
       else:
         return
-      self.totals[_label()][count] += 1
-      self.totals[_label()][seconds] += duration_secs
+      self.totals[label][count] += 1
+      self.totals[label][seconds] += duration_secs
 
 
 _recorder: _Recorder | None = None

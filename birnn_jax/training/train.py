@@ -290,10 +290,13 @@ class Trainer:
     if step in self._ready:
       self._ready[step].wait()
 
-  def restore_or_init(self, force_fresh: bool = False, inputs: tuple | None = None) -> dict:
-    """The latest readable checkpoint's state, else a fresh one (from `inputs`, default
-    `init_inputs()`); the workdir is checked first (`check_workdir`)."""
+  def restore_or_init(self, force_fresh: bool = False) -> dict:
+    """The latest readable checkpoint's state, else a fresh one; the workdir is checked
+    first (`check_workdir`)."""
     self.check_workdir(force_fresh)
+    return self._restore_or_init(self.init_inputs())
+
+  def _restore_or_init(self, inputs: tuple) -> dict:
     state = self.init_state(inputs)
     if self.manager.latest_step() is None:
       return state
@@ -372,7 +375,7 @@ class Trainer:
   def _train(self, force_fresh: bool) -> dict:
     if not self._ready:
       self.prepare(force_fresh)
-    state = self.restore_or_init(inputs=self._inputs)
+    state = self._restore_or_init(self._inputs)   # `prepare` checked the workdir
     names = self.eval_metric_names(state["params"])
     if names is not None:  # a misspelt best metric fails now, not at the first evaluation
       check_best_metric(self.config.train.best_metric, names)
@@ -536,8 +539,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   Returns:
     The final metrics (what the variant's results.json holds).
   """
-  trainer = Trainer(config, workdir)
-  with compile_log.logged(f"the training run in {workdir}", of=trainer.compile_label):
+  return _train_logged(Trainer(config, workdir), force_fresh)
+
+
+def _train_logged(trainer: Trainer, force_fresh: bool) -> dict:
+  """`trainer.train`, then what was built for it (`compile_log.logged`)."""
+  with compile_log.logged(f"the training run in {trainer.workdir}", of=trainer.compile_label):
     return trainer.train(force_fresh)
 
 
@@ -591,9 +598,7 @@ def run_experiment(config, workdir, force_fresh: bool = False) -> dict:
       for name, trainer in trainers.items():
         if name:
           logging.info("=== Training variant %r in %s ===", name, trainer.workdir)
-        with compile_log.logged(f"the training run in {trainer.workdir}",
-                                of=trainer.compile_label):
-          results[name] = trainer.train(force_fresh)
+        results[name] = _train_logged(trainer, force_fresh)
         if "stopped_at_step" in results[name]:
           return results[name]
     finally:
