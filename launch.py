@@ -2,7 +2,9 @@
 
 Modes: train (then evaluate; the default), eval (the latest checkpoint on the eval splits, or
 with --input on any file of the task's format), predict (--text, or --input/--output files)
-and export (--output=DIR: the tagger serialised with jax.export, runnable with jax alone).
+and export (--output=DIR: the tagger serialised with jax.export). eval, predict and export
+use a trained workdir alone (`--workdir=runs/x --mode=predict ...`): its saved config
+decides, and a --config given is checked against it. An output never replaces its input.
 
 Only parses flags and calls the library. Errors the user can fix (an unknown or invalid config
 key, malformed data, a workdir of another config, in use by another training run or that
@@ -24,7 +26,8 @@ from absl import logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file, e.g. experiments/synthetic_tagging.py:smoke.",
+    "config", None, "Experiment config file, e.g. experiments/synthetic_tagging.py:smoke; "
+    "needed to train, optional for eval/predict/export (the workdir's config.json decides).",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Where checkpoints, metrics and results go (default: runs/<experiment>).")
@@ -41,13 +44,16 @@ _OUTPUT = flags.DEFINE_string(
 _FORMAT = flags.DEFINE_string(
     "format", None, "The --input format when its name does not say (conllu, iob2, txt).")
 _PREFIX = flags.DEFINE_string("prefix", None, "Alias of --text for generation tasks.")
+_VARIANT = flags.DEFINE_string(
+    "variant", None, "--mode=eval/predict/export: the variant of an experiment of several "
+    "(e.g. NER's crf, softmax, crf_forward) to use; default: eval scores every variant, "
+    "predict and export use the first.")
 _FORCE_FRESH = flags.DEFINE_bool(
     "force_fresh", False, "Start over in a workdir that holds a run of another config.")
 _COMPILE_CACHE = flags.DEFINE_string(
     "compile_cache", None, "Folder of JAX's persistent compilation cache, so a later run of "
     "the same programs compiles nothing (default: $JAX_COMPILATION_CACHE_DIR, else "
     "~/.cache/birnn_jax/xla); 'off' disables it.")
-flags.mark_flag_as_required("config")
 
 # OS errors that mean "this disk or folder refuses the write", not a bug.
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
@@ -56,6 +62,9 @@ _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPE
 
 def default_workdir() -> str:
   """runs/<experiment file name>[_<config arg>]."""
+  if flags.FLAGS["config"].value is None:
+    raise app.UsageError(f"--mode={_MODE.value} needs --workdir=<a trained run's folder> "
+                         "(or --config, whose default workdir it then uses).")
   name, _, arg = config_flags.get_config_filename(flags.FLAGS["config"]).partition(":")
   return os.path.join("runs", pathlib.Path(name).stem + (f"_{arg}" if arg else ""))
 
@@ -82,32 +91,37 @@ def main(argv):
   from birnn_jax.training import config_lib  # pylint: disable=g-import-not-at-top
   from birnn_jax import errors  # pylint: disable=g-import-not-at-top
   from birnn_jax.training import export  # pylint: disable=g-import-not-at-top
+  from birnn_jax.training import inference  # pylint: disable=g-import-not-at-top
   from birnn_jax.training import train  # pylint: disable=g-import-not-at-top
   from birnn_jax.training import compile_cache  # pylint: disable=g-import-not-at-top
   from birnn_jax.training import compile_log  # pylint: disable=g-import-not-at-top
   compile_log.install()   # before anything compiles: the count below is the whole run's
   try:
     config = _CONFIG.value
-    task = config.task  # a config file that failed to load raises here
+    task = config.task if config is not None else "(the workdir's)"  # a bad file raises here
   except OSError as e:
     fail(f"cannot load --config: {e}")
+  if config is None and _MODE.value == "train":
+    raise app.UsageError("--mode=train needs --config=experiments/<name>.py.")
   workdir = _WORKDIR.value or default_workdir()
   logging.info("Experiment %s, workdir %s, mode %s", task, workdir, _MODE.value)
   try:
     compile_cache.configure(_COMPILE_CACHE.value)
-    config_lib.validate(config)  # before anything touches the workdir or compiles
+    if config is not None:
+      config_lib.validate(config)  # before anything touches the workdir or compiles
     if _MODE.value == "train":
       train.run_experiment(config, workdir, force_fresh=_FORCE_FRESH.value)
     elif _MODE.value == "eval" and _INPUT.value:
-      scores = train.predictor(config, workdir).evaluate_file(
-          _INPUT.value, _OUTPUT.value or pathlib.Path(workdir) / "eval")
-      train.print_summary(scores, "")
+      model = train.predictor(config, workdir, _VARIANT.value)
+      scores = model.evaluate_file(_INPUT.value, _OUTPUT.value or pathlib.Path(workdir) / "eval")
+      train.print_summary(scores, f"Scored {_INPUT.value} with the trained run {model.workdir}.")
     elif _MODE.value == "eval":
-      train.evaluate_experiment(config, workdir)
+      train.evaluate_experiment(config, workdir, _VARIANT.value)
     elif _MODE.value == "export":
       if not _OUTPUT.value:
         raise app.UsageError("--mode=export needs --output=DIR.")
-      meta = export.export_tagger(train.predictor(config, workdir), _OUTPUT.value)
+      meta = export.export_tagger(train.predictor(config, workdir, _VARIANT.value),
+                                  _OUTPUT.value)
       print(f"Exported the {meta['task']} tagger of {meta['trained_run']} to {_OUTPUT.value} "
             f"(platforms {', '.join(meta['platforms'])}); run it with jax alone: "
             f"python {pathlib.Path(_OUTPUT.value) / 'predict.py'} < sentences.txt")
@@ -116,7 +130,9 @@ def main(argv):
       if text is None and _INPUT.value is None:
         raise app.UsageError("--mode=predict needs --text (or --prefix) or --input.")
       try:
-        model = train.predictor(config, workdir)
+        if _INPUT.value is not None:   # before the model loads: nothing read, nothing lost
+          inference.refuse_overwriting(_INPUT.value, _OUTPUT.value or "-")
+        model = train.predictor(config, workdir, _VARIANT.value)
         if _INPUT.value is not None:
           summary = model.predict_file(_INPUT.value, _OUTPUT.value or "-", _FORMAT.value)
           sys.stderr.write(json.dumps(summary) + "\n")
@@ -156,7 +172,11 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def quiet_libraries(record) -> bool:
   """Keeps orbax's per-save INFO chatter off the console (warnings still show, without the
-  tracebacks orbax logs for errors it re-raises: those reach `main`, which reports them)."""
+  tracebacks orbax logs for errors it re-raises: those reach `main`, which reports them),
+  and jax's INFO about back ends it looked for and did not find ("Unable to initialize
+  backend 'tpu'", which reads as an error on a machine that has no TPU)."""
+  if record.name.startswith("jax._src.xla_bridge"):
+    return record.levelno >= std_logging.WARNING
   if "orbax" not in record.pathname:
     return True
   record.exc_info, record.exc_text = None, None

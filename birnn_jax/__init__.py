@@ -30,12 +30,20 @@ except importlib.metadata.PackageNotFoundError:  # a source tree that was never 
 
 
 def __getattr__(name):
-  # The NNX front end loads on first use (`birnn_jax.nnx.BiRNN`): importing flax.nnx adds
-  # about a second to `import birnn_jax`, which Linen-only users need not pay.
-  if name == "nnx":
-    return importlib.import_module("birnn_jax.nnx")
+  # The NNX front end and the CRF load on first use (`birnn_jax.nnx.BiRNN`,
+  # `birnn_jax.crf.CRF`): importing flax.nnx adds about a second to `import birnn_jax`,
+  # which Linen-only users need not pay.
+  if name in ("nnx", "crf", "errors"):
+    return importlib.import_module(f"birnn_jax.{name}")
   if name == "load":  # the runner's loader of a trained workdir (needs the `train` extra)
-    return importlib.import_module("birnn_jax.training.inference").load
+    try:
+      return importlib.import_module("birnn_jax.training.inference").load
+    except ModuleNotFoundError as e:
+      if (e.name or "").startswith("birnn_jax"):
+        raise
+      raise ModuleNotFoundError(
+          f"birnn_jax.load needs the runner's dependencies, which the `train` extra installs "
+          f"({e.name} is missing): pip install 'birnn_jax[train]'", name=e.name) from e
   raise AttributeError(f"module 'birnn_jax' has no attribute {name!r}")
 
 

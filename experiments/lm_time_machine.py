@@ -64,6 +64,7 @@ def get_config(arg=None):
   c.train.best_metric = "eval_loss"
   c.train.best_mode = "min"
   if arg == "smoke":
+    c.smoke = True
     c.model.hidden_size = 16
     c.model.embed_size = 8
     c.data.seq_len = 8

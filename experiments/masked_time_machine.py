@@ -66,6 +66,7 @@ def get_config(arg=None):
   c.train.best_metric = "eval_masked_accuracy"
   c.train.best_mode = "max"
   if arg == "smoke":
+    c.smoke = True
     c.model.hidden_size = 16
     c.model.embed_size = 8
     c.data.min_freq = 3

@@ -81,6 +81,7 @@ def get_config(arg=None):
   c.train.best_metric = "eval_f1"
   c.train.best_mode = "max"
   if arg == "smoke":
+    c.smoke = True
     c.model.hidden_size = 16
     c.model.embed_size = 16
     c.model.char_embed_size = 8

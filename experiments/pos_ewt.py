@@ -95,6 +95,7 @@ def get_config(arg=None):
     c.train.eval_every_epochs = 5
     c.train.checkpoint_every_epochs = 5
   if "smoke" in args:
+    c.smoke = True
     c.model.hidden_size = 16
     c.model.embed_size = 16
     c.model.char_embed_size = 8

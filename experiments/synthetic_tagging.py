@@ -33,6 +33,7 @@ def get_config(arg=None):
   c.train.best_metric = "eval_accuracy"
   c.train.best_mode = "max"
   if arg == "smoke":
+    c.smoke = True
     c.model.hidden_size = 8
     c.model.embed_size = 8
     c.data.num_test_sequences = 32

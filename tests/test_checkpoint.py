@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from birnn_jax import errors
 from birnn_jax.training import checkpoint as ckpt_lib
 from birnn_jax.training import config_lib
 from birnn_jax.training import metrics as metrics_lib
@@ -120,6 +121,29 @@ def test_save_and_restore_roundtrip(tmp_path):
   # A new manager on the same folder sees the saved steps (automatic resume).
   again = ckpt_lib.make_manager(tmp_path, train_cfg())
   assert again.latest_step() == 7
+
+
+def test_a_readable_checkpoint_of_another_model_is_refused_not_skipped(tmp_path):
+  """Not 'unreadable': no older step is tried and nothing is moved aside."""
+  manager = ckpt_lib.make_manager(tmp_path, train_cfg())
+  ckpt_lib.save(manager, 3, state(3.0))
+  ckpt_lib.save(manager, 7, state(7.0))
+  ckpt_lib.wait_for_saves(manager)
+  other = state(0.0)
+  other["params"]["w"] = jnp.zeros((4, 3))
+  for read_only in (False, True):
+    with pytest.raises(errors.WorkdirMismatchError,
+                       match=r"params\.w: saved \(2, 3\) -> this model \(4, 3\)"):
+      ckpt_lib.restore(manager, other, read_only=read_only)
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()
+                if not p.name.endswith(".json")) == ["3", "7"]
+  missing = state(0.0)
+  del missing["params"]["b"]
+  with pytest.raises(errors.WorkdirMismatchError, match=r"params\.b: saved \(3,\) -> this "
+                     r"model absent"):
+    ckpt_lib.restore(manager, missing)
+  restored = ckpt_lib.restore(manager, state(0.0))   # the model that fits still restores
+  jax.tree.map(np.testing.assert_array_equal, restored, state(7.0))
 
 
 @pytest.mark.parametrize("mode,values,best", [

@@ -1,6 +1,7 @@
 """Config validation: every experiment config loads (default and :smoke) and is valid; an
 impossible value fails before any compute with a message naming its key."""
 
+import json
 import importlib
 import pathlib
 import pkgutil
@@ -217,3 +218,20 @@ def test_unknown_override_hints_name_the_key_and_a_close_one():
                    "(did you mean 'batch_size'?)",
                    "--config.nope.x: config has no key 'nope'"]
   assert config_lib.unknown_override_hints(["launch.py", "--config.train.x=1"]) == []
+
+
+# --- what a trained model's --config may differ in ------------------------------------------
+
+def test_model_differences_name_what_changes_the_model_only():
+  config = config_lib.load_experiment(ROOT / "experiments" / "pos_ewt.py", "smoke")
+  saved = json.loads(config.to_json())
+  # Training-only keys and settings that compute the same numbers are not the model.
+  config.train.num_steps, config.optim.learning_rate, config.seed = 9, 0.5, 3
+  config.model.impl, config.model.dropout, config.data.eval_batch_size = "scan", 0.7, 3
+  config.data.dir, config.smoke = "/elsewhere", False
+  assert config_lib.model_differences(saved, config) == []
+  config.model.hidden_size, config.data.max_chars = 99, 5
+  assert config_lib.model_differences(saved, config) == [
+      "data.max_chars: 8 -> 5", "model.hidden_size: 16 -> 99"]
+  other = config_lib.load_experiment(ROOT / "experiments" / "ner_uner.py", "smoke")
+  assert "task: 'pos' -> 'ner'" in config_lib.model_differences(saved, other)

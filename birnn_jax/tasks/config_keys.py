@@ -11,13 +11,14 @@ from birnn_jax import errors
 
 # Keys added after workdirs (and configs of users' own) were written without them, and what
 # their absence means; read them with `added_key`. The resume check reads an absent one so.
-ADDED_KEYS = {"train.ema_decay": 0.0, "model.tag_scheme": "iob2", "model.casing_embed_size": 0}
+ADDED_KEYS = {"train.ema_decay": 0.0, "model.tag_scheme": "iob2", "model.casing_embed_size": 0,
+              "smoke": False}
 
 
 def added_key(section: ml_collections.ConfigDict, key: str):
   """The value of `key` (one of ADDED_KEYS, e.g. 'model.tag_scheme') in `section`, the
   config's group it belongs to (config.model), or what its absence means."""
-  return section.get(key.rsplit(".", 1)[1], ADDED_KEYS[key])
+  return section.get(key.rsplit(".", 1)[-1], ADDED_KEYS[key])
 
 
 def check(ok: bool, key: str, value, expected: str) -> None:

@@ -177,6 +177,8 @@ def restore(manager: ocp.CheckpointManager, target, step: int | None = None,
     return load(step)
   if read_only:
     manager.reload()  # the steps listed when it was opened may be gone by now
+  if manager.latest_step() is not None:
+    check_fits(manager, manager.latest_step(), abstract)
   failed, steps, relisted = [], sorted(manager.all_steps(), reverse=True), 0
   while steps:
     s = steps.pop(0)
@@ -200,6 +202,46 @@ def restore(manager: ocp.CheckpointManager, target, step: int | None = None,
   if failed:
     raise failed[0][1]
   raise errors.NoCheckpointError(f"no checkpoint in {manager.directory}.")
+
+
+def _leaf_names(tree) -> dict[str, tuple]:
+  """{'params.dense.kernel': shape} of a state's arrays (or their saved metadata)."""
+  def part(key):
+    for attr in ("key", "idx", "name"):
+      if hasattr(key, attr):
+        return str(getattr(key, attr))
+    return str(key)
+  return {".".join(part(k) for k in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+          if hasattr(leaf, "shape")}
+
+
+def check_fits(manager: ocp.CheckpointManager, step: int, abstract_state) -> None:
+  """Refuses a checkpoint that is readable but holds another model than `abstract_state`
+  (other shapes or arrays, e.g. a run of another config): that is not a damaged step, so
+  no older one is tried. A step whose metadata cannot be read is left to `restore`.
+
+  Raises:
+    errors.WorkdirMismatchError: listing the first differing arrays.
+  """
+  try:   # the saved item's own metadata (`save` writes the state as the item 'default')
+    path = pathlib.Path(manager.directory) / str(step) / "default"
+    stored = _leaf_names(ocp.StandardCheckpointHandler().metadata(path))
+  except Exception:  # pylint: disable=broad-exception-caught
+    return
+  if not stored:
+    return
+  wanted = _leaf_names(abstract_state)
+  names = sorted(set(stored) | set(wanted), key=lambda n: (not n.startswith("params."), n))
+  diffs = [f"{name}: saved {stored.get(name, 'absent')} -> this model "
+           f"{wanted.get(name, 'absent')}" for name in names
+           if stored.get(name) != wanted.get(name)]
+  if diffs:
+    more = f"\n  ... and {len(diffs) - 8} more" if len(diffs) > 8 else ""
+    raise errors.WorkdirMismatchError(
+        f"checkpoint {step} in {manager.directory} holds another model than the one "
+        f"requested (its config differs); {len(diffs)} arrays differ:\n  " +
+        "\n  ".join(diffs[:8]) + more)
 
 
 def restore_latest(workdir: str | pathlib.Path, train: ml_collections.ConfigDict,

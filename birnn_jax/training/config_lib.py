@@ -38,6 +38,9 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = ""             # module name under birnn_jax.tasks
   c.seed = 0
+  # True in every experiment's `:smoke` config: a tiny model trained a few steps, to test
+  # the code path; what it predicts means nothing, and loading it says so.
+  c.smoke = False
 
   c.model = ml_collections.ConfigDict()
   c.model.cell = "lstm"   # rnn | gru | lstm
@@ -247,7 +250,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 RESUMABLE_CHANGES = ("train.num_steps", "train.log_every", "train.eval_every",
                      "train.checkpoint_every", "train.keep_checkpoints", "data.dir",
                      "train.num_epochs", "train.log_every_epochs", "train.eval_every_epochs",
-                     "train.checkpoint_every_epochs",
+                     "train.checkpoint_every_epochs", "smoke",
                      "mesh.data", "mesh.distributed", "mesh.coordinator_address",
                      "mesh.num_processes", "mesh.process_id")
 
@@ -263,11 +266,31 @@ def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict:
   return out
 
 
-def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
-  """'key: saved -> now' for every key that differs and matters for resuming."""
+# Keys of the model's own groups that do not change what a trained model computes at
+# inference: every implementation gives the same numbers, and dropout is off.
+_INFERENCE_SAME = ("model.impl", "model.unroll", "model.remat", "model.dropout",
+                   "model.embed_dropout", "model.word_dropout", "model.output_dropout",
+                   "model.variational_dropout", "data.dir", "data.eval_batch_size",
+                   "data.max_length", "data.word_dropout_alpha", "data.pad_to")
+
+
+def config_differences(saved: dict, config: ml_collections.ConfigDict,
+                       ignore: tuple[str, ...] = RESUMABLE_CHANGES) -> list[str]:
+  """'key: saved -> now' for every key that differs and matters for resuming (or, with
+  `ignore`, that is not one of those keys)."""
   old, new = flatten(saved), flatten(json.loads(config.to_json()))
-  keys = sorted((set(old) | set(new)) - set(RESUMABLE_CHANGES))
+  keys = sorted((set(old) | set(new)) - set(ignore))
   # A run saved before a key existed still resumes while the key keeps that meaning.
   value = lambda flat, k: flat.get(k, ADDED_KEYS.get(k, "<absent>"))
   return [f"{k}: {value(old, k)!r} -> {value(new, k)!r}"
           for k in keys if value(old, k) != value(new, k)]
+
+
+def model_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """`config_differences` in what the trained model computes: the task and the `model` and
+  `data` groups, less the keys that only training reads (`_INFERENCE_SAME`). What a given
+  `--config` may not change of a trained run that predicts, evaluates or exports."""
+  keys = set(flatten(saved)) | set(flatten(json.loads(config.to_json())))
+  ignore = tuple(k for k in keys if k in _INFERENCE_SAME
+                 or not (k == "task" or k.startswith(("model.", "data."))))
+  return config_differences(saved, config, ignore)

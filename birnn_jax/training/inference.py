@@ -17,43 +17,102 @@ import json
 import os
 import pathlib
 import sys
-import tempfile
+import secrets
 import time
 from typing import IO, Iterable, Iterator
 
 from absl import logging
+import ml_collections
 
 from birnn_jax import errors
+from birnn_jax import tasks
 from birnn_jax.data import common as data_common
+from birnn_jax.training import config_lib
 from birnn_jax.training import trained
 
 CHUNK_SENTENCES = 2048   # records read, predicted and written at a time (memory stays flat)
 PROGRESS_SECONDS = 5.0
 
 
-def run_dir(workdir: str | os.PathLike, variant: str | None = None) -> pathlib.Path:
-  """The folder of the trained run to use: `workdir` itself, or for an experiment of
-  several variants (e.g. NER's crf / softmax / forward) the named one, by default the first
-  (the order of the experiment's results.json).
-
-  Raises:
-    errors.NoCheckpointError: `workdir` holds no trained run.
-  """
+def trained_runs(workdir: str | os.PathLike) -> dict[str, pathlib.Path]:
+  """{variant name: folder} of the trained runs in `workdir`: {'': workdir} for a run of
+  one model, else its variants' folders (e.g. NER's crf / softmax / crf_forward) in the
+  order of the experiment's results.json. Empty when nothing was trained there."""
   workdir = pathlib.Path(workdir)
-  if variant:
-    workdir = workdir / variant
   if (workdir / "config.json").is_file():
-    return workdir
+    return {"": workdir}
   names = [p.parent.name for p in sorted(workdir.glob("*/config.json"))]
   results = workdir / "results.json"
   if results.is_file():
     order = list(json.loads(results.read_text()))
     names.sort(key=lambda n: order.index(n) if n in order else len(order))
-  if not names:
+  return {name: workdir / name for name in names}
+
+
+def run_dir(workdir: str | os.PathLike, variant: str | None = None) -> pathlib.Path:
+  """The folder of the trained run to use: `workdir` itself, or for an experiment of
+  several variants (e.g. NER's crf / softmax / crf_forward) the named one, by default the
+  first (the order of the experiment's results.json).
+
+  Raises:
+    errors.NoCheckpointError: `workdir` holds no trained run, or none named `variant`.
+  """
+  runs = trained_runs(workdir)
+  if not runs:
     raise errors.NoCheckpointError(
-        f"{workdir} holds no trained run (no config.json in it or in a variant folder); "
-        "train first: python launch.py --config=experiments/<name>.py --workdir=...")
-  return workdir / names[0]
+        f"no checkpoint: {workdir} holds no trained run (no config.json in it or in a "
+        "variant folder); train first (--mode=train): python launch.py "
+        f"--config=experiments/<name>.py --workdir={workdir}")
+  if not variant:
+    return next(iter(runs.values()))
+  if variant not in runs:
+    names = ", ".join(repr(n) for n in runs if n) or "none: it is a run of one model"
+    raise errors.NoCheckpointError(f"{workdir} holds no variant {variant!r}; its variants: "
+                                   f"{names}.")
+  return runs[variant]
+
+
+def run_config(folder: str | os.PathLike, given=None, workdir: str | os.PathLike | None = None
+               ) -> ml_collections.ConfigDict:
+  """The config of the trained run in `folder`: the one it saved (config.json), which
+  decides. A `given` experiment config (e.g. `--config`) is compared with it first: where
+  it differs in what the model computes (`config_lib.model_differences`) it is refused with
+  the list of differences; otherwise its `predict` keys (the inference settings: top-k
+  fillers, generated tokens, ...) are used, and everything else comes from the saved one.
+
+  Args:
+    folder: the trained run's folder (`run_dir`).
+    given: an experiment's config, or None.
+    workdir: the experiment's workdir that `folder` is a variant of (default `folder`):
+      `given`'s variant of the same name is the one compared.
+
+  Raises:
+    errors.NoCheckpointError: the folder has no config.json.
+    errors.WorkdirMismatchError: `given` is a config of another model.
+  """
+  folder = pathlib.Path(folder)
+  saved = trained.read_config(folder)
+  if given is None:
+    return saved
+  saved_dict = saved.to_dict()
+  name = folder.name if workdir is not None and folder != pathlib.Path(workdir) else ""
+  try:
+    candidates = tasks.get_task_class(given.task).variants(given)
+  except (errors.BirnnError, ValueError):   # a config of another task, say: compare it whole
+    candidates = {"": given}
+  if name in candidates:
+    candidates = {name: candidates[name]}
+  diffs = min((config_lib.model_differences(saved_dict, c) for c in candidates.values()),
+              key=len)
+  if diffs:
+    raise errors.WorkdirMismatchError(
+        f"{folder} holds a run of a different model than --config describes; refusing to "
+        "use it. Differences (saved -> --config):\n  " + "\n  ".join(diffs) +
+        "\nLeave out --config (the workdir's config.json decides), or pass the config the "
+        "run was trained with.")
+  if "predict" in given:
+    saved.predict = given.predict.copy_and_resolve_references()
+  return saved
 
 
 class Predictor:
@@ -81,21 +140,25 @@ class Predictor:
     """The predicted tag (POS: UPOS; NER: IOB2 label) of every token of each sentence.
 
     Args:
-      sentences: token lists, or strings split on whitespace; an unknown word or character
-        reads as UNK, and a sentence of any length is tagged in full.
+      sentences: token lists, or strings split on whitespace (a string alone is one
+        sentence); an unknown word or character reads as UNK, and a sentence of any length
+        is tagged in full.
       batch_size: sentences per batch (default `data.eval_batch_size`).
     """
     if not hasattr(self.task, "tag_sentences"):
       raise TypeError(f"a {self.config.task!r} model does not tag tokens; use predict().")
-    sentences = [s.split() if isinstance(s, str) else list(s) for s in sentences]
+    sentences = _sentences(sentences)
+    if not sentences:
+      return []
     return self.task.tag_sentences(self.params, sentences, batch_size)
 
   def entities(self, sentences: Iterable[list[str] | str]) -> list[list[dict]]:
-    """NER: each sentence's entities, `{"type", "start", "end", "text"}` (end exclusive)."""
+    """NER: each sentence's entities, `{"type", "start", "end", "text"}` (end exclusive);
+    `sentences` as for `tag`."""
     from birnn_jax.tasks import ner  # pylint: disable=g-import-not-at-top
     if not isinstance(self.task, ner.Task):
       raise TypeError(f"a {self.config.task!r} model finds no entities.")
-    sentences = [s.split() if isinstance(s, str) else list(s) for s in sentences]
+    sentences = _sentences(sentences)
     return [ner.entity_spans(s, labels) for s, labels in zip(sentences, self.tag(sentences))]
 
   def file_format(self, path: str | os.PathLike, fmt: str | None = None) -> str:
@@ -128,6 +191,7 @@ class Predictor:
     half-written output. Returns the summary (also logged): sentences, tokens, seconds,
     tokens/s, compiled shapes.
     """
+    refuse_overwriting(input_path, output_path)
     fmt = self.file_format(input_path, fmt)
     start = time.monotonic()
     sentences = tokens = 0
@@ -150,7 +214,7 @@ class Predictor:
                        sentences / (now - start), tokens / (now - start))
           last_report = now
     seconds = time.monotonic() - start
-    summary = {"input": _display(input_path), "output": _display(output_path),
+    summary = {"input": _display(input_path), "output": _display(output_path, "<stdout>"),
                "format": fmt, "sentences": sentences, "tokens": tokens,
                "seconds": round(seconds, 3), "tokens_per_second": round(tokens / seconds, 1)
                if seconds > 0 else None,
@@ -165,32 +229,47 @@ class Predictor:
     """Scores the model on a file of the task's format (POS: CoNLL-U accuracy per tag; NER:
     IOB2 entity F1 per type), without touching the run's training files. With `out_dir`,
     writes `eval_<name>.json` and the confusion matrix `plots/confusion_<name>.png`."""
-    scores, confusion = self.task.evaluate_file(self.params, path)
-    scores = {"file": str(path), **scores}
     if out_dir is not None:
       out_dir = pathlib.Path(out_dir)
+      if out_dir.exists() and not out_dir.is_dir():
+        raise errors.InputError(f"--output={out_dir} is a file: --mode=eval writes a folder "
+                                "(its scores JSON and confusion plot).")
       name = data_common.plain_name(path).rsplit(".", 1)[0]
-      _write_json(out_dir / f"eval_{name}.json", scores)
+      outputs = out_dir / f"eval_{name}.json", out_dir / "plots" / f"confusion_{name}.png"
+      for output in outputs:
+        refuse_overwriting(path, output)
+    scores, confusion = self.task.evaluate_file(self.params, path)
+    scores = {"file": str(path), "run": str(self.workdir), **scores}
+    if out_dir is not None:
+      _write_json(outputs[0], scores)
       if confusion is not None:
         from birnn_jax.training import metrics  # pylint: disable=g-import-not-at-top
-        scores["confusion_png"] = str(metrics.plot_confusion(
-            *confusion, out_dir / "plots" / f"confusion_{name}.png", title=str(path)))
+        scores["confusion_png"] = str(metrics.plot_confusion(*confusion, outputs[1],
+                                                             title=str(path)))
     return scores
 
 
 def load(workdir: str | os.PathLike, variant: str | None = None, config=None) -> Predictor:
   """The trained model of `workdir` (see `run_dir` for experiments of several variants),
-  from the workdir alone: no training corpus is read.
+  from the workdir alone: no training corpus is read, and the run's saved config decides.
 
   Args:
     workdir: a trained run's workdir, or an experiment's with its variants' folders.
     variant: which variant's run (default: the first).
-    config: the run's config, e.g. with `predict.*` keys changed; None: the saved one.
+    config: an experiment config to check the run against and to take the `predict`
+      settings from (`run_config`); None: the saved config alone.
 
   Raises:
-    errors.NoCheckpointError: nothing trained in the workdir.
+    errors.NoCheckpointError: nothing trained in the workdir, or no such variant.
+    errors.WorkdirMismatchError: `config` describes another model than the run's.
   """
   folder = run_dir(workdir, variant)
+  config = run_config(folder, config, workdir)
+  if config_lib.added_key(config, "smoke"):
+    logging.warning(
+        "%s was trained with a :smoke config (a tiny model, %s steps) to test the code path: "
+        "its predictions mean nothing. Train without :smoke for a real model.", folder,
+        config.train.get("num_steps"))
   task, params = trained.restore_run(folder, inference=True, config=config)
   return Predictor(task, params, folder)
 
@@ -198,8 +277,33 @@ def load(workdir: str | os.PathLike, variant: str | None = None, config=None) ->
 # Files ------------------------------------------------------------------------------------------
 
 
-def _display(path) -> str:
-  return "<stdin>" if str(path) == "-" else str(path)
+def _display(path, stream: str = "<stdin>") -> str:
+  return stream if str(path) == "-" else str(path)
+
+
+def _sentences(sentences) -> list[list[str]]:
+  """Token lists from token lists or whitespace-separated strings; a string is one sentence."""
+  if isinstance(sentences, str):
+    sentences = [sentences]
+  return [s.split() if isinstance(s, str) else list(s) for s in sentences]
+
+
+def refuse_overwriting(input_path, output_path) -> None:
+  """An output must never replace its input, by whatever path names the same file (a
+  relative path, a symbolic or hard link): checked before anything is read or written.
+
+  Raises:
+    errors.InputError: `output_path` is the input file, or an existing folder.
+  """
+  if str(output_path) == "-":
+    return
+  if os.path.isdir(output_path):
+    raise errors.InputError(f"--output={output_path} is a folder: give the path of a file "
+                            "to write (e.g. tagged.conllu).")
+  if str(input_path) != "-" and os.path.exists(output_path) and os.path.samefile(
+      input_path, output_path):
+    raise errors.InputError(f"--output={output_path} is the input file {input_path}: "
+                            "refusing to overwrite it; choose another --output.")
 
 
 def _words(record) -> list:
@@ -235,7 +339,7 @@ def _atomic_output(path) -> Iterator[IO[str]]:
     return
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+  fd, tmp = _new_file_beside(path)
   try:
     with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
       yield out
@@ -243,6 +347,18 @@ def _atomic_output(path) -> Iterator[IO[str]]:
   except BaseException:
     pathlib.Path(tmp).unlink(missing_ok=True)
     raise
+
+
+def _new_file_beside(path: pathlib.Path) -> tuple[int, str]:
+  """(fd, name) of a new temporary file in `path`'s folder, created as `open` creates
+  files (mode 0666 less the umask: `tempfile.mkstemp` would make it 0600)."""
+  for _ in range(100):
+    tmp = str(path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp"))
+    try:
+      return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+    except FileExistsError:
+      continue
+  raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def _write_json(path: pathlib.Path, obj) -> None:

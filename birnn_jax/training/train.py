@@ -620,24 +620,35 @@ def print_summary(summary: dict, verdict: str) -> None:
     print("\n" + verdict)
 
 
-def evaluate_experiment(config, workdir) -> dict:
+def evaluate_experiment(config, workdir, variant: str | None = None) -> dict:
   """Evaluates each variant's latest checkpoint on every eval split: `--mode=eval`.
 
-  Only reads the training run's files (it may still be running: variants it has not
-  reached yet are skipped, with a warning) and writes workdir/eval_results.json.
+  Each variant's saved config decides (`inference.run_config`); `config`, where given, is
+  checked against it. Only reads the training run's files (it may still be running:
+  variants it has not reached yet are skipped, with a warning) and writes
+  workdir/eval_results.json.
 
   Args:
-    config: the experiment's config.
+    config: the experiment's config, or None (the workdir's own).
     workdir: the trained experiment's workdir.
+    variant: evaluate this variant only (default: every one).
 
   Returns:
     `{split}_{metric}` values (per variant when the experiment has several).
 
   Raises:
     birnn_jax.errors.NoCheckpointError: nothing trained in the workdir.
+    birnn_jax.errors.WorkdirMismatchError: `config` describes another model.
   """
+  runs = ({variant: inference.run_dir(workdir, variant)} if variant
+          else inference.trained_runs(workdir) or {"": inference.run_dir(workdir)})
+  if config is not None and not variant:
+    for name in variant_dirs(config, workdir):
+      if name not in runs:
+        logging.warning("Variant %r has not started in %s yet: not evaluated.", name, workdir)
   out = {}
-  for name, (cfg, vdir) in variant_dirs(config, workdir).items():
+  for name, vdir in runs.items():
+    cfg = inference.run_config(vdir, config, workdir)
     if out and ckpt_lib.make_manager(vdir, cfg.train, read_only=True).latest_step() is None:
       logging.warning("Variant %r has no checkpoint in %s yet: not evaluated.", name, vdir)
       continue
@@ -651,22 +662,25 @@ def evaluate_experiment(config, workdir) -> dict:
   return summary
 
 
-def predictor(config, workdir) -> inference.Predictor:
-  """The first variant's trained model, from its workdir alone (`inference.load`)."""
-  _, (cfg, vdir) = next(iter(variant_dirs(config, workdir).items()))
-  return inference.load(vdir, config=cfg)
+def predictor(config, workdir, variant: str | None = None) -> inference.Predictor:
+  """The trained model of `workdir` (its first variant unless `variant` names one), from
+  the workdir alone: its saved config decides, and `config`, where given, is checked
+  against it (`inference.load`)."""
+  return inference.load(workdir, variant, config)
 
 
-def predict(config, workdir, text: str) -> str:
+def predict(config, workdir, text: str, variant: str | None = None) -> str:
   """The task's prediction for `text`, from the first variant's latest checkpoint.
 
   What `--mode=predict --text=...` prints; `birnn_jax.load(workdir)` gives the model
   itself (see :doc:`/trained`).
 
   Args:
-    config: the experiment's config.
+    config: the experiment's config, or None: the workdir's saved config decides either
+      way, and a given one is checked against it.
     workdir: the trained experiment's workdir.
     text: the input, in the task's form (a sentence, a sentence with `___`, a prefix).
+    variant: the variant to use (default: the first).
 
   Returns:
     The prediction as text.
@@ -674,5 +688,6 @@ def predict(config, workdir, text: str) -> str:
   Raises:
     birnn_jax.errors.InputError: a text the task cannot read.
     birnn_jax.errors.NoCheckpointError: nothing trained in the workdir.
+    birnn_jax.errors.WorkdirMismatchError: `config` describes another model.
   """
-  return predictor(config, workdir).predict(text)
+  return predictor(config, workdir, variant).predict(text)
