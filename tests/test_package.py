@@ -46,6 +46,37 @@ print(json.dumps(sorted(set(sys.modules) - before)))
   assert "birnn_jax.core.layers" in loaded and "birnn_jax.nnx" in loaded
 
 
+def test_the_library_submodules_are_attributes_of_the_package():
+  """`import birnn_jax` then `birnn_jax.crf.CRF` (not only `from birnn_jax import crf`)."""
+  code = """
+import birnn_jax
+print(birnn_jax.crf.CRF.__name__, birnn_jax.errors.InputError.__name__,
+      birnn_jax.nnx.BiRNN.__name__)
+"""
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       check=True, cwd=pathlib.Path("/"), env={**os.environ,
+                                                              "JAX_PLATFORMS": "cpu"})
+  assert out.stdout.split() == ["CRF", "InputError", "BiRNN"]
+
+
+def test_load_without_the_train_extra_names_the_extra():
+  """As in a base install: the runner's dependencies missing (here: hidden)."""
+  code = """
+import sys
+sys.modules["ml_collections"] = None   # as if not installed
+import birnn_jax
+try:
+  birnn_jax.load("runs/x")
+except ModuleNotFoundError as e:
+  print(e)
+"""
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       check=True, cwd=pathlib.Path("/"), env={**os.environ,
+                                                              "JAX_PLATFORMS": "cpu"})
+  assert "birnn_jax.load needs" in out.stdout and "pip install 'birnn_jax[train]'" in out.stdout
+  assert "ml_collections is missing" in out.stdout, out.stdout
+
+
 def test_the_base_install_requires_only_jax_flax_and_numpy():
   requires = importlib.metadata.requires("birnn_jax")
   base = sorted(r.split(">")[0].split("=")[0].strip() for r in requires if "extra ==" not in r)
