@@ -215,7 +215,11 @@ def test_launch_commands_in_the_docs_name_real_configs_and_keys(args, monkeypatc
   from birnn_jax.training import config_lib  # pylint: disable=g-import-not-at-top
   monkeypatch.chdir(ROOT)
   argv = ["launch.py"] + [a for a in shlex.split(args) if a.startswith("--")]
-  spec = next(a.split("=", 1)[1] for a in argv if a.startswith("--config="))
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec is None:   # a trained workdir alone: eval, predict and export need no --config
+    assert any(a.startswith("--workdir=") for a in argv), args
+    assert any(a in argv for a in ("--mode=eval", "--mode=predict", "--mode=export")), args
+    return
   path, _, arg = spec.partition(":")
   if "<" in path:
     return  # a template: experiments/<name>.py
