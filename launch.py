@@ -98,7 +98,7 @@ def main(argv):
   compile_log.install()   # before anything compiles: the count below is the whole run's
   try:
     config = _CONFIG.value
-    task = config.task if config is not None else "(the workdir's)"  # a bad file raises here
+    task = config.task if config is not None else "saved in the workdir"  # a bad file raises
   except OSError as e:
     fail(f"cannot load --config: {e}")
   if config is None and _MODE.value == "train":
