@@ -3,7 +3,10 @@
 The build is offline and strict: `sphinx-build -W -n` turns every warning into an error,
 including a cross-reference that does not resolve (nitpicky). There is no intersphinx (it
 would download the inventories of jax, flax and numpy), so references to other projects'
-objects in type annotations are listed in `nitpick_ignore_regex` instead of linked.
+objects in type annotations are listed in `nitpick_ignore_regex` instead of linked. The site
+is offline too: MathJax is served from the build itself (`sphinx-mathjax-offline` copies
+MathJax 3 into `_static/mathjax/`), and scripts/docs.sh checks that no page loads a script
+from the network.
 """
 
 import importlib.metadata
@@ -20,7 +23,10 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",   # MathJax's files into _static/mathjax/ (no CDN)
 ]
+# What sphinx-mathjax-offline sets too, said here so that the page's script is plain to see.
+mathjax_path = "mathjax/tex-chtml.js"
 
 source_suffix = {".md": "markdown"}
 root_doc = "index"

@@ -1,9 +1,12 @@
 """Using a trained model (birnn_jax/training/inference.py, export.py): from the workdir alone,
-files in and out byte for byte, bad input, evaluation on any file, export with jax alone."""
+files in and out byte for byte, bad input, evaluation on any file, export (run with jax, numpy
+and flatbuffers alone)."""
 
+import importlib.metadata
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -17,6 +20,7 @@ from birnn_jax.data import conllu_data
 from birnn_jax.tasks import ner
 from birnn_jax.training import config_lib
 from birnn_jax.training import export
+from birnn_jax.training import export_runtime
 from birnn_jax.training import inference
 from birnn_jax.training import train
 from helpers import write_greek_treebank, write_uner
@@ -225,17 +229,74 @@ def test_an_experiment_of_variants_loads_its_first_variant_by_default(tmp_path):
   assert inference.run_dir(tmp_path) == tmp_path / "crf"   # sorted without results.json
 
 
-def _exported_in_a_subprocess(folder, sentences):
-  code = ("import json, sys\n"
+def _distributions_needed(names) -> list[importlib.metadata.Distribution]:
+  """`names` and, recursively, what their metadata requires (no extras; markers evaluated
+  here): the distributions a `pip install <names>` would bring."""
+  from packaging.requirements import Requirement  # pylint: disable=g-import-not-at-top
+  from packaging.utils import canonicalize_name  # pylint: disable=g-import-not-at-top
+  found, todo = {}, list(names)
+  while todo:
+    dist = importlib.metadata.distribution(todo.pop())
+    key = canonicalize_name(dist.metadata["Name"])
+    if key in found:
+      continue
+    found[key] = dist
+    for line in dist.requires or []:
+      requirement = Requirement(line)
+      if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+        todo.append(requirement.name)
+  return sorted(found.values(), key=lambda d: d.metadata["Name"].lower())
+
+
+@pytest.fixture(scope="module")
+def runtime_sites(tmp_path_factory):
+  """Two folders of links to installed distributions, to be a process's only site-packages:
+  "full" holds exactly `pip install jax numpy flatbuffers` (export.RUNTIME_REQUIRES and what
+  they require), "no_flatbuffers" the same less flatbuffers (what `pip install jax` gives)."""
+  needed = _distributions_needed(export.RUNTIME_REQUIRES)
+  sites = {}
+  for name, dists in [("full", needed),
+                      ("no_flatbuffers", _distributions_needed(
+                          [r for r in export.RUNTIME_REQUIRES if r != "flatbuffers"]))]:
+    site = tmp_path_factory.mktemp(f"site_{name}")
+    for dist in dists:
+      assert dist.files, f"{dist.metadata['Name']} has no RECORD"
+      for top in {f.parts[0] for f in dist.files} - {"..", "__pycache__"}:
+        if not (site / top).exists():
+          (site / top).symlink_to(dist.locate_file(top))
+    sites[name] = site
+  names = sorted(d.metadata["Name"].lower().replace("-", "_") for d in needed)
+  assert {"jax", "jaxlib", "numpy", "flatbuffers"} <= set(names), names
+  assert not {"flax", "birnn_jax", "optax"} & set(names), names
+  return sites
+
+
+def _isolated_python(site, code, stdin="", check=True):
+  """`code` in `python -I -S` (no site-packages, no PYTHON* variables, not the cwd) with
+  `site` as the only folder of installed packages."""
+  prelude = f"import sys; sys.path.append({str(site)!r})\n"
+  return subprocess.run([sys.executable, "-I", "-S", "-c", prelude + code], input=stdin,
+                        capture_output=True, text=True, cwd="/", check=check,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def _run_predict_py(site, folder, stdin="", check=True):
+  """`python DIR/predict.py < stdin`, in the environment of `site` alone."""
+  script = str(pathlib.Path(folder) / "predict.py")
+  return _isolated_python(site, f"import runpy; sys.argv = [{script!r}]\n"
+                                f"runpy.run_path({script!r}, run_name='__main__')\n",
+                          stdin=stdin, check=check)
+
+
+def _exported_in_a_subprocess(site, folder, sentences):
+  """The exported tagger's tags for `sentences`, from Python, with only `site` installed."""
+  code = ("import importlib.util, json\n"
           f"sys.path.insert(0, {str(folder)!r})\n"
           "from predict import ExportedTagger\n"
-          "tags = ExportedTagger(sys.argv[1]).tag(json.load(sys.stdin))\n"
-          "assert 'flax' not in sys.modules and 'birnn_jax' not in sys.modules, 'imported'\n"
+          f"tags = ExportedTagger({str(folder)!r}).tag(json.load(sys.stdin))\n"
+          "assert not any(importlib.util.find_spec(m) for m in ('flax', 'birnn_jax')), 'found'\n"
           "print(json.dumps(tags))\n")
-  out = subprocess.run([sys.executable, "-c", code, str(folder)], input=json.dumps(sentences),
-                       capture_output=True, text=True, cwd="/", check=True,
-                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
-  return json.loads(out.stdout)
+  return json.loads(_isolated_python(site, code, stdin=json.dumps(sentences)).stdout)
 
 
 def _ewt_dev(count=None):
@@ -244,13 +305,44 @@ def _ewt_dev(count=None):
 
 @pytest.mark.parametrize("count", [200, pytest.param(None, marks=pytest.mark.slow)],
                          ids=["200_sentences", "all"])
-def test_the_exported_tagger_runs_with_jax_alone_and_matches(tagger, tmp_path, count):
+def test_the_exported_tagger_runs_with_jax_numpy_flatbuffers_alone_and_matches(
+    tagger, runtime_sites, tmp_path, count):
   meta = export.export_tagger(tagger, tmp_path / "exported")
   assert set(meta["platforms"]) == {"cpu", "cuda", "tpu"}
+  assert meta["requires"] == list(export.RUNTIME_REQUIRES) == ["jax", "numpy", "flatbuffers"]
   assert sorted(p.name for p in (tmp_path / "exported").iterdir()) == [
       "meta.json", "model.jax", "predict.py"]
   sentences = _ewt_dev(count)          # EWT dev: mostly unknown words to this tiny tagger
-  assert _exported_in_a_subprocess(tmp_path / "exported", sentences) == tagger.tag(sentences)
+  expected = tagger.tag(sentences)
+  site = runtime_sites["full"]
+  assert _exported_in_a_subprocess(site, tmp_path / "exported", sentences) == expected
+  # From a shell: `python DIR/predict.py < sentences.txt`, token/TAG pairs out.
+  out = _run_predict_py(site, tmp_path / "exported",
+                        "".join(" ".join(s) + "\n" for s in sentences[:20])).stdout
+  assert out.splitlines() == [" ".join(f"{w}/{t}" for w, t in zip(s, tags))
+                              for s, tags in zip(sentences[:20], expected[:20])]
+
+
+def test_the_exported_loader_without_flatbuffers_says_what_to_install_in_one_line(
+    runtime_sites, tmp_path):
+  """What `pip install jax` alone gives: jax cannot read a serialised model there, and
+  predict.py says so in one line (run) or one ImportError (imported), before reading a file."""
+  site = runtime_sites["no_flatbuffers"]
+  assert export_runtime.REQUIRES == export.RUNTIME_REQUIRES
+  assert export.runtime_requires_text() == "jax, numpy and flatbuffers"
+  # The control: jax itself needs flatbuffers to deserialise (so the requirement is real).
+  probe = _isolated_python(site, "import jax\ntry:\n  jax.export.deserialize(bytearray(8))\n"
+                                 "except ImportError as e:\n  print('ImportError', e)\n")
+  assert probe.stdout.startswith("ImportError") and "flatbuffers" in probe.stdout, probe.stdout
+  shutil.copyfile(export_runtime.__file__, tmp_path / "predict.py")   # no model beside it
+  message = ("predict.py: this exported tagger needs jax, numpy, flatbuffers; not installed "
+             "here: flatbuffers (pip install flatbuffers)")
+  run = _run_predict_py(site, tmp_path, "a b\n", check=False)
+  assert (run.returncode, run.stdout, run.stderr) == (1, "", message + "\n")
+  imported = _isolated_python(site, f"sys.path.insert(0, {str(tmp_path)!r})\n"
+                                    "try:\n  import predict\n"
+                                    "except ImportError as e:\n  print(e)\n")
+  assert imported.stdout == message + "\n"
 
 
 def test_column_blocks_keep_every_byte():
@@ -297,12 +389,12 @@ def test_the_docs_python_example_runs_as_written(pos_run, ner_run, tmp_path, mon
   assert (tmp_path / "tagged.conllu").is_file()
 
 
-def test_the_exported_ner_tagger_decodes_as_the_crf_does(ner_run, tmp_path):
+def test_the_exported_ner_tagger_decodes_as_the_crf_does(ner_run, runtime_sites, tmp_path):
   """The CRF's constrained Viterbi inside the exported function (symbolic t >= 2)."""
   from birnn_jax.data import iob2  # pylint: disable=g-import-not-at-top
   model = birnn_jax.load(ner_run[1])
   export.export_tagger(model, tmp_path / "ner")
   sentences = [[w for w, _ in s] for s in iob2.load_uner().dev[:150]]
-  exported = _exported_in_a_subprocess(tmp_path / "ner", sentences)
+  exported = _exported_in_a_subprocess(runtime_sites["full"], tmp_path / "ner", sentences)
   assert exported == model.tag(sentences)
   assert all(set(tags) <= set(ner.LABELS) for tags in exported)

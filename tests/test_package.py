@@ -111,6 +111,18 @@ def test_the_package_carries_py_typed_the_corpora_and_their_licences():
     assert any(bundled.joinpath(corpus).glob("SOURCE*")), f"{corpus} has no SOURCE note"
 
 
+@installed_only
+def test_the_licence_is_an_spdx_expression_and_the_corpora_licences_ship_as_licence_files():
+  """PEP 639 metadata (no deprecated `license` table): the code Apache-2.0, the bundled
+  corpora CC BY-SA 4.0, each corpus's LICENSE.txt among the wheel's licence files."""
+  metadata = importlib.metadata.metadata("birnn_jax")
+  assert metadata["License-Expression"] == "Apache-2.0 AND CC-BY-SA-4.0"
+  assert sorted(metadata.get_all("License-File")) == [
+      f"birnn_jax/data/bundled/{corpus}/LICENSE.txt"
+      for corpus in ("time_machine", "ud_english_ewt", "uner_danish_ddt")]
+  assert not any(c.startswith("License ::") for c in metadata.get_all("Classifier"))
+
+
 def test_requirements_txt_is_the_base_and_train_dependencies_of_pyproject():
   """The experiments' install (requirements.txt) and `pip install .[train]` agree."""
   import tomllib  # pylint: disable=g-import-not-at-top

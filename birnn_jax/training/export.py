@@ -1,12 +1,17 @@
-"""`--mode=export`: a trained tagger as a self-contained artifact that runs with jax alone.
+"""`--mode=export`: a trained tagger as a self-contained artifact that needs jax, numpy and
+flatbuffers only (`RUNTIME_REQUIRES`: jax's `jax.export.deserialize` reads the model with
+flatbuffers, which `pip install jax` does not bring); no flax, no birnn_jax.
 
     DIR/model.jax     the prediction function, serialised by `jax.export` (StableHLO), the
                       parameters inside as constants; lowered for cpu, cuda and tpu in one
                       artifact (lowering for a platform needs no such hardware), with
                       symbolic batch and length: words int32 [b, t], chars int32 [b, t, C],
                       lengths int32 [b] -> label ids int32 [b, t]
-    DIR/meta.json     labels, word and character vocabularies, how words are looked up
-    DIR/predict.py    the loader (`export_runtime.py`): imports jax and numpy only
+    DIR/meta.json     labels, word and character vocabularies, how words are looked up,
+                      "requires": the distributions the loader needs (`RUNTIME_REQUIRES`)
+    DIR/predict.py    the loader (`export_runtime.py`): imports jax and numpy only, and
+                      without one of `RUNTIME_REQUIRES` stops with one line naming what
+                      to `pip install`
 
 Taggers only (POS, NER): their inputs are token ids a small loader can make.
 """
@@ -23,6 +28,15 @@ import birnn_jax
 from birnn_jax import errors
 
 PLATFORMS = ("cpu", "cuda", "tpu")
+# The distributions (pip names) an exported tagger runs with, and nothing else: what
+# predict.py imports, and flatbuffers for `jax.export.deserialize`. export_runtime.py
+# keeps its own copy (it imports nothing of birnn_jax); a test checks the two are equal.
+RUNTIME_REQUIRES = ("jax", "numpy", "flatbuffers")
+
+
+def runtime_requires_text() -> str:
+  """What an exported tagger needs, as a phrase: "jax, numpy and flatbuffers"."""
+  return ", ".join(RUNTIME_REQUIRES[:-1]) + " and " + RUNTIME_REQUIRES[-1]
 
 
 def export_tagger(predictor, out_dir, platforms=PLATFORMS) -> dict:
@@ -60,6 +74,7 @@ def export_tagger(predictor, out_dir, platforms=PLATFORMS) -> dict:
           "word_vocab": list(task.word_vocab.tokens), "char_vocab": list(task.char_vocab.tokens),
           "lowercase": bool(d.lowercase), "max_chars": int(d.max_chars),
           "min_length": int(d.pad_to), "platforms": list(exported.platforms),
+          "requires": list(RUNTIME_REQUIRES),
           "trained_run": str(predictor.workdir), "birnn_jax": birnn_jax.__version__,
           "jax": jax.__version__}
   _write_bytes(out_dir / "model.jax", bytes(exported.serialize()))

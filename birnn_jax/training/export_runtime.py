@@ -1,5 +1,8 @@
-"""Runs a tagger exported by `launch.py --mode=export` with jax alone (no flax, no birnn_jax;
-jax reads the serialised model with the `flatbuffers` package).
+"""Runs a tagger exported by `launch.py --mode=export` with jax, numpy and flatbuffers only
+(`REQUIRES`; no flax, no birnn_jax): `pip install jax numpy flatbuffers` is the whole
+install. jax reads the serialised model with the `flatbuffers` package, which
+`pip install jax` does not bring; without one of `REQUIRES` this file stops with one line
+naming what to install (`ImportError` when imported, exit status 1 when run).
 
 `--mode=export --output=DIR` copies this file to DIR/predict.py beside the serialised model
 (`model.jax`, StableHLO from `jax.export`, lowered for cpu, cuda and tpu, with symbolic batch
@@ -16,13 +19,26 @@ lowercased when the run lowercased, unknown words and characters as UNK; a word'
 are clipped to its first and last `max_chars / 2`.
 """
 
+import importlib.util
 import json
 import pathlib
 import sys
 import unicodedata
 
-import jax
-import numpy as np
+# The distributions (pip names) this file runs with: birnn_jax's export.RUNTIME_REQUIRES
+# (this file imports nothing of birnn_jax), also listed in meta.json's "requires".
+REQUIRES = ("jax", "numpy", "flatbuffers")
+_MISSING = [name for name in REQUIRES if importlib.util.find_spec(name) is None]
+if _MISSING:
+  _MESSAGE = (f"{pathlib.Path(__file__).name}: this exported tagger needs "
+              f"{', '.join(REQUIRES)}; not installed here: {', '.join(_MISSING)} "
+              f"(pip install {' '.join(_MISSING)})")
+  if __name__ == "__main__":
+    sys.exit(_MESSAGE)           # one line on stderr, exit status 1
+  raise ImportError(_MESSAGE)
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 PAD, UNK = 0, 1
 
