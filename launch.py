@@ -2,7 +2,8 @@
 
 Modes: train (then evaluate; the default), eval (the latest checkpoint on the eval splits, or
 with --input on any file of the task's format), predict (--text, or --input/--output files)
-and export (--output=DIR: the tagger serialised with jax.export). eval, predict and export
+and export (--output=DIR: the tagger serialised with jax.export, which runs with jax,
+numpy and flatbuffers). eval, predict and export
 use a trained workdir alone (`--workdir=runs/x --mode=predict ...`): its saved config
 decides, and a --config given is checked against it. An output never replaces its input.
 
@@ -123,8 +124,9 @@ def main(argv):
       meta = export.export_tagger(train.predictor(config, workdir, _VARIANT.value),
                                   _OUTPUT.value)
       print(f"Exported the {meta['task']} tagger of {meta['trained_run']} to {_OUTPUT.value} "
-            f"(platforms {', '.join(meta['platforms'])}); run it with jax alone: "
-            f"python {pathlib.Path(_OUTPUT.value) / 'predict.py'} < sentences.txt")
+            f"(platforms {', '.join(meta['platforms'])}); it runs with "
+            f"{export.runtime_requires_text()} (pip install {' '.join(export.RUNTIME_REQUIRES)}):"
+            f" python {pathlib.Path(_OUTPUT.value) / 'predict.py'} < sentences.txt")
     else:
       text = _TEXT.value or _PREFIX.value
       if text is None and _INPUT.value is None:

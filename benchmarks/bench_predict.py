@@ -99,14 +99,14 @@ def worker_tag(args) -> dict:
 def worker_dump(args) -> dict:
   """The prediction batches (dense character table, as torch packs each form) and sizes."""
   import birnn_jax  # pylint: disable=g-import-not-at-top
-  from birnn_jax.tasks import pos  # pylint: disable=g-import-not-at-top
+  from birnn_jax.tasks import pos, wordchar  # pylint: disable=g-import-not-at-top
   data = sentences(args.quick)
   model = birnn_jax.load(args.path)
   task, m = model.task, model.config.model
   arrays = {}
   batches = list(task.prediction_batches(data, args.batch_size))
   for i, (_, b) in enumerate(batches):
-    table = pos.char_table(b["chars"])
+    table = wordchar.char_table(b["chars"])
     arrays.update({f"{i}/words": b["words"], f"{i}/lengths": b["lengths"],
                    f"{i}/char_index": b["char_index"],
                    f"{i}/chars": table.reshape(len(b["words"]), -1, table.shape[-1])})

@@ -177,7 +177,7 @@ def worker_bare(args, config, workdir) -> dict:
 def worker_dump(args, config, workdir) -> dict:
   """Writes the window's batches and what the torch model needs to `args.path` (.npz)."""
   from birnn_jax.training import train  # pylint: disable=g-import-not-at-top
-  from birnn_jax.tasks import pos  # pylint: disable=g-import-not-at-top
+  from birnn_jax.tasks import wordchar  # pylint: disable=g-import-not-at-top
   log_every, steps = (int(v) for v in args.window.split(","))
   trainer = train.Trainer(config, workdir)
   task = trainer.task
@@ -192,7 +192,7 @@ def worker_dump(args, config, workdir) -> dict:
               clip_norm=config.optim.clip_norm, num_steps=config.train.num_steps)
   # torch packs each form to its own length, so it gets the table whole, not its tiers.
   for b in host:
-    table = pos.char_table(b["chars"])
+    table = wordchar.char_table(b["chars"])
     b["chars"] = table.reshape(len(b["words"]), -1, table.shape[-1])
   arrays = {f"{i}/{k}": v for i, b in enumerate(host) for k, v in b.items()}
   np.savez(args.path, meta=json.dumps(meta), num_batches=len(host), **arrays)
@@ -203,7 +203,7 @@ def worker_dump(args, config, workdir) -> dict:
 
 
 def torch_tagger(torch, meta):
-  """The POS tagger of `birnn_jax.tasks.pos.PosTagger` in PyTorch (same sizes, dropouts)."""
+  """The POS tagger of `birnn_jax.tasks.wordchar.WordCharTagger` in PyTorch (same sizes, dropouts)."""
   nn = torch.nn
 
   class Tagger(nn.Module):

@@ -6,6 +6,7 @@ import importlib.metadata
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import birnn_jax
 from birnn_jax import errors
 from birnn_jax.data import columns
 from birnn_jax.data import conllu_data
+from birnn_jax.tasks import entities
 from birnn_jax.tasks import ner
 from birnn_jax.training import config_lib
 from birnn_jax.training import export
@@ -397,4 +399,243 @@ def test_the_exported_ner_tagger_decodes_as_the_crf_does(ner_run, runtime_sites,
   sentences = [[w for w, _ in s] for s in iob2.load_uner().dev[:150]]
   exported = _exported_in_a_subprocess(runtime_sites["full"], tmp_path / "ner", sentences)
   assert exported == model.tag(sentences)
-  assert all(set(tags) <= set(ner.LABELS) for tags in exported)
+  assert all(set(tags) <= set(entities.LABELS) for tags in exported)
+
+
+# --- no surprises: the workdir decides, inputs are never overwritten ----------------------------
+
+
+def _conllu_file(tmp_path, gold: bool = False):
+  """CONLLU in `tmp_path/corpus.conllu`; `gold`: with a UPOS tag on every word (to score)."""
+  path = tmp_path / "corpus.conllu"
+  text = CONLLU
+  if gold:
+    text = text.replace("άνθρωπος\t_\t_", "άνθρωπος\t_\tNOUN").rsplit("# a closing", 1)[0]
+  path.write_text(text, encoding="utf-8", newline="")
+  return path
+
+
+def test_an_output_that_is_the_input_is_refused_by_any_path(tagger, tmp_path, monkeypatch):
+  corpus = _conllu_file(tmp_path)
+  (tmp_path / "link.conllu").symlink_to(corpus)
+  os.link(corpus, tmp_path / "hard.conllu")
+  (tmp_path / "sub").mkdir()
+  monkeypatch.chdir(tmp_path / "sub")
+  for output in (corpus, "../corpus.conllu", tmp_path / "sub" / ".." / "corpus.conllu",
+                 tmp_path / "link.conllu", tmp_path / "hard.conllu"):
+    with pytest.raises(errors.InputError, match="is the input file"):
+      tagger.predict_file(corpus, output)
+    with pytest.raises(errors.InputError, match="is the input file"):
+      tagger.predict_file(output, corpus)
+  assert corpus.read_bytes() == CONLLU.encode("utf-8")
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+      "corpus.conllu", "hard.conllu", "link.conllu", "sub"]   # no temporary file left
+
+
+def test_an_output_folder_is_refused_naming_it(tagger, tmp_path):
+  corpus = _conllu_file(tmp_path)
+  with pytest.raises(errors.InputError, match=f"--output={tmp_path} is a folder"):
+    tagger.predict_file(corpus, tmp_path)
+  with pytest.raises(errors.InputError, match="is a file"):
+    tagger.evaluate_file(corpus, corpus)
+  assert corpus.read_bytes() == CONLLU.encode("utf-8")
+
+
+@pytest.fixture
+def umask_022():
+  old = os.umask(0o022)
+  yield
+  os.umask(old)
+
+
+def test_outputs_are_created_with_the_users_umask(tagger, ner_run, tmp_path, umask_022):
+  corpus = _conllu_file(tmp_path, gold=True)
+  tagger.predict_file(corpus, tmp_path / "tagged.conllu")
+  tagger.evaluate_file(corpus, tmp_path / "eval")
+  (tmp_path / "news.txt").write_text("Anne Hansen bor i Odense .\n")
+  birnn_jax.load(ner_run[1]).predict_file(tmp_path / "news.txt", tmp_path / "entities.jsonl")
+  written = [tmp_path / "tagged.conllu", tmp_path / "eval" / "eval_corpus.json",
+             tmp_path / "eval" / "plots" / "confusion_corpus.png", tmp_path / "entities.jsonl"]
+  assert {p.name: oct(p.stat().st_mode & 0o777) for p in written} == {
+      p.name: "0o644" for p in written}
+
+
+def test_the_summary_names_stdout_as_the_output(tagger, tmp_path, capsys):
+  summary = tagger.predict_file(_conllu_file(tmp_path), "-")
+  assert summary["output"] == "<stdout>" and summary["input"].endswith("corpus.conllu")
+  assert capsys.readouterr().out.startswith("# newdoc id = x")
+
+
+def test_a_string_is_one_sentence_and_no_sentences_are_no_tags(tagger, ner_run):
+  assert tagger.tag("I saw her duck .") == tagger.tag([["I", "saw", "her", "duck", "."]])
+  assert len(tagger.tag("I saw her duck .")) == 1
+  assert tagger.tag([]) == [] and tagger.tag(iter([])) == []
+  ner_model = birnn_jax.load(ner_run[1])
+  assert ner_model.entities("Anne bor i Odense .") == ner_model.entities([["Anne", "bor", "i",
+                                                                           "Odense", "."]])
+  assert ner_model.entities([]) == []
+
+
+def test_loading_a_smoke_run_says_its_predictions_mean_nothing(pos_run, caplog):
+  with caplog.at_level("WARNING"):
+    birnn_jax.load(pos_run[1])
+  assert any(":smoke config" in r.getMessage() and "mean nothing" in r.getMessage()
+             for r in caplog.records), caplog.text
+
+
+def test_the_saved_config_decides_and_a_different_model_is_refused(pos_run):
+  config, workdir = pos_run
+  assert birnn_jax.load(workdir, config=config).config.to_dict() == \
+      birnn_jax.load(workdir).config.to_dict()
+  full = config_lib.load_experiment(ROOT / "experiments" / "pos_ewt.py")
+  with pytest.raises(errors.WorkdirMismatchError) as raised:
+    birnn_jax.load(workdir, config=full)
+  assert "model.hidden_size: 16 -> 128" in str(raised.value)
+  assert "Leave out --config" in str(raised.value)
+  other_task = config_lib.load_experiment(ROOT / "experiments" / "ner_uner.py", "smoke")
+  with pytest.raises(errors.WorkdirMismatchError, match="task: 'pos' -> 'ner'"):
+    birnn_jax.load(workdir, config=other_task)
+
+
+def test_a_given_configs_predict_settings_are_used():
+  from birnn_jax.training import trained  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_experiment(ROOT / "experiments" / "masked_time_machine.py", "smoke")
+  import tempfile  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory() as folder:
+    pathlib.Path(folder, "config.json").write_text(config.to_json())
+    config.predict.top_k = 9
+    assert inference.run_config(folder, config).predict.top_k == 9
+    assert inference.run_config(folder).predict.top_k == 5
+    assert trained.read_config(folder).model.hidden_size == config.model.hidden_size
+
+
+def test_an_unknown_variant_lists_the_real_ones(tmp_path):
+  for name in ("softmax", "crf", "forward"):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "config.json").write_text("{}")
+  with pytest.raises(errors.NoCheckpointError,
+                     match="holds no variant 'nope'; its variants: 'crf', 'forward', 'softmax'"):
+    birnn_jax.load(tmp_path, variant="nope")
+
+
+def _launch(*args, cwd=ROOT):
+  # JAX looks for every back end, as on a user's machine (it logs those it did not find).
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  return subprocess.run([sys.executable, str(ROOT / "launch.py"), *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=300, check=False)
+
+
+def _one_line_error(proc) -> str:
+  """The `launch.py: error:` message of a refused command: exit 1, no traceback, and none of
+  the noise of a failed restore."""
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  for noise in ("Traceback", "cannot be read", "Event loop is closed", "trying the one"):
+    assert noise not in proc.stderr, proc.stderr[-3000:]
+  return proc.stderr.split("launch.py: error: ", 1)[1]
+
+
+@pytest.mark.parametrize("mode", ["predict", "eval", "export"])
+def test_the_cli_refuses_a_config_of_another_model_in_one_message(pos_run, tmp_path, mode):
+  extra = {"predict": ["--text=I saw her duck"], "eval": [],
+           "export": [f"--output={tmp_path / 'exported'}"]}[mode]
+  proc = _launch("--config=experiments/pos_ewt.py", f"--workdir={pos_run[1]}",
+                 f"--mode={mode}", *extra)
+  message = _one_line_error(proc)
+  assert "holds a run of a different model" in message
+  assert "model.hidden_size: 16 -> 128" in message
+  assert not (tmp_path / "exported").exists()
+
+
+@pytest.mark.parametrize("mode", ["predict", "eval", pytest.param("export",
+                                                                  marks=pytest.mark.slow)])
+def test_the_cli_needs_the_workdir_alone(pos_run, tmp_path, mode):
+  corpus = _conllu_file(tmp_path, gold=True)
+  extra = {"predict": [f"--input={corpus}", f"--output={tmp_path / 'tagged.conllu'}"],
+           "eval": [f"--input={corpus}", f"--output={tmp_path / 'eval'}"],
+           "export": [f"--output={tmp_path / 'exported'}"]}[mode]
+  proc = _launch(f"--workdir={pos_run[1]}", f"--mode={mode}", *extra, cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "Unable to initialize backend" not in proc.stderr
+  assert ":smoke config" in proc.stderr   # said where the junk model is used
+  written = {"predict": tmp_path / "tagged.conllu",
+             "eval": tmp_path / "eval" / "eval_corpus.json",
+             "export": tmp_path / "exported" / "model.jax"}[mode]
+  assert written.is_file()
+  if mode == "eval":
+    assert f"with the trained run {pos_run[1]}" in proc.stdout
+    assert json.loads(written.read_text())["run"] == str(pos_run[1])
+
+
+def test_the_cli_refuses_to_overwrite_its_input_before_loading(pos_run, tmp_path):
+  corpus = _conllu_file(tmp_path)
+  proc = _launch(f"--workdir={pos_run[1]}", "--mode=predict", "--input=corpus.conllu",
+                 f"--output={corpus}", cwd=tmp_path)
+  assert "is the input file" in _one_line_error(proc)
+  assert corpus.read_bytes() == CONLLU.encode("utf-8")
+
+
+def test_without_config_or_workdir_the_cli_says_what_it_needs(tmp_path):
+  proc = _launch("--mode=predict", "--text=x", cwd=tmp_path)
+  assert proc.returncode == 1 and "needs --workdir" in proc.stderr, proc.stderr[-2000:]
+  proc = _launch("--workdir=x", cwd=tmp_path)
+  assert proc.returncode == 1 and "--mode=train needs --config" in proc.stderr
+
+
+def _page_commands(path: pathlib.Path, section: str | None = None) -> list[str]:
+  """The trained-model commands of a page's ```bash blocks (under `section` if given): every
+  `python launch.py` line with a --mode (not training) and every `python exported/...`."""
+  text = path.read_text(encoding="utf-8")
+  if section:
+    text = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+  commands = []
+  for block in re.findall(r"^```bash\n(.*?)^```", text, re.S | re.M):
+    for line in block.splitlines():
+      line = line.split("  #", 1)[0].strip()
+      if line.startswith("python exported/") or (
+          line.startswith("python launch.py") and "--mode=" in line):
+        commands.append(line)
+  return commands
+
+
+@pytest.fixture
+def user_folder(pos_run, ner_run, tmp_path):
+  """A user's folder holding what the pages name: runs/pos, runs/ner and the input files."""
+  (tmp_path / "runs").mkdir()
+  (tmp_path / "runs" / "pos").symlink_to(pos_run[1])
+  (tmp_path / "runs" / "ner").symlink_to(ner_run[1])
+  gold = _conllu_file(tmp_path, gold=True)
+  gold.rename(tmp_path / "other-test.conllu")
+  _conllu_file(tmp_path, gold=True)
+  (tmp_path / "sentences.txt").write_text("I saw her duck .\nThe cat sat .\n")
+  (tmp_path / "news.txt").write_text("Anne Hansen bor i Odense .\n")
+  uner = write_uner(tmp_path / "uner", copies=1) / "xx_tiny-ud-test.iob2"
+  for name in ("news.iob2", "other-test.iob2"):
+    (tmp_path / name).write_bytes(uner.read_bytes())
+  return tmp_path
+
+
+def _run_as_written(commands: list[str], folder: pathlib.Path) -> None:
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  for command in commands:
+    shell = command.replace("python launch.py", f"{sys.executable} {ROOT / 'launch.py'}", 1)
+    shell = shell.replace("python exported/", f"{sys.executable} exported/", 1)
+    proc = subprocess.run(shell, shell=True, cwd=folder, env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode == 0, (command, proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr, (command, proc.stderr[-3000:])
+
+
+def test_the_readmes_trained_model_commands_run_as_written(user_folder):
+  commands = _page_commands(ROOT / "README.md", "Using a trained model")
+  assert len(commands) >= 4 and all("--config" not in c for c in commands), commands
+  _run_as_written(commands, user_folder)
+  assert (user_folder / "tagged.conllu").is_file() and (user_folder / "entities.jsonl").is_file()
+  assert (user_folder / "exported" / "pos" / "model.jax").is_file()
+
+
+@pytest.mark.slow
+def test_the_trained_model_pages_commands_run_as_written(user_folder):
+  commands = _page_commands(ROOT / "docs" / "trained.md")
+  assert len(commands) >= 8, commands
+  _run_as_written(commands, user_folder)
+  assert (user_folder / "tagged.iob2").is_file()

@@ -1,8 +1,7 @@
 """NER with a BiLSTM-CRF on UNER (birnn_jax/tasks/ner.py, experiments/ner_uner.py).
 
-Fast tests: the in-graph entity counts equal seqeval's (both modes, hand-made and random
-sequences); the seqeval scorer on hand-made cases; the model's heads; config errors; the
-experiment's summary; a tiny UNER folder trained end to end (any folder of UNER files).
+Fast tests (the entity counts and scores: tests/test_entities.py): the model's heads and
+casing feature; config errors; the experiment's summary; a tiny UNER folder trained end to end (any folder of UNER files).
 Slow: the :smoke config on the bundled Danish-DDT, all three variants, then predict.
 """
 
@@ -14,22 +13,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from seqeval import metrics as seqeval_metrics
-from seqeval import scheme as seqeval_scheme
 from seqeval.metrics import sequence_labeling
 
 from birnn_jax.training import config_lib
 from birnn_jax import crf as crf_lib
 from birnn_jax.training import train
 from birnn_jax.data.vocab import Vocab
+from birnn_jax.tasks import entities
 from birnn_jax.tasks import ner
 from helpers import write_uner
-from birnn_jax.tasks import pos
+from birnn_jax.tasks import wordchar
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-LABELS = ner.LABELS
+LABELS = entities.LABELS
 
 
 def load_config(arg="smoke"):
@@ -37,158 +35,6 @@ def load_config(arg="smoke"):
 
 
 # The scorers -----------------------------------------------------------------------------------
-
-def seqeval_entities(sequences, strict):
-  """The set of (sentence, type, start, end) entities seqeval finds."""
-  if strict:
-    found = seqeval_scheme.Entities(sequences, seqeval_scheme.IOB2).entities
-    return {(e.sent_id, e.tag, e.start, e.end) for sentence in found for e in sentence}
-  return {(i, kind, start, end + 1) for i, seq in enumerate(sequences)
-          for kind, start, end in sequence_labeling.get_entities(list(seq))}
-
-
-def counts_in_graph(gold, pred, strict, num_steps=None):
-  """ner.entity_counts of label-string sequences, padded into one batch (plus a pad row)."""
-  num_steps = num_steps or max(len(s) for s in gold) + 2
-  ids = lambda seqs: np.array([[LABELS.index(t) for t in s] + [0] * (num_steps - len(s))
-                               for s in seqs + [[]]], np.int32)
-  # Padding gets random labels: it must not count.
-  rng = np.random.default_rng(0)
-  lengths = np.array([len(s) for s in gold] + [0], np.int32)
-  pad = np.arange(num_steps)[None, :] >= lengths[:, None]
-  g, p = ids(gold), ids(pred)
-  g[pad] = rng.integers(0, len(LABELS), pad.sum())
-  p[pad] = rng.integers(0, len(LABELS), pad.sum())
-  out = jax.jit(ner.entity_counts, static_argnames=("labels", "strict"))(
-      p, g, lengths, LABELS, strict)
-  return {k: int(v) for k, v in out.items()}
-
-
-def check_counts(gold, pred):
-  for strict in (False, True):
-    got = counts_in_graph(gold, pred, strict)
-    want_g, want_p = seqeval_entities(gold, strict), seqeval_entities(pred, strict)
-    assert got["entities_gold"] == len(want_g), (strict, gold)
-    assert got["entities_predicted"] == len(want_p), (strict, pred)
-    assert got["entities_correct"] == len(want_g & want_p), (strict, gold, pred)
-    assert got["invalid_sequences"] == sum(not crf_lib.is_valid_bio(s) for s in pred)
-    assert got["sequences"] == len(gold)
-
-
-HAND_MADE = [
-    # gold, predicted
-    (["B-PER", "I-PER", "O", "B-LOC"], ["B-PER", "I-PER", "O", "B-LOC"]),   # all right
-    (["B-PER", "I-PER", "O"], ["B-PER", "O", "O"]),                       # span too short
-    (["B-PER", "O", "O"], ["B-PER", "I-PER", "O"]),                       # span too long
-    (["B-PER", "I-PER"], ["B-ORG", "I-ORG"]),                             # wrong type
-    (["O", "I-PER", "I-PER"], ["B-PER", "I-PER", "I-PER"]),   # conlleval: same span, strict: not
-    (["B-PER", "I-LOC"], ["B-PER", "B-LOC"]),                 # I after another type
-    (["B-LOC", "B-LOC"], ["B-LOC", "I-LOC"]),                 # two entities vs one
-    (["I-ORG"], ["I-ORG"]),                                   # an orphan I at the start
-    (["O", "O"], ["I-LOC", "O"]),
-]
-
-
-@pytest.mark.parametrize("gold, pred", HAND_MADE)
-def test_entity_counts_equal_seqeval_on_hand_made_cases(gold, pred):
-  check_counts([gold], [pred])
-
-
-def test_entity_counts_equal_seqeval_on_random_sequences():
-  rng = np.random.default_rng(1)
-  # Mostly O with runs, as real taggers emit; a batch of many random rows, twice.
-  for _ in range(2):
-    lengths = rng.integers(1, 12, size=40)
-    probs = np.array([0.5, 0.1, 0.1, 0.05, 0.1, 0.05, 0.1])
-    gold = [[LABELS[i] for i in rng.choice(len(LABELS), n, p=probs)] for n in lengths]
-    pred = [[LABELS[i] if rng.random() < 0.4 else g for g, i in
-             zip(seq, rng.choice(len(LABELS), len(seq), p=probs))] for seq in gold]
-    check_counts(gold, pred)
-
-
-@pytest.mark.parametrize("seed", range(3))
-def test_chunks_are_seqevals_entities(seed):
-  rng = np.random.default_rng(seed)
-  sequences = [[LABELS[i] for i in rng.choice(len(LABELS), n)] for n in rng.integers(0, 15, 300)]
-  sequences += [list(gold) + list(pred) for gold, pred in HAND_MADE]
-  for labels in sequences:
-    assert ner.chunks(labels) == sequence_labeling.get_entities(list(labels)), labels
-  gold = sequences[:300]
-  pred = [[LABELS[rng.integers(len(LABELS))] if rng.random() < 0.3 else g for g in seq]
-          for seq in gold]
-  scores = ner.score(gold, pred)
-  for name in ("f1", "precision", "recall"):
-    assert scores[name] == getattr(seqeval_metrics, f"{name}_score")(gold, pred, zero_division=0)
-
-
-def test_score_on_hand_made_cases():
-  gold = [["B-PER", "I-PER", "O", "B-LOC", "O"], ["B-ORG", "O", "O", "I-LOC"]]
-  pred = [["B-PER", "I-PER", "O", "B-ORG", "O"], ["B-ORG", "O", "I-PER", "I-LOC"]]
-  s = ner.score(gold, pred)
-  for name in ("f1", "precision", "recall"):   # the report's micro row: seqeval's own scores
-    assert s[name] == getattr(seqeval_metrics, f"{name}_score")(gold, pred, zero_division=0)
-  # Default mode. Gold: PER(0-1), LOC(3), ORG(0), LOC(3) [the orphan I-LOC]; predicted:
-  # PER(0-1), ORG(3), ORG(0), PER(2), LOC(3). Correct: PER, ORG(0), LOC(3) of sentence 2.
-  assert s["precision"] == pytest.approx(3 / 5) and s["recall"] == pytest.approx(3 / 4)
-  assert s["f1"] == pytest.approx(2 * 3 / (5 + 4))
-  # Strict IOB2: orphan I- tags are no entities. Gold: PER, LOC, ORG; predicted: PER, ORG,
-  # ORG; correct: PER, ORG of sentence 2.
-  assert s["f1_strict"] == pytest.approx(2 * 2 / (3 + 3))
-  assert s["per_type_f1"] == pytest.approx({"LOC": 2 * 1 / (1 + 2), "ORG": 2 * 1 / (2 + 1),
-                                            "PER": 2 * 1 / (2 + 1)})
-  assert s["per_type_support"] == {"LOC": 2, "ORG": 1, "PER": 1}
-  assert s["invalid_sequences"] == 1 and s["invalid_rate"] == 0.5
-  perfect = ner.score(gold, gold)
-  assert perfect["f1"] == 1.0 and perfect["f1_strict"] == 1.0
-  assert perfect["invalid_sequences"] == 1           # the gold's own orphan I-LOC
-  assert ner.score([["O"]], [["O"]])["f1"] == 0.0    # no entities at all: 0, not an error
-
-
-def test_f1_from_counts_matches_the_definition():
-  assert ner.f1_from_counts(3, 5, 4) == pytest.approx(
-      {"precision": 0.6, "recall": 0.75, "f1": 2 * 0.6 * 0.75 / 1.35})
-  assert ner.f1_from_counts(0, 0, 0) == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
-
-
-def test_entities_for_predict():
-  tokens = ["Kjeld", "Christensen", "bor", "i", "Århus"]
-  assert ner.entities(tokens, ["B-PER", "I-PER", "O", "O", "B-LOC"]) == [
-      ("PER", "Kjeld Christensen"), ("LOC", "Århus")]
-
-
-# Tag schemes ----------------------------------------------------------------------------------
-
-def test_iobes_conversion_round_trips():
-  iob2 = ["B-PER", "I-PER", "I-PER", "O", "B-LOC", "B-LOC", "I-ORG", "O", "I-LOC", "I-LOC"]
-  iobes = ner.to_iobes(iob2)
-  assert iobes == ["B-PER", "I-PER", "E-PER", "O", "S-LOC", "S-LOC", "S-ORG", "O", "B-LOC",
-                   "E-LOC"]
-  # Back to IOB2: entity for entity what seqeval's default mode saw (I-X that starts an
-  # entity becomes B-X).
-  back = [ner.to_iob2_label(t) for t in iobes]
-  assert back == ["B-PER", "I-PER", "I-PER", "O", "B-LOC", "B-LOC", "B-ORG", "O", "B-LOC",
-                  "I-LOC"]
-  assert ner.to_iobes([]) == []
-  np.testing.assert_array_equal(ner.iob2_ids(LABELS), np.arange(len(LABELS)))
-  assert [LABELS[i] for i in ner.iob2_ids(ner.IOBES_LABELS)] == [
-      ner.to_iob2_label(t) for t in ner.IOBES_LABELS]
-  # Random valid IOB2 sequences: the round trip is exact and Viterbi's IOBES constraints
-  # allow every converted sequence.
-  allowed, allowed_start, allowed_end = crf_lib.iobes_constraints(ner.IOBES_LABELS)
-  ids = {t: i for i, t in enumerate(ner.IOBES_LABELS)}
-  rng = np.random.default_rng(4)
-  for _ in range(200):
-    seq = [LABELS[i] for i in rng.integers(0, len(LABELS), rng.integers(1, 9))]
-    valid = [f"B-{t[2:]}" if t.startswith("I-") and not (i and seq[i - 1][2:] == t[2:])
-             else t for i, t in enumerate(seq)]
-    assert crf_lib.is_valid_bio(valid)
-    iobes = [ids[t] for t in ner.to_iobes(valid)]
-    assert [ner.to_iob2_label(ner.IOBES_LABELS[t]) for t in iobes] == valid
-    assert allowed_start[iobes[0]] and allowed_end[iobes[-1]]
-    assert all(allowed[i, j] for i, j in zip(iobes, iobes[1:]))
-
-
-# The model ------------------------------------------------------------------------------------
 
 def tiny_inputs(batch=3, steps=8, chars=5, num_words=30, num_chars=20):
   rng = np.random.default_rng(2)
@@ -209,7 +55,7 @@ def test_heads_loss_and_predictions(head, scheme, random_variables):
   config = load_config()
   config.model.head = head
   config.model.tag_scheme = scheme
-  labels = ner.scheme_labels(scheme)
+  labels = entities.scheme_labels(scheme)
   # Character classes for the casing feature: PAD, UNK, then lower / upper / digit.
   classes = (0, 4) + (1, 2, 3) * 6
   model = ner.model_from_config(config.model, num_words=30, num_chars=20, classes=classes)
@@ -233,7 +79,7 @@ def test_heads_loss_and_predictions(head, scheme, random_variables):
     log_p = jax.nn.log_softmax(out["emissions"])
     want = -jnp.sum(jnp.take_along_axis(log_p, b["tags"][..., None], -1)[..., 0] * b["mask"])
     np.testing.assert_array_equal(
-        pred[b["mask"]], ner.iob2_ids(labels)[np.argmax(out["emissions"], -1)][b["mask"]])
+        pred[b["mask"]], entities.iob2_ids(labels)[np.argmax(out["emissions"], -1)][b["mask"]])
   np.testing.assert_allclose(sums["loss"], want, rtol=1e-5)
   train_out = jax.eval_shape(functools.partial(model.apply, deterministic=False),
                              variables, *inputs, rngs={"dropout": jax.random.key(0)})
@@ -251,7 +97,7 @@ def test_casing_classes(form, want):
 
 def test_casing_feature_in_the_model():
   """model.casing_embed_size > 0 (the default) embeds each word's casing class, computed in
-  the graph from its character ids (also from pos.dedup_chars rows, tiers included); 0 is
+  the graph from its character ids (also from wordchar.dedup_chars rows, tiers included); 0 is
   the model without it."""
   forms = [["Anne", "bor", "i", "AARHUS", "1998", "."], ["McDonald", "3.", "hos"]]
   chars = Vocab.build(w for s in forms for w in s)
@@ -280,7 +126,7 @@ def test_casing_feature_in_the_model():
   assert variables["params"]["casing"]["embedding"].shape == (len(ner.CASINGS), 4)
   apply = jax.jit(lambda v, chars, index: model.apply(v, words, chars, index, lengths))
   out = apply(variables, char_ids, None)["emissions"]
-  batch = pos.dedup_chars({"words": words, "chars": char_ids, "lengths": lengths})
+  batch = wordchar.dedup_chars({"words": words, "chars": char_ids, "lengths": lengths})
   assert isinstance(batch["chars"], tuple)      # the tiers of 8, 4 and 2 characters
   dedup = apply(variables, batch["chars"], batch["char_index"])["emissions"]
   np.testing.assert_allclose(dedup, out, rtol=1e-5, atol=1e-6)
@@ -352,14 +198,14 @@ def test_iobes_task_trains_on_iobes_and_scores_iob2(tmp_path):
   config.model.tag_scheme = "iobes"
   config.data.dir = str(write_uner(tmp_path / "UNER_Tiny"))
   task = ner.Task(config, tmp_path / "run")
-  assert task.labels == ner.IOBES_LABELS
+  assert task.labels == entities.IOBES_LABELS
   sentence = task.sentences["train"][0]
-  assert [ner.IOBES_LABELS[t] for t in task.examples["train"][0].tags] == ner.to_iobes(
+  assert [entities.IOBES_LABELS[t] for t in task.examples["train"][0].tags] == entities.to_iobes(
       [t for _, t in sentence])
   batch = task.eval_batches("dev")[0]
-  gold_iob2 = ner.iob2_ids(ner.IOBES_LABELS)[batch["tags"]]
+  gold_iob2 = entities.iob2_ids(entities.IOBES_LABELS)[batch["tags"]]
   sums = jax.jit(task.metric_sums)({"predicted": gold_iob2, "emissions": jnp.zeros(
-      batch["tags"].shape + (len(ner.IOBES_LABELS),)), "transitions": jnp.zeros((13, 13)),
+      batch["tags"].shape + (len(entities.IOBES_LABELS),)), "transitions": jnp.zeros((13, 13)),
       "start": jnp.zeros(13), "end": jnp.zeros(13)}, batch)
   want = sum(len(sequence_labeling.get_entities([t for _, t in s]))
              for s in task.sentences["dev"])

@@ -1,12 +1,12 @@
 """POS tagging on UD English-EWT (birnn_jax/tasks/pos.py, experiments/pos_ewt.py).
 
-Fast tests check the pieces (tokeniser, character clipping, the character embedder's padding
-invariance, word dropout only in training, the forward-only encoder's causality); the slow
+Fast tests check the pieces (the character embedder's padding invariance, deduplicated
+characters giving the same logits, word dropout only in training, the forward-only
+encoder's causality; the word-and-character machinery alone: tests/test_wordchar.py); the slow
 ones train the :smoke config end to end on the bundled EWT files and use its
 checkpoint for predict and its vocabularies.
 """
 
-import collections
 import functools
 import json
 import pathlib
@@ -23,6 +23,7 @@ from birnn_jax.training import trained
 from birnn_jax.data import conllu_data
 from birnn_jax.data.vocab import PAD, UNK, Vocab
 from birnn_jax.tasks import pos
+from birnn_jax.tasks import wordchar
 from helpers import write_greek_treebank
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
@@ -35,23 +36,6 @@ def load_config(arg="smoke"):
 
 
 # Fast: the pieces ------------------------------------------------------------------------------
-
-def test_tokenize_splits_punctuation_and_clitics():
-  known = {"mr."}
-  tokens = pos.tokenize("\"I can't go,\" said Mr. Smith (in the U.S.)... OK?",
-                        lambda w: w.lower() in known)
-  assert tokens == ['"', "I", "ca", "n't", "go", ",", '"', "said", "Mr.", "Smith", "(", "in",
-                    "the", "U.S.", ")", "...", "OK", "?"]
-  assert pos.tokenize("  ") == []
-
-
-def test_char_encoder_keeps_prefix_and_suffix_of_long_words():
-  vocab = Vocab.build(["internationalization"])
-  enc = pos.CharEncoder(vocab, max_chars=8)
-  assert enc.clip("internationalization") == "intetion"
-  assert enc.clip("short") == "short"
-  np.testing.assert_array_equal(vocab.decode(enc.encode("internationalization")),
-                                list("intetion"))
 
 
 def test_char_embedder_ignores_padding():
@@ -73,19 +57,6 @@ def test_char_embedder_ignores_padding():
   assert np.abs(v_short).sum() > 0
 
 
-def test_rare_words_are_dropped_more_and_padding_never():
-  vocab = Vocab(["<pad>", "<unk>", "the", "rare"])
-  counts = {"the": 999, "rare": 1}
-  probs = pos.rare_word_drop_probs(vocab, collections.Counter(counts), alpha=1.0)
-  np.testing.assert_allclose(probs, [0.0, 0.0, 1 / 1000, 0.5])
-  words = np.tile(np.array([[2, 3, 1, 0]], np.int32), (2000, 1))
-  dropped = pos.drop_words(words, probs, np.random.default_rng(0))
-  assert np.all(dropped[:, 3] == PAD) and np.all(dropped[:, 2] == UNK)
-  assert np.mean(dropped[:, 0] == UNK) < 0.01
-  assert 0.45 < np.mean(dropped[:, 1] == UNK) < 0.55
-  assert set(np.unique(dropped[:, 1])) == {UNK, 3}
-
-
 class Jitted:
   """A module's `init` and `apply`, each under jit: called eagerly, flax traces and compiles
   every scan again on each call, seconds for this tagger, against one compile per shape."""
@@ -100,7 +71,8 @@ def tiny_model(word_dropout=0.0, bidirectional=True):
   config.model.word_dropout = word_dropout
   config.model.embed_dropout = config.model.output_dropout = config.model.dropout = 0.0
   config.model.bidirectional = bidirectional
-  return Jitted(pos.model_from_config(config.model, num_words=30, num_chars=20))
+  return Jitted(wordchar.model_from_config(config.model, num_words=30, num_chars=20,
+                                           num_tags=len(pos.TAGS)))
 
 
 def tiny_inputs(seed=0, batch=3, steps=8, chars=6):
@@ -115,7 +87,7 @@ def tiny_inputs(seed=0, batch=3, steps=8, chars=6):
 
 def test_word_dropout_only_in_training():
   words, chars, lengths = tiny_inputs()
-  drop = pos.WordDropout(rate=0.5)
+  drop = wordchar.WordDropout(rate=0.5)
   same = drop.apply({}, words, deterministic=True)
   np.testing.assert_array_equal(same, words)
   dropped = np.asarray(drop.apply({}, words, deterministic=False,
@@ -239,18 +211,6 @@ def char_rows(rng, batch, steps, width, lengths):
   return np.where(np.arange(width) < lengths[..., None], ids, PAD).astype(np.int32)
 
 
-@pytest.mark.parametrize("shape", [(0, 4), (1, 4), (300, 1), (500, 16)])
-def test_unique_rows_is_numpys_unique(shape):
-  rng = np.random.default_rng(1)
-  rows = rng.integers(-3, 4, shape).astype(np.int32)
-  rows[shape[0] // 2:] = rows[:shape[0] - shape[0] // 2]      # half the rows repeated
-  expected_rows, expected_index = np.unique(rows, axis=0, return_inverse=True)
-  got_rows, got_index = pos.unique_rows(rows)
-  np.testing.assert_array_equal(got_rows, expected_rows)
-  np.testing.assert_array_equal(got_index, expected_index.reshape(-1))
-  np.testing.assert_array_equal(got_rows[got_index], rows)
-
-
 @pytest.mark.parametrize("width, long_forms, tiered", [
     (6, 2, False),       # C < 8: one table
     (16, 2, True),       # a few long forms: tiers of 16, 8 and 4 characters
@@ -263,14 +223,14 @@ def test_dedup_chars_gives_the_same_logits(width, long_forms, tiered):
   char_lengths.reshape(-1)[:long_forms] = width          # long forms at the first positions
   chars = char_rows(rng, size, steps, width, char_lengths)
   chars[1, :5], chars[2, 0] = chars[0, :5], chars[0, 7]     # repeated word forms
-  batch = pos.dedup_chars({"words": words, "chars": chars, "lengths": lengths})
+  batch = wordchar.dedup_chars({"words": words, "chars": chars, "lengths": lengths})
   assert isinstance(batch["chars"], tuple) == tiered
   tiers = batch["chars"] if tiered else (batch["chars"],)
   assert [t.shape[:1] for t in tiers] == [(size,)] * len(tiers)   # shardable along batch
   assert sum(t.shape[1] for t in tiers) == steps // 2
   if tiered:
     assert [t.shape[2] for t in tiers] == [16, 8, 4]
-  table = pos.char_table(batch["chars"])          # no form is cut short by its tier
+  table = wordchar.char_table(batch["chars"])          # no form is cut short by its tier
   np.testing.assert_array_equal(table[batch["char_index"]], chars)
   model = tiny_model()
   variables = model.init(jax.random.key(0), words, chars, None, lengths)
@@ -280,7 +240,6 @@ def test_dedup_chars_gives_the_same_logits(width, long_forms, tiered):
 
 
 # Any UD treebank: a tiny Greek one without a dev file ----------------------------------------
-
 
 
 def greek_config(folder, num_epochs):
@@ -337,9 +296,9 @@ def test_any_treebank_trains_in_epochs_evaluates_predicts_and_resumes(tmp_path):
   rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows] == [2, 3, 4, 6]             # log every 1.5 -> 2 steps
   assert [r["step"] for r in rows if "eval_accuracy" in r] == [3, 6]
-  words = Vocab.load(workdir / pos.WORD_VOCAB_FILE)
+  words = Vocab.load(workdir / wordchar.WORD_VOCAB_FILE)
   assert "γυναικα" in words and "ΓΥΝΑΙΚΑ" not in words          # Unicode lowercasing
-  assert "Γ" in Vocab.load(workdir / pos.CHAR_VOCAB_FILE)
+  assert "Γ" in Vocab.load(workdir / wordchar.CHAR_VOCAB_FILE)
   out = train.predict(greek_config(folder, 2), workdir, "Ο άνθρωπος γράφει.")
   assert [p.rsplit("/", 1)[0] for p in out.split()] == ["Ο", "άνθρωπος", "γράφει", "."]
   assert all(p.rsplit("/", 1)[1] in conllu_data.UPOS for p in out.split())
@@ -426,8 +385,8 @@ def test_predict_gives_one_tag_per_word(smoke_run):
   text = "The quick brown fox can't jump over the lazy dog, said Mr. Smith."
   out = train.predict(config, workdir, text)
   pairs = out.split()
-  assert [p.rsplit("/", 1)[0] for p in pairs] == pos.tokenize(
-      text, lambda w: w.lower() in Vocab.load(workdir / pos.WORD_VOCAB_FILE))
+  assert [p.rsplit("/", 1)[0] for p in pairs] == wordchar.tokenize(
+      text, lambda w: w.lower() in Vocab.load(workdir / wordchar.WORD_VOCAB_FILE))
   assert all(p.rsplit("/", 1)[1] in conllu_data.UPOS for p in pairs)
 
 
@@ -460,15 +419,15 @@ def test_bilm_comparison_end_to_end(cached_ewt, tmp_path):
   np.testing.assert_array_equal(context_free.eval_batches("dev")[0]["bilm"],
                                 elmo.eval_batches("dev")[0]["bilm"][:, :, :1])
   assert "bilm" not in pos.Task(variants["no_bilm"], tmp_path / "x").train_batch(0)
-  assert len(Vocab.load(tmp_path / "pos" / "elmo" / pos.WORD_VOCAB_FILE)) < 3000
+  assert len(Vocab.load(tmp_path / "pos" / "elmo" / wordchar.WORD_VOCAB_FILE)) < 3000
   out = train.predict(config, tmp_path / "pos", "The light is on.")   # the elmo variant
   assert len(out.split()) == 5
 
 
 def test_vocabularies_are_saved_and_reused(greek_task, tmp_path):
   config, task = greek_task
-  words = Vocab.load(task.workdir / pos.WORD_VOCAB_FILE)
-  chars = Vocab.load(task.workdir / pos.CHAR_VOCAB_FILE)
+  words = Vocab.load(task.workdir / wordchar.WORD_VOCAB_FILE)
+  chars = Vocab.load(task.workdir / wordchar.CHAR_VOCAB_FILE)
   assert words == task.word_vocab and chars == task.char_vocab
   assert "γυναικα" in words and "ΓΥΝΑΙΚΑ" not in words        # lowercased words (Unicode)
   assert "Γ" in chars and "γ" in chars                        # characters keep case
@@ -476,7 +435,7 @@ def test_vocabularies_are_saved_and_reused(greek_task, tmp_path):
   assert set(words.tokens[2:]) == train_words                 # train only, min_freq 1
   # A workdir whose saved vocabulary the data no longer builds is refused, and left as it was.
   shuffled = Vocab(list(words.tokens[:2]) + list(reversed(words.tokens[2:])))
-  shuffled.save(tmp_path / pos.WORD_VOCAB_FILE)
+  shuffled.save(tmp_path / wordchar.WORD_VOCAB_FILE)
   with pytest.raises(errors.WorkdirMismatchError, match="vocab_words.json differs"):
     pos.Task(config, tmp_path)
-  assert Vocab.load(tmp_path / pos.WORD_VOCAB_FILE) == shuffled
+  assert Vocab.load(tmp_path / wordchar.WORD_VOCAB_FILE) == shuffled

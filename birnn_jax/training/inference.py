@@ -155,11 +155,12 @@ class Predictor:
   def entities(self, sentences: Iterable[list[str] | str]) -> list[list[dict]]:
     """NER: each sentence's entities, `{"type", "start", "end", "text"}` (end exclusive);
     `sentences` as for `tag`."""
-    from birnn_jax.tasks import ner  # pylint: disable=g-import-not-at-top
+    from birnn_jax.tasks import entities, ner  # pylint: disable=g-import-not-at-top
     if not isinstance(self.task, ner.Task):
       raise TypeError(f"a {self.config.task!r} model finds no entities.")
     sentences = _sentences(sentences)
-    return [ner.entity_spans(s, labels) for s, labels in zip(sentences, self.tag(sentences))]
+    return [entities.entity_spans(s, labels)
+            for s, labels in zip(sentences, self.tag(sentences))]
 
   def file_format(self, path: str | os.PathLike, fmt: str | None = None) -> str:
     """The input format: `fmt`, else the one whose suffix `path` has; '-' (stdin) and an
