@@ -2,20 +2,20 @@
 
 Modes: train (then evaluate; the default), eval (the latest checkpoint on the eval splits, or
 with --input on any file of the task's format), predict (--text, or --input/--output files)
-and export (--output=DIR: the tagger serialised with jax.export, which runs with jax,
-numpy and flatbuffers). eval, predict and export
-use a trained workdir alone (`--workdir=runs/x --mode=predict ...`): its saved config
-decides, and a --config given is checked against it. An output never replaces its input.
+and export (--output=DIR: the tagger serialised with jax.export, which runs with jax, numpy
+and flatbuffers). eval, predict and export use a trained workdir alone
+(`--workdir=runs/x --mode=predict ...`): its saved config decides, and a --config given is
+checked against it. An output never replaces its input.
 
-Only parses flags and calls the library. Errors the user can fix (an unknown or invalid config
-key, malformed data, a workdir of another config, in use by another training run or that
-cannot be written, a run whose loss became NaN/Inf) end with one `launch.py: error: ...` line
-on stderr and exit status 1; anything else is a bug and keeps its traceback. SIGTERM/SIGINT
-during training save a checkpoint and exit 0 (see `train.stop_requested_on_signals`).
+Only parses flags and calls the driver (`birnn_jax.training.train.run`). Errors the user can
+fix (an unknown or invalid config key, malformed data, a workdir of another config, in use
+by another training run or that cannot be written, a run whose loss became NaN/Inf) end
+with one `launch.py: error: ...` line on stderr and exit status 1; anything else is a bug
+and keeps its traceback. SIGTERM/SIGINT during training save a checkpoint and exit 0 (see
+`trainer.stop_requested_on_signals`).
 """
 
 import errno
-import json
 import logging as std_logging
 import os
 import pathlib
@@ -45,12 +45,12 @@ _OUTPUT = flags.DEFINE_string(
 _FORMAT = flags.DEFINE_string(
     "format", None, "The --input format when its name does not say (conllu, iob2, txt).")
 _PREFIX = flags.DEFINE_string("prefix", None, "Alias of --text for generation tasks.")
+_FORCE_FRESH = flags.DEFINE_bool(
+    "force_fresh", False, "Start over in a workdir that holds a run of another config.")
 _VARIANT = flags.DEFINE_string(
     "variant", None, "--mode=eval/predict/export: the variant of an experiment of several "
     "(e.g. NER's crf, softmax, crf_forward) to use; default: eval scores every variant, "
     "predict and export use the first.")
-_FORCE_FRESH = flags.DEFINE_bool(
-    "force_fresh", False, "Start over in a workdir that holds a run of another config.")
 _COMPILE_CACHE = flags.DEFINE_string(
     "compile_cache", None, "Folder of JAX's persistent compilation cache, so a later run of "
     "the same programs compiles nothing (default: $JAX_COMPILATION_CACHE_DIR, else "
@@ -89,13 +89,9 @@ def is_expected(error: BaseException) -> bool:
 
 def main(argv):
   del argv
-  from birnn_jax.training import config_lib  # pylint: disable=g-import-not-at-top
   from birnn_jax import errors  # pylint: disable=g-import-not-at-top
-  from birnn_jax.training import export  # pylint: disable=g-import-not-at-top
-  from birnn_jax.training import inference  # pylint: disable=g-import-not-at-top
-  from birnn_jax.training import train  # pylint: disable=g-import-not-at-top
-  from birnn_jax.training import compile_cache  # pylint: disable=g-import-not-at-top
   from birnn_jax.training import compile_log  # pylint: disable=g-import-not-at-top
+  from birnn_jax.training import train  # pylint: disable=g-import-not-at-top
   compile_log.install()   # before anything compiles: the count below is the whole run's
   try:
     config = _CONFIG.value
@@ -104,44 +100,17 @@ def main(argv):
     fail(f"cannot load --config: {e}")
   if config is None and _MODE.value == "train":
     raise app.UsageError("--mode=train needs --config=experiments/<name>.py.")
+  if _MODE.value == "export" and not _OUTPUT.value:
+    raise app.UsageError("--mode=export needs --output=DIR.")
+  text = _TEXT.value or _PREFIX.value
+  if _MODE.value == "predict" and text is None and _INPUT.value is None:
+    raise app.UsageError("--mode=predict needs --text (or --prefix) or --input.")
   workdir = _WORKDIR.value or default_workdir()
   logging.info("Experiment %s, workdir %s, mode %s", task, workdir, _MODE.value)
   try:
-    compile_cache.configure(_COMPILE_CACHE.value)
-    if config is not None:
-      config_lib.validate(config)  # before anything touches the workdir or compiles
-    if _MODE.value == "train":
-      train.run_experiment(config, workdir, force_fresh=_FORCE_FRESH.value)
-    elif _MODE.value == "eval" and _INPUT.value:
-      model = train.predictor(config, workdir, _VARIANT.value)
-      scores = model.evaluate_file(_INPUT.value, _OUTPUT.value or pathlib.Path(workdir) / "eval")
-      train.print_summary(scores, f"Scored {_INPUT.value} with the trained run {model.workdir}.")
-    elif _MODE.value == "eval":
-      train.evaluate_experiment(config, workdir, _VARIANT.value)
-    elif _MODE.value == "export":
-      if not _OUTPUT.value:
-        raise app.UsageError("--mode=export needs --output=DIR.")
-      meta = export.export_tagger(train.predictor(config, workdir, _VARIANT.value),
-                                  _OUTPUT.value)
-      print(f"Exported the {meta['task']} tagger of {meta['trained_run']} to {_OUTPUT.value} "
-            f"(platforms {', '.join(meta['platforms'])}); it runs with "
-            f"{export.runtime_requires_text()} (pip install {' '.join(export.RUNTIME_REQUIRES)}):"
-            f" python {pathlib.Path(_OUTPUT.value) / 'predict.py'} < sentences.txt")
-    else:
-      text = _TEXT.value or _PREFIX.value
-      if text is None and _INPUT.value is None:
-        raise app.UsageError("--mode=predict needs --text (or --prefix) or --input.")
-      try:
-        if _INPUT.value is not None:   # before the model loads: nothing read, nothing lost
-          inference.refuse_overwriting(_INPUT.value, _OUTPUT.value or "-")
-        model = train.predictor(config, workdir, _VARIANT.value)
-        if _INPUT.value is not None:
-          summary = model.predict_file(_INPUT.value, _OUTPUT.value or "-", _FORMAT.value)
-          sys.stderr.write(json.dumps(summary) + "\n")
-        else:
-          print(model.predict(text))
-      except errors.InputError as e:  # a task refusing an input it cannot read (no blank, ...)
-        fail(f"--mode=predict: {e}")
+    train.run(_MODE.value, config, workdir, text=text, input_path=_INPUT.value,
+              output=_OUTPUT.value, fmt=_FORMAT.value, variant=_VARIANT.value,
+              force_fresh=_FORCE_FRESH.value, compile_cache_dir=_COMPILE_CACHE.value)
   except KeyboardInterrupt:
     fail("interrupted (outside the training loop, so no new step was lost); re-run the "
          "same command to resume from the last checkpoint.", status=130)

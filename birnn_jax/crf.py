@@ -28,6 +28,10 @@ would otherwise lose the small differences of large log-sums).
 The public functions are jitted (one compile per shape, also when called eagerly) and
 nest inside any outer jit, grad or vmap. `CRF` is the Flax module holding `transitions`,
 `start` and `end`; its methods are these pure functions with the module's scores.
+
+One module, past 500 lines, because it is one idea: the chain's scores, the two recursions
+and decoding over them, and the label constraints (IOB2, IOBES) that the constrained
+Viterbi enforces as transition scores; each part reads the others' conventions.
 """
 
 __all__ = ["CRF", "log_partition", "sequence_score", "log_likelihood", "marginals",

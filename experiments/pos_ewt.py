@@ -95,7 +95,6 @@ def get_config(arg=None):
     c.train.eval_every_epochs = 5
     c.train.checkpoint_every_epochs = 5
   if "smoke" in args:
-    c.smoke = True
     c.model.hidden_size = 16
     c.model.embed_size = 16
     c.model.char_embed_size = 8
@@ -113,4 +112,5 @@ def get_config(arg=None):
     c.train.log_every = 4
     c.train.eval_every = 12
     c.train.checkpoint_every = 12
+    c.smoke = True
   return c

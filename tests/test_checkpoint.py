@@ -202,7 +202,7 @@ def test_refuses_to_resume_a_different_model(trained):
   config = smoke_config()
   config.model.hidden_size = 4
   before = sorted(train.Trainer(smoke_config(), trained).manager.all_steps())
-  with pytest.raises(train.ConfigMismatchError, match=r"model\.hidden_size: 8 -> 4") as e:
+  with pytest.raises(errors.WorkdirMismatchError, match=r"model\.hidden_size: 8 -> 4") as e:
     train.Trainer(config, trained).train()
   assert "--force_fresh" in str(e.value)
   # Nothing was touched.
@@ -213,7 +213,7 @@ def test_refuses_to_resume_a_different_model(trained):
 def test_force_fresh_starts_over(trained, tmp_path):
   config = smoke_config(num_steps=3)
   config.seed = 1
-  with pytest.raises(train.ConfigMismatchError, match="seed: 0 -> 1"):
+  with pytest.raises(errors.WorkdirMismatchError, match="seed: 0 -> 1"):
     train.Trainer(config, trained).train()
   calls = []
   trainer = train.Trainer(config, trained)

@@ -235,3 +235,10 @@ def test_model_differences_name_what_changes_the_model_only():
       "data.max_chars: 8 -> 5", "model.hidden_size: 16 -> 99"]
   other = config_lib.load_experiment(ROOT / "experiments" / "ner_uner.py", "smoke")
   assert "task: 'pos' -> 'ner'" in config_lib.model_differences(saved, other)
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_only_smoke_configs_say_they_are_smoke(path):
+  """What `birnn_jax.load` reads to warn that a `:smoke` model's predictions mean nothing."""
+  assert config_lib.load_experiment(path, "smoke").smoke is True
+  assert config_lib.load_experiment(path).smoke is False

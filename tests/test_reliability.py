@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from birnn_jax import errors
 from birnn_jax.training import checkpoint as ckpt_lib
 from birnn_jax.training import config_lib
 from birnn_jax.training import metrics as metrics_lib
@@ -390,7 +391,7 @@ def test_nan_leaves_the_last_good_checkpoint_byte_for_byte(tmp_path):
   before, rows_before = snapshot(workdir / "checkpoints"), rows(workdir)
   assert steps_in(workdir / "checkpoints") == [3, 6]
   trainer = poisoned_trainer(smoke_config(num_steps=20), workdir, bad_steps={7})
-  with pytest.raises(train.NonFiniteError,
+  with pytest.raises(errors.NonFiniteError,
                      match=r"^step 8: loss and grad_norm and the updated parameters became "
                            r"non-finite \(loss=nan, grad_norm=nan\)\. Stopping; the last good "
                            r"checkpoint \(step 6\)"):

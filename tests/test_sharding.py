@@ -42,10 +42,10 @@ def smoke_config(overrides: dict):
 
 def worker(spec: dict) -> None:
   """Trains as `spec` says and prints a report line (the parent reads metrics.jsonl)."""
-  from birnn_jax.training import train  # pylint: disable=g-import-not-at-top
+  from birnn_jax.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  traces = count_traces(train)
-  trainer = train.Trainer(smoke_config(spec["overrides"]), spec["workdir"])
+  traces = count_traces(trainer_lib)
+  trainer = trainer_lib.Trainer(smoke_config(spec["overrides"]), spec["workdir"])
   resumed_from = trainer.manager.latest_step()
   results = trainer.train()
   check_put_batch(trainer.mesh)
@@ -57,11 +57,11 @@ def worker(spec: dict) -> None:
       "results": results}), flush=True)
 
 
-def count_traces(train) -> dict[str, int]:
-  """Wraps `train.make_steps` so that each trace of the train and eval steps (a jit
+def count_traces(trainer_lib) -> dict[str, int]:
+  """Wraps `trainer_lib.make_steps` (the trainer module's) so that each trace of the train and eval steps (a jit
   compile: the Python body runs only while JAX traces it) is counted in the returned dict."""
   traces = {"train_step": 0, "eval_step": 0}
-  make_steps = train.make_steps
+  make_steps = trainer_lib.make_steps
 
   def counting_make_steps(*args, **kwargs):
     def counted(name, fn):
@@ -71,7 +71,7 @@ def count_traces(train) -> dict[str, int]:
       return traced
     return tuple(counted(name, fn) for name, fn in zip(traces, make_steps(*args, **kwargs)))
 
-  train.make_steps = counting_make_steps
+  trainer_lib.make_steps = counting_make_steps
   return traces
 
 

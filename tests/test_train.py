@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from birnn_jax.training import ahead_of_time
 from birnn_jax.training import compile_log
 from birnn_jax.training import config_lib
 from birnn_jax.training import metrics as metrics_lib
@@ -229,7 +230,7 @@ def test_a_failed_compile_ahead_is_logged_and_waited_for(caplog):
   ran = []
   def fail():
     raise ValueError("bad shapes")
-  compiler = train.AheadOfTime()
+  compiler = ahead_of_time.AheadOfTime()
   with caplog.at_level("INFO"):
     failed, second = compiler.add(fail), compiler.add(lambda: ran.append("second"))
     second.wait()
