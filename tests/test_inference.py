@@ -432,6 +432,15 @@ def test_an_output_that_is_the_input_is_refused_by_any_path(tagger, tmp_path, mo
       "corpus.conllu", "hard.conllu", "link.conllu", "sub"]   # no temporary file left
 
 
+def test_an_output_over_a_file_of_the_trained_run_is_refused(tagger, pos_run, tmp_path):
+  corpus = _conllu_file(tmp_path)
+  config = pos_run[1] / "config.json"
+  before = config.read_bytes()
+  with pytest.raises(errors.InputError, match="is a file of the trained run"):
+    tagger.predict_file(corpus, config)
+  assert config.read_bytes() == before
+
+
 def test_an_output_folder_is_refused_naming_it(tagger, tmp_path):
   corpus = _conllu_file(tmp_path)
   with pytest.raises(errors.InputError, match=f"--output={tmp_path} is a folder"):

@@ -16,8 +16,8 @@ import contextlib
 import json
 import os
 import pathlib
-import sys
 import secrets
+import sys
 import time
 from typing import IO, Iterable, Iterator
 
@@ -193,6 +193,10 @@ class Predictor:
     tokens/s, compiled shapes.
     """
     refuse_overwriting(input_path, output_path)
+    if str(output_path) != "-" and os.path.exists(output_path) and pathlib.Path(
+        output_path).resolve().is_relative_to(self.workdir.resolve()):
+      raise errors.InputError(f"--output={output_path} is a file of the trained run in "
+                              f"{self.workdir}: refusing to overwrite it.")
     fmt = self.file_format(input_path, fmt)
     start = time.monotonic()
     sentences = tokens = 0
