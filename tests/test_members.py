@@ -1,0 +1,96 @@
+"""Members (birnn_jax/training/members.py): N members trained by one vmapped program equal N
+one-seed runs of seeds seed … seed + N − 1, step for step (losses and parameters, to float32
+rounding), on two tasks; the helpers' seeds and stacking."""
+
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from birnn_jax.training import config_lib
+from birnn_jax.training import members
+from birnn_jax.training import optim
+from birnn_jax.training import sharding
+from birnn_jax.training import steps
+from birnn_jax.training import trainer as trainer_lib
+from helpers import write_greek_treebank
+
+pytestmark = pytest.mark.usefixtures("fast_compile", "compile_cache")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NUM_MEMBERS, NUM_STEPS = 3, 3
+
+
+def test_member_seeds_and_configs_differ_in_the_seed_only():
+  config = config_lib.load_experiment(ROOT / "experiments" / "synthetic_tagging.py", "smoke")
+  config.seed = 7
+  assert members.member_seeds(7, 3) == [7, 8, 9]
+  configs = members.member_configs(config, 3)
+  assert [c.seed for c in configs] == [7, 8, 9] and config.seed == 7
+  for c in configs:
+    diffs = config_lib.config_differences(config_lib.flatten(config), c)
+    assert diffs == ([] if c.seed == 7 else [f"seed: 7 -> {c.seed}"])
+  with pytest.raises(ValueError, match="at least 1"):
+    members.member_seeds(0, 0)
+
+
+def test_stack_and_unstack_are_inverses():
+  trees = [{"a": np.full((2,), k, np.float32), "b": (np.arange(3) + k,)} for k in range(4)]
+  stacked = members.stack(trees)
+  assert stacked["a"].shape == (4, 2) and stacked["b"][0].shape == (4, 3)
+  for k, tree in enumerate(members.unstack(stacked, 4)):
+    jax.tree.map(np.testing.assert_array_equal, tree, trees[k])
+
+
+def _config(task: str, tmp_path):
+  if task == "synthetic":
+    return config_lib.load_experiment(ROOT / "experiments" / "synthetic_tagging.py", "smoke")
+  config = config_lib.load_experiment(ROOT / "experiments" / "pos_ewt.py", "smoke")
+  config.data.dir = str(write_greek_treebank(tmp_path / "UD_Greek"))
+  config.data.pad_to = 8
+  config.model.dropout = config.model.embed_dropout = 0.25   # each member its own masks
+  return config
+
+
+@pytest.mark.parametrize("task", ["synthetic", "pos"])
+def test_vmapped_members_equal_one_seed_runs(task, tmp_path):
+  configs = members.member_configs(_config(task, tmp_path), NUM_MEMBERS)
+  trainers = [trainer_lib.Trainer(c, tmp_path / f"member_{k}") for k, c in enumerate(configs)]
+
+  # The one-seed runs, each exactly as Trainer.train steps it.
+  one_seed_losses, one_seed_params = [], []
+  for t in trainers:
+    state, losses = t.init_state(), []
+    rng = jax.random.key(t.config.seed + 1)
+    for step in range(NUM_STEPS):
+      batch = sharding.put_batch(t.task.train_batch(step), t.mesh)
+      state, metrics = t.train_step(state, batch, rng)
+      losses.append(float(metrics["loss"] / metrics["count"]))
+    one_seed_losses.append(losses)
+    one_seed_params.append(jax.device_get(state["params"]))
+
+  # The same members in one program: every tree gains a leading member axis.
+  first = trainers[0]
+  ema = config_lib.added_key(first.config.train, "train.ema_decay") > 0
+  train_step, _ = members.member_steps(*steps.make_steps(
+      first.task, first.model, first.tx, first.config.train.nan_policy))
+  train_step = jax.jit(train_step)
+  init = jax.jit(jax.vmap(lambda key, batch: optim.init_state(
+      first.model, first.tx, first.task.model_inputs(batch), key, ema=ema)))
+  batches = lambda step: members.stack([t.task.train_batch(step) for t in trainers])
+  seeds = [c.seed for c in configs]
+  state = init(members.stack([jax.random.key(s) for s in seeds]), batches(0))
+  rngs = members.stack([jax.random.key(s + 1) for s in seeds])
+  member_losses = []
+  for step in range(NUM_STEPS):
+    state, metrics = train_step(state, batches(step), rngs)
+    member_losses.append(np.asarray(metrics["loss"] / metrics["count"]))
+  assert train_step._cache_size() == 1   # one program for every member and step
+
+  np.testing.assert_allclose(np.stack(member_losses, axis=1), one_seed_losses, rtol=2e-5)
+  for k, params in enumerate(members.unstack(jax.device_get(state["params"]), NUM_MEMBERS)):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 params, one_seed_params[k])
+  # The members really differ (their own initialisation, data order and dropout).
+  assert len({round(float(l[0]), 5) for l in one_seed_losses}) == NUM_MEMBERS
