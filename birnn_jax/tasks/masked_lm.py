@@ -15,6 +15,10 @@ cut into rows of seq_len, and `config.data.eval_copies` copies of it are masked 
 an rng seeded by (config.seed, split, copy) only, so all three variants see the same blanks.
 Metrics: `masked_accuracy` (top-1 on the targets) and `perplexity` (exp of the mean target
 cross-entropy). PAD and UNK are never targets (an unknown word has nothing to predict).
+
+Files and prediction: `--mode=predict --text="i am ___ hungry"` prints the top-k fillers of
+each blank (`predict`); a plain-text file gives one JSON line per sentence
+(`predict_line`).
 """
 
 import functools

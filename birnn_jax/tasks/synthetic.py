@@ -1,5 +1,11 @@
 """Synthetic tagging (the embedded default): bidirectional vs forward-only on labels that
-need the right context; see `data/synthetic.py` for the generator and the ceiling."""
+need the right context; see `data/synthetic.py` for the generator and the ceiling.
+
+Model: a token embedding, a BiRNN from `config.model` and a per-token softmax
+(`models.Tagger`). Batches: generated from (seed, step); the test split from a stream of its
+own. Metrics: token accuracy and loss (`losses`); `summarize` compares the two variants
+with the left-context ceiling. No files: it predicts nothing from user input.
+"""
 
 import numpy as np
 
