@@ -182,3 +182,45 @@ def test_a_subclass_of_our_cells_is_never_fused():
   from birnn_jax.core import recurrence  # pylint: disable=g-import-not-at-top
   want, _ = recurrence.reference(cell, params["f"], x, lengths, carry)
   helpers.assert_trees_close(y_f, want, atol=1e-6, rtol=1e-6)
+
+
+# The library's default ------------------------------------------------------------------------
+
+
+def test_the_front_ends_default_to_fused():
+  """A user who sets nothing gets the fastest implementation (benchmarks/), in both front
+  ends; a one-direction layer defaults to 'scan', which is what 'fused' would run."""
+  from birnn_jax import nnx as bnnx  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  assert BiRNN().impl == "fused"
+  assert linen.Bidirectional(linen.GRUCell(2), linen.GRUCell(2)).impl == "fused"
+  assert linen.Recurrent(linen.GRUCell(2)).impl == "scan"
+  assert bnnx.BiRNN(3, 2, rngs=nnx.Rngs(0)).impl == "fused"
+  cells = lambda: bnnx.GRUCell(3, 2, rngs=nnx.Rngs(0))
+  assert bnnx.Bidirectional(cells(), cells()).impl == "fused"
+
+
+@pytest.mark.parametrize("attrs", [dict(cell="lstm", num_layers=2), dict(cell="gru"),
+                                   dict(cell="lstm", bidirectional=False)])
+def test_a_default_model_computes_the_references_numbers(attrs):
+  """Outputs, final states and gradients at padded lengths (0, 1, T, 3), as impl='reference'."""
+  x, lengths = inputs()
+  default = BiRNN(hidden_size=H, **attrs)
+  params = random_variables_for(default, x, lengths, seed=1)["params"]
+  helpers.assert_trees_close(
+      forward_and_grads(default, params, x, lengths),
+      forward_and_grads(default.clone(impl="reference"), params, x, lengths),
+      atol=1e-5, rtol=1e-5)
+
+
+def test_a_default_model_that_cannot_fuse_falls_back_and_says_so(caplog):
+  x, lengths = inputs()
+  mixed = BiRNN(cell="lstm", backward_cell="gru", hidden_size=H)   # impl left at its default
+  params = random_variables_for(mixed, x, lengths, seed=1)["params"]
+  fused.log_fallback.cache_clear()
+  with caplog.at_level("INFO", logger="birnn_jax"):
+    actual = forward_and_grads(mixed, params, x, lengths)
+  assert any("impl='fused' runs two scans: the directions have different cell types"
+             in r.getMessage() for r in caplog.records), caplog.text
+  helpers.assert_trees_close(actual, forward_and_grads(mixed.clone(impl="reference"), params,
+                                                       x, lengths), atol=1e-5, rtol=1e-5)
