@@ -366,6 +366,8 @@ class BiRNN(nn.Module):
     impl: one of `birnn_jax.IMPLS`; every implementation gives the same numbers. The
       default 'fused' is the fastest (benchmarks/); a forward-only stack runs it as
       'scan', and cells that cannot be fused run two scans, each said once in the log.
+      Forward-mode autodiff (`jax.jvp`, `jax.jacfwd`) needs 'scan': fused's backward
+      pass is a `jax.custom_vjp`.
     unroll: scan unroll factor.
     remat: with impl='fused', recompute gate activations in backprop instead of storing
       them, so memory for long sequences stays bounded.

@@ -157,10 +157,6 @@ def test_birnn_remat_attribute_gives_reference_gradients():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), got, expected)
 
 
-if __name__ == "__main__":
-  absltest.main()
-
-
 def test_a_subclass_of_our_cells_is_never_fused():
   """A user's cell (here an LSTM with another step) has no fused gate maths: two scans."""
   import dataclasses  # pylint: disable=g-import-not-at-top
@@ -213,14 +209,43 @@ def test_a_default_model_computes_the_references_numbers(attrs):
       atol=1e-5, rtol=1e-5)
 
 
-def test_a_default_model_that_cannot_fuse_falls_back_and_says_so(caplog):
+@pytest.mark.parametrize("attrs,reason", [
+    (dict(cell="lstm", backward_cell="gru"), "the directions have different cell types"),
+    (dict(cell=nn.GRUCell(features=H)), "the fused scan has no gate maths for FlaxCell"),
+], ids=["mixed_cells", "flax_cell"])
+def test_a_default_model_that_cannot_fuse_falls_back_and_says_so(attrs, reason, caplog):
   x, lengths = inputs()
-  mixed = BiRNN(cell="lstm", backward_cell="gru", hidden_size=H)   # impl left at its default
-  params = random_variables_for(mixed, x, lengths, seed=1)["params"]
+  model = BiRNN(hidden_size=H, **attrs)   # impl left at its default
+  params = random_variables_for(model, x, lengths, seed=1)["params"]
   fused.log_fallback.cache_clear()
   with caplog.at_level("INFO", logger="birnn_jax"):
-    actual = forward_and_grads(mixed, params, x, lengths)
-  assert any("impl='fused' runs two scans: the directions have different cell types"
-             in r.getMessage() for r in caplog.records), caplog.text
-  helpers.assert_trees_close(actual, forward_and_grads(mixed.clone(impl="reference"), params,
+    actual = forward_and_grads(model, params, x, lengths)
+  assert any(f"impl='fused' runs two scans: {reason}" in r.getMessage()
+             for r in caplog.records), caplog.text
+  helpers.assert_trees_close(actual, forward_and_grads(model.clone(impl="reference"), params,
                                                        x, lengths), atol=1e-5, rtol=1e-5)
+
+
+def test_forward_mode_autodiff_needs_scan():
+  """As docs/library/implementations.md says: `jax.jvp` through the default 'fused' (a
+  custom VJP) raises JAX's TypeError; with impl='scan' it gives the reference's tangents,
+  and reverse mode over the default (forward over reverse: `jax.hessian`) runs."""
+  x, lengths = inputs()
+  default = BiRNN(cell="gru", hidden_size=H)
+  params = random_variables_for(default, x, lengths, seed=1)["params"]
+  tangent = jax.random.normal(jax.random.key(2), x.shape)
+
+  def jvp(module):
+    f = lambda x: module.apply({"params": params}, x, lengths)[0]
+    return jax.jit(lambda x: jax.jvp(f, (x,), (tangent,)))(x)
+
+  with pytest.raises(TypeError, match="forward-mode autodiff"):
+    jvp(default)
+  helpers.assert_trees_close(jvp(default.clone(impl="scan")),
+                             jvp(default.clone(impl="reference")), atol=1e-5, rtol=1e-5)
+  loss = lambda x: weighted_sum(default.apply({"params": params}, x[None], lengths[2:3]))
+  assert jax.jit(jax.hessian(loss))(x[2]).shape == x.shape[1:] * 2
+
+
+if __name__ == "__main__":
+  absltest.main()

@@ -116,6 +116,18 @@ def test_outputs_final_states_and_gradients_equal_linen(cell, impl, config, rand
     assert not np.any(np.asarray(y)[LENGTHS == 0]) and not np.any(np.asarray(y)[1, 1:])
 
 
+def test_a_default_model_computes_the_linen_references_numbers():
+  """impl left at its default in NNX ('fused', Linen's default too) against the Linen
+  reference loop on the same parameters: outputs, final states and gradients, at padded
+  lengths (T, 1, 0, 3)."""
+  model = bnnx.BiRNN(D, H, cell="lstm", num_layers=2, rngs=nnx.Rngs(0))
+  assert model.impl == birnn_jax.BiRNN().impl == "fused"
+  module, variables = bnnx.to_linen(model)
+  ours, reference = linen_and_nnx(module.clone(impl="reference"), variables, model, inputs(),
+                                  LENGTHS)
+  assert_trees_close(ours, reference, rtol=1e-5, atol=1e-5)
+
+
 def test_asymmetric_directions_with_initial_carries_equal_linen(random_variables):
   """Forward GRU H=3, backward LSTM H=5: carries are a tuple in and out. (Such cells do
   not fuse: 'fused' runs them as two scans, the code path of 'scan'.)"""

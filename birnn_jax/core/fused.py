@@ -46,6 +46,10 @@ The custom VJP covers our own cells ('rnn' tanh/relu, 'gru', 'lstm' with or with
 `proj_size`) when both directions have the same type, sizes, bias setting and dtype.
 Otherwise (different cells or sizes, or a cell that is not one of ours) it falls back to two
 `recurrence.scan` calls, differentiated by JAX's autodiff, and logs a warning saying why.
+'fused' is the default of `BiRNN` and `Bidirectional`, so that fallback is what a model of
+such cells that names no impl runs. A custom VJP has no forward mode: `jax.jvp`,
+`jax.jacfwd` and `jax.linearize` through this scan raise JAX's TypeError ("can't apply
+forward-mode autodiff (jvp) to a custom_vjp function"); they need impl='scan'.
 
 Carries and gate maths are float32; matmuls run in the cell's `dtype` (e.g. bfloat16) with
 float32 accumulation, as `cells.dot` does.
@@ -464,7 +468,8 @@ def fused_bidirectional(forward_cell, backward_cell, params_f, params_b, x_BxTxD
     if shapes[0] != shapes[1]:
       reason = f"the initial carries differ in shape ({shapes[0]} vs {shapes[1]})"
   if reason is not None:
-    log_fallback(f"impl='fused' runs two scans: {reason}.")
+    log_fallback(f"impl='fused' runs two scans: {reason}. The numbers are the same; "
+                 "impl='scan' asks for two scans without this warning.")
   spec = fusable_spec(forward_cell, backward_cell, unroll, remat) if reason is None else None
   lstm = spec is not None and spec.kind == "lstm"
   if spec is None or x_BxTxD.shape[1] == 0:  # T = 0: nothing to run, both give zeros
