@@ -15,7 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = pathlib.Path(birnn_jax.__file__).resolve().parent
 # What the runner, the tasks and the data readers need and the library must not load.
 RUNNER_DEPENDENCIES = ("optax", "orbax", "ml_collections", "absl", "tensorboard",
-                       "matplotlib", "conllu", "seqeval", "torch")
+                       "matplotlib", "conllu", "seqeval", "scipy", "torch")
 installed_only = pytest.mark.skipif(
     not os.environ.get("BIRNN_TEST_INSTALLED"),
     reason="checks the installed wheel; scripts/test.sh runs the suite against one")
