@@ -2,12 +2,14 @@
 one-seed runs of seeds seed … seed + N − 1, step for step (losses and parameters, to float32
 rounding), on two tasks; the helpers' seeds and stacking."""
 
+import json
 import pathlib
 
 import jax
 import numpy as np
 import pytest
 
+from birnn_jax import errors
 from birnn_jax.training import config_lib
 from birnn_jax.training import members
 from birnn_jax.training import optim
@@ -47,7 +49,11 @@ def _config(task: str, tmp_path):
   if task == "synthetic":
     return config_lib.load_experiment(ROOT / "experiments" / "synthetic_tagging.py", "smoke")
   config = config_lib.load_experiment(ROOT / "experiments" / "pos_ewt.py", "smoke")
-  config.data.dir = str(write_greek_treebank(tmp_path / "UD_Greek"))
+  folder = write_greek_treebank(tmp_path / "UD_Greek")
+  # A dev file of its own: without one, each seed would hold out another dev split.
+  (folder / "el_tiny-ud-dev.conllu.xz").write_bytes(
+      (folder / "el_tiny-ud-test.conllu.xz").read_bytes())
+  config.data.dir = str(folder)
   config.data.pad_to = 8
   config.model.dropout = config.model.embed_dropout = 0.25   # each member its own masks
   return config
@@ -94,3 +100,94 @@ def test_vmapped_members_equal_one_seed_runs(task, tmp_path):
                  params, one_seed_params[k])
   # The members really differ (their own initialisation, data order and dropout).
   assert len({round(float(l[0]), 5) for l in one_seed_losses}) == NUM_MEMBERS
+
+
+# The trainer of several members ---------------------------------------------------------------
+
+
+def _one_seed_rows(config, workdir):
+  trainer_lib.Trainer(config, workdir).train()
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _close_rows(rows, expected):
+  assert [r["step"] for r in rows] == [r["step"] for r in expected]
+  for row, want in zip(rows, expected):
+    assert row.keys() == want.keys()
+    np.testing.assert_allclose([row[k] for k in sorted(row)], [want[k] for k in sorted(want)],
+                               rtol=2e-5, atol=1e-6, err_msg=str((row, want)))
+
+
+@pytest.mark.parametrize("task", ["synthetic", "pos", "pos_buckets"])
+def test_a_run_of_members_equals_its_one_seed_runs(task, tmp_path):
+  """Member k of an N-member run: the metrics rows and results of the one-seed run of its
+  seed (to float32 rounding), from one compiled train step. 'pos_buckets': length buckets,
+  so the members' batches differ in shape and are padded to a common one, which changes
+  nothing a model computes; but a dropout mask is drawn for the padded shape, so there the
+  models' dropout is off (rare-word dropout, drawn on the host, stays on)."""
+  config = _config(task.removesuffix("_buckets"), tmp_path)
+  if task == "pos_buckets":
+    config.data.pad_to = 2
+    m = config.model
+    m.dropout = m.embed_dropout = m.word_dropout = m.output_dropout = 0.0
+  config.train.num_seeds = NUM_MEMBERS
+  run = members.make_trainer(config, tmp_path / "members")
+  shapes = {str(jax.tree.map(np.shape, t.train_batch(s))) for t in run.tasks
+            for s in range(config.train.num_steps)}
+  assert (len(shapes) > 1) == (task == "pos_buckets")   # the padding path is exercised
+  assert isinstance(run, members.MembersTrainer)
+  results = run.train()
+  assert run.train_step._cache_size() == 1
+  assert results["seeds"] == [config.seed + k for k in range(NUM_MEMBERS)]
+  for k, seed in enumerate(results["seeds"]):
+    one = config.copy_and_resolve_references()
+    one.train.num_seeds, one.seed = 1, seed
+    expected_rows = _one_seed_rows(one, tmp_path / f"one_seed_{seed}")
+    folder = tmp_path / "members" / f"seed_{seed}"
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    _close_rows(rows, expected_rows)
+    expected = json.loads((tmp_path / f"one_seed_{seed}" / "results.json").read_text())
+    member = json.loads((folder / "results.json").read_text())
+    for key in (k for k in expected if k.startswith(("test_", "dev_", "eval_"))
+                and isinstance(expected[k], float)):
+      np.testing.assert_allclose(member[key], expected[key], rtol=2e-5, err_msg=key)
+  # The run's own results: the members' mean and statistics.
+  key = next(k for k in results["statistics"] if k.startswith("test_"))
+  values = [m[key] for m in results["members"]]
+  assert results["statistics"][key]["mean"] == pytest.approx(np.mean(values))
+  assert results[key] == pytest.approx(np.mean(values))
+
+
+def test_a_run_of_members_resumes_exactly(tmp_path):
+  config = _config("synthetic", tmp_path)
+  config.train.num_seeds = 2
+  config.train.num_steps, config.train.checkpoint_every = 8, 4
+  config.train.log_every = config.train.eval_every = 4
+  uninterrupted = members.make_trainer(config, tmp_path / "whole").train()
+  first = config.copy_and_resolve_references()
+  first.train.num_steps = 4                       # as if stopped after the step-4 save
+  members.make_trainer(first, tmp_path / "resumed").train()
+  resumed = members.make_trainer(config, tmp_path / "resumed").train()
+  for a, b in zip(resumed["members"], uninterrupted["members"]):
+    for key in (k for k in a if k.startswith("test_")):
+      assert a[key] == b[key], key
+  for seed in resumed["seeds"]:
+    read = lambda run: (tmp_path / run / f"seed_{seed}" / "metrics.jsonl").read_text()
+    assert read("resumed") == read("whole")
+
+
+def test_members_of_other_data_are_refused_naming_why(tmp_path):
+  config = config_lib.load_experiment(ROOT / "experiments" / "pos_ewt.py", "smoke")
+  config.data.dir = str(write_greek_treebank(tmp_path / "UD_Greek"))   # no dev file
+  config.data.pad_to = 8
+  config.train.num_seeds = 2
+  with pytest.raises(errors.ConfigError, match="config.train.num_seeds=2.*same data"):
+    members.make_trainer(config, tmp_path / "members")
+
+
+def test_one_seed_is_the_plain_trainer(tmp_path):
+  config = _config("synthetic", tmp_path)
+  assert type(members.make_trainer(config, tmp_path / "one")) is trainer_lib.Trainer
+  config.train.num_seeds = 0
+  with pytest.raises(errors.ConfigError, match="config.train.num_seeds=0"):
+    config_lib.validate(config)

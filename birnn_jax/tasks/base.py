@@ -41,6 +41,27 @@ from birnn_jax.data import columns
 Batch = dict[str, np.ndarray]
 
 
+def stack_batches(batches: list, what: str = "batches") -> Batch:
+  """Host batches of one structure and shapes -> one batch whose arrays gain a leading
+  member axis [N, ...] (`members`: each member's batch stacked).
+
+  Raises:
+    errors.DataError: the batches differ in structure or shape (naming the first array that
+      does), which a task whose batches vary must align first (`member_train_batch`).
+  """
+  first = jax.tree_util.tree_structure(batches[0])
+  for k, batch in enumerate(batches[1:], 1):
+    if jax.tree_util.tree_structure(batch) != first:
+      raise errors.DataError(f"{what}: member {k}'s batch has another structure than "
+                             "member 0's.")
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(batches[0]),
+                            jax.tree.leaves(batch)):
+      if np.shape(a) != np.shape(b):
+        raise errors.DataError(f"{what}: member {k}'s {jax.tree_util.keystr(path)} is "
+                               f"{np.shape(b)}, member 0's {np.shape(a)}.")
+  return jax.tree.map(lambda *leaves: np.stack(leaves), *batches)
+
+
 def override_variants(config: ml_collections.ConfigDict,
                       overrides: dict[str, dict[str, object]], switch: str = "") -> dict:
   """{name: copy of config with `model.<key> = value` for each of that name's overrides}.
@@ -87,6 +108,18 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def train_batch(self, step: int) -> Batch:
     """The global training batch of `step`, a pure function of (config.seed, step)."""
+
+  def member_train_batch(self, tasks: list["Task"], step: int) -> Batch:
+    """Training batch `step` of each member's task (seeds seed, seed + 1, ...), stacked
+    [N, ...] (`stack_batches`). A task whose batches' shapes vary with the seed (length
+    buckets) pads them to common shapes first, without changing what any member computes."""
+    return stack_batches([t.train_batch(step) for t in tasks], f"training batch {step}")
+
+  def member_eval_batches(self, tasks: list["Task"], split: str) -> list[Batch]:
+    """Each member's evaluation batches of `split`, stacked batch by batch [N, ...]."""
+    per_member = [list(t.eval_batches(split)) for t in tasks]
+    return [stack_batches(list(b), f"{split} batch {i}")
+            for i, b in enumerate(zip(*per_member))]
 
   def steps_per_epoch(self) -> int | None:
     """Training batches per pass over the training set (for `train.num_epochs` and the

@@ -265,9 +265,6 @@ class Task(wordchar.WordCharTask):
   def model_inputs(self, batch):
     return batch["words"], batch["chars"], batch["char_index"], batch["lengths"]
 
-  def train_batch(self, step):
-    return wordchar.dedup_chars(self.dropped_batch(step))
-
   def split_batches(self, split):
     return self.fixed_batches(self.examples[split], self.config.data.eval_batch_size)
 

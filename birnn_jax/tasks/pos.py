@@ -161,10 +161,9 @@ class Task(wordchar.WordCharTask):
       batch = batching.make_batch(examples, idx, batch_size, **self.padding)
       yield idx, dedup_chars(self.with_bilm(batch, bilm_inputs, idx))
 
-  def train_batch(self, step):
-    batch = self.with_bilm(self.dropped_batch(step), self._bilm_inputs["train"],
-                           self.batcher.indices(step))
-    return dedup_chars(batch)
+  def host_batch(self, step):
+    return self.with_bilm(self.dropped_batch(step), self._bilm_inputs["train"],
+                          self.batcher.indices(step))
 
   def split_batches(self, split):
     return self.fixed_batches(self.examples[split], self._bilm_inputs[split],

@@ -89,6 +89,9 @@ def base_config() -> ml_collections.ConfigDict:
   # > 0: evaluate (and save alongside) an exponential moving average of the parameters
   # with this decay per step (Polyak averaging; `train.ema_decay_at`); 0 = off.
   c.train.ema_decay = 0.0
+  # Members: train this many models, seeds seed .. seed + num_seeds - 1, in one compiled
+  # program (`members.MembersTrainer`); each equals the one-seed run of its seed.
+  c.train.num_seeds = 1
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1        # devices on the ("data",) axis; -1 = all
@@ -239,6 +242,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check(t.best_mode in ("min", "max"), "train.best_mode", t.best_mode, "'min' or 'max'")
   check(t.nan_policy in ("stop", "skip"), "train.nan_policy", t.nan_policy,
          "'stop' or 'skip'")
+  num_seeds = added_key(t, "train.num_seeds")
+  check(isinstance(num_seeds, int) and num_seeds >= 1, "train.num_seeds", num_seeds,
+        "a positive number of members")
   ema_decay = added_key(t, "train.ema_decay")
   check(0.0 <= ema_decay < 1.0, "train.ema_decay", ema_decay,
         "a decay in [0, 1) (0 disables)")

@@ -190,13 +190,17 @@ class MetricWindow:
     pending, self._pending = self._pending, []
     fetched = jax.device_get([m for _, m in pending])
     for (step, _), step_metrics in zip(pending, fetched):
-      if not accept(step, step_metrics):
-        self.skipped += 1
-        continue
-      for k, v in step_metrics.items():
-        if k not in self.FLAGS:
-          self.sums[k] = self.sums.get(k, 0.0) + float(v)
-      self.steps += 1
+      self.absorb(step, step_metrics, accept)
+
+  def absorb(self, step: int, step_metrics: dict, accept: Callable[[int, dict], bool]) -> None:
+    """Adds one step's host metrics to the sums, unless `accept` refuses them (`settle`)."""
+    if not accept(step, step_metrics):
+      self.skipped += 1
+      return
+    for k, v in step_metrics.items():
+      if k not in self.FLAGS:
+        self.sums[k] = self.sums.get(k, 0.0) + float(v)
+    self.steps += 1
 
   def row(self, derived_metrics: Callable[[dict], dict]) -> dict[str, float]:
     """`train_<metric>` means over the window's steps (`derived_metrics(means)`, a task's),

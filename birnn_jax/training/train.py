@@ -24,12 +24,13 @@ from birnn_jax.training import compile_log
 from birnn_jax.training import config_lib
 from birnn_jax.training import export
 from birnn_jax.training import inference
+from birnn_jax.training import members
 from birnn_jax.training import metrics as metrics_lib
 from birnn_jax.training import optim
 from birnn_jax.training import sharding
 from birnn_jax.training import workdir_lock
 from birnn_jax.training.ahead_of_time import AheadOfTime
-from birnn_jax.training.trainer import Trainer, is_main_process, write_json
+from birnn_jax.training.trainer import Trainer, is_main_process, write_json  # noqa: F401
 
 MODES = ("train", "eval", "predict", "export")
 
@@ -47,7 +48,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   Returns:
     The final metrics (what the variant's results.json holds).
   """
-  return _train_logged(Trainer(config, workdir), force_fresh)
+  return _train_logged(members.make_trainer(config, workdir), force_fresh)
 
 
 def _train_logged(trainer: Trainer, force_fresh: bool) -> dict:
@@ -59,7 +60,7 @@ def _train_logged(trainer: Trainer, force_fresh: bool) -> dict:
 def load_trained(config, workdir):
   """(trainer, params) from the workdir's latest checkpoint, only reading the workdir (a
   training run may be writing it); the moving average when the run kept one."""
-  trainer = Trainer(config, workdir, read_only=True)
+  trainer = members.make_trainer(config, workdir, read_only=True)
   state = ckpt_lib.restore(trainer.manager, trainer.init_state(), read_only=True)
   return trainer, optim.eval_params(state)
 
@@ -100,7 +101,7 @@ def run_experiment(config, workdir, force_fresh: bool = False) -> dict:
     compiler = AheadOfTime()   # every variant's steps compile while the first ones train
     try:
       for name, (cfg, vdir) in variants.items():
-        trainers[name] = Trainer(cfg, vdir)
+        trainers[name] = members.make_trainer(cfg, vdir)
         if len(variants) > 1:
           trainers[name].prepare(force_fresh, compiler)
       for name, trainer in trainers.items():
@@ -112,6 +113,8 @@ def run_experiment(config, workdir, force_fresh: bool = False) -> dict:
     finally:
       compiler.cancel()
     summary, verdict = tasks.get_task_class(config.task).summarize(config, results)
+    if members.num_members(config) > 1:
+      summary = members.experiment_statistics(summary, results)
     if is_main_process():
       pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
       write_json(pathlib.Path(workdir) / "results.json", summary)
@@ -119,11 +122,21 @@ def run_experiment(config, workdir, force_fresh: bool = False) -> dict:
     return summary
 
 
+# A summary's keys of several members' figures, which the members' table shows instead.
+_MEMBER_KEYS = ("members", "statistics", "member_statistics", "paired_differences")
+
+
 def print_summary(summary: dict, verdict: str) -> None:
-  flat = config_lib.flatten(summary)
+  """The summary as a table (with several members: their means, then the table of
+  statistics a paper takes, `members.statistics_table`), then the verdict."""
+  flat = config_lib.flatten({k: v for k, v in summary.items() if k not in _MEMBER_KEYS})
+  flat = {k: v for k, v in flat.items() if not any(f".{m}." in f".{k}." for m in _MEMBER_KEYS)}
   rows = [("metric", "value")] + [
       (k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in sorted(flat.items())]
   print("\n" + metrics_lib.table(rows))
+  table = members.statistics_table(summary)
+  if table:
+    print("\n" + table)
   if verdict:
     print("\n" + verdict)
 
@@ -161,8 +174,15 @@ def evaluate_experiment(config, workdir, variant: str | None = None) -> dict:
       logging.warning("Variant %r has no checkpoint in %s yet: not evaluated.", name, vdir)
       continue
     trainer, params = load_trained(cfg, vdir)
-    out[name] = {f"{split}_{k}": v for split in trainer.task.eval_splits
-                 for k, v in trainer.evaluate(params, split).items()}
+    evaluated = {split: trainer.evaluate(params, split) for split in trainer.task.eval_splits}
+    if isinstance(trainer, members.MembersTrainer):   # each member's, and their mean
+      per_member = [{f"{split}_{k}": v for split, ms in evaluated.items()
+                     for k, v in ms[i].items()} for i in range(trainer.num_members)]
+      out[name] = {**members.mean_results(per_member), "seeds": trainer.seeds,
+                   "members": per_member}
+    else:
+      out[name] = {f"{split}_{k}": v for split, ms in evaluated.items()
+                   for k, v in ms.items()}
   summary = out[""] if list(out) == [""] else out
   if is_main_process():
     write_json(pathlib.Path(workdir) / "eval_results.json", summary)

@@ -56,6 +56,12 @@ def restore_run(workdir: str | pathlib.Path, task: str | None = None,
   if not (pathlib.Path(workdir) / "checkpoints").is_dir():
     raise errors.NoCheckpointError(f"no checkpoint in {pathlib.Path(workdir) / 'checkpoints'}; "
                                    "train first (--mode=train) with the same --workdir.")
+  seeds = config_keys.added_key(config.train, "train.num_seeds")
+  if seeds > 1:
+    raise errors.InputError(
+        f"{pathlib.Path(workdir)} holds {seeds} members (train.num_seeds={seeds}): predicting, "
+        "evaluating a file, exporting and frozen features read one-seed runs only for now; "
+        "--mode=eval (without --input) evaluates every member.")
   run_task = tasks.get_task_class(config.task)(config, workdir, restore_run=restore_run,
                                                inference=inference)
   model = run_task.model()

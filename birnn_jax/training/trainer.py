@@ -122,8 +122,30 @@ class Trainer:
 
   def init_inputs(self) -> tuple:
     """(key, first training batch on the devices): what `init_state` initialises from."""
-    return (jax.random.key(self.config.seed),
-            sharding.put_batch(self.task.train_batch(0), self.mesh))
+    return self.init_key(), self.put(self.train_batch(0))
+
+  # What a run of several members (`members.MembersTrainer`) stacks: the keys, the batches
+  # and where they are placed.
+
+  def init_key(self) -> jax.Array:
+    """The initialisation's PRNG key."""
+    return jax.random.key(self.config.seed)
+
+  def step_rng(self) -> jax.Array:
+    """The key each train step folds its step number into (dropout)."""
+    return jax.random.key(self.config.seed + 1)
+
+  def train_batch(self, step: int) -> dict:
+    """Training batch `step` on the host (the task's, a function of seed and step)."""
+    return self.task.train_batch(step)
+
+  def eval_batches(self, split: str) -> list:
+    """The split's evaluation batches on the host (the task's)."""
+    return self.task.eval_batches(split)
+
+  def put(self, batch):
+    """A host batch on the devices, sharded along the batch axis."""
+    return sharding.put_batch(batch, self.mesh)
 
   @functools.cached_property
   def _init(self):
@@ -164,8 +186,8 @@ class Trainer:
     self._own_compiler = AheadOfTime() if compiler is None else None
     compiler = compiler or self._own_compiler
     state = jax.eval_shape(self._init, *inputs)
-    rng = jax.random.key(self.config.seed + 1)
-    eval_batch = next(iter(self.task.eval_batches(self.task.eval_splits[0])), None)
+    rng = self.step_rng()
+    eval_batch = next(iter(self.eval_batches(self.task.eval_splits[0])), None)
 
     def attributed(compile_fn):
       def run():
@@ -231,9 +253,8 @@ class Trainer:
       self._compiled("eval")
       totals: dict[str, float] = {}
       ids = []
-      for batch in self.task.eval_batches(split):
-        sums, batch_ids = jax.device_get(
-            self.eval_step(params, sharding.put_batch(batch, self.mesh)))
+      for batch in self.eval_batches(split):
+        sums, batch_ids = jax.device_get(self.eval_step(params, self.put(batch)))
         for k, v in sums.items():
           totals[k] = totals.get(k, 0.0) + float(v)
         ids.append(batch_ids)
@@ -245,7 +266,7 @@ class Trainer:
     """The metrics `evaluate` reports, from the shapes of the eval step's outputs alone
     (nothing runs), so that `train` can check `best_metric` before the first step; None
     for an empty eval split."""
-    batch = next(iter(self.task.eval_batches(self.task.eval_splits[0])), None)
+    batch = next(iter(self.eval_batches(self.task.eval_splits[0])), None)
     if batch is None:
       return None
     # With the batch's sharding, the first real evaluation reuses this trace.
@@ -272,14 +293,14 @@ class Trainer:
     names = self.eval_metric_names(state["params"])
     if names is not None:  # a misspelt best metric fails now, not at the first evaluation
       check_best_metric(self.config.train.best_metric, names)
-    first_step = int(jax.device_get(state["step"]))
+    first_step = int(np.ravel(jax.device_get(state["step"]))[0])   # members: all equal
     if is_main_process():
       write_json(self.workdir / "config.json", json.loads(self.config.to_json()))
-    writer = metrics_lib.MetricWriter(self.workdir, enabled=is_main_process())
+    writer = self.metric_writer()
     writer.truncate_after(first_step)
     # The metric sums since the last log row travel with each checkpoint, so the rows after
     # a resume equal an uninterrupted run's even if it stopped between two log steps.
-    window = metrics_lib.MetricWindow.restore(ckpt_lib.restored_host_state(
+    window = self.metric_window(ckpt_lib.restored_host_state(
         self.manager, first_step).get("window", {}) if first_step else {})
     start = time.monotonic()
     try:
@@ -293,6 +314,14 @@ class Trainer:
       return {"stopped_at_step": step, "stopped_by": stopped_by}
     return self._final_results(optim.eval_params(state), step, time.monotonic() - start)
 
+  def metric_writer(self) -> metrics_lib.MetricWriter:
+    """Where the run's metric rows go (metrics.jsonl, TensorBoard)."""
+    return metrics_lib.MetricWriter(self.workdir, enabled=is_main_process())
+
+  def metric_window(self, saved: dict) -> metrics_lib.MetricWindow:
+    """The training metrics since the last row, from a checkpoint's `saved` window."""
+    return metrics_lib.MetricWindow.restore(saved)
+
   def _loop(self, state, step: int, window: metrics_lib.MetricWindow,
             writer: metrics_lib.MetricWriter) -> tuple[dict, int, str | None]:
     """Trains from `step` to the end: (state, last step, the stop signal's name or None).
@@ -303,10 +332,8 @@ class Trainer:
     """
     num_steps = self.schedule.num_steps
     progress = metrics_lib.Progress(step, num_steps)
-    rng = jax.random.key(self.config.seed + 1)
-    feed = prefetch.Prefetcher(self.task.train_batch,
-                               lambda batch: sharding.put_batch(batch, self.mesh),
-                               step, num_steps)
+    rng = self.step_rng()
+    feed = prefetch.Prefetcher(self.train_batch, self.put, step, num_steps)
     with stop_requested_on_signals() as stop, feed, self._saves_finished():
       while step < num_steps:
         self._compiled("train")

@@ -10,6 +10,7 @@ task imports (a task never imports another):
 """
 
 from birnn_jax.tasks.wordchar.chars import (CHAR_TIERS, CharEncoder, char_table, dedup_chars,
+                                            dedup_common,
                                             map_char_rows, unique_rows)
 from birnn_jax.tasks.wordchar.model import (WordCharTagger, check_encoder_config,
                                             model_from_config)
@@ -17,7 +18,7 @@ from birnn_jax.tasks.wordchar.task import CHAR_VOCAB_FILE, WORD_VOCAB_FILE, Word
 from birnn_jax.tasks.wordchar.text import tokenize
 from birnn_jax.tasks.wordchar.word_dropout import WordDropout, drop_words, rare_word_drop_probs
 
-__all__ = ["CHAR_TIERS", "CharEncoder", "char_table", "dedup_chars", "map_char_rows",
-           "unique_rows", "WordCharTagger", "check_encoder_config", "model_from_config",
+__all__ = ["CHAR_TIERS", "CharEncoder", "char_table", "dedup_chars", "dedup_common",
+           "map_char_rows", "unique_rows", "WordCharTagger", "check_encoder_config", "model_from_config",
            "CHAR_VOCAB_FILE", "WORD_VOCAB_FILE", "WordCharTask", "tokenize", "WordDropout",
            "drop_words", "rare_word_drop_probs"]

@@ -68,7 +68,8 @@ def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return ordered[first], index
 
 
-def dedup_chars(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def dedup_chars(batch: dict[str, np.ndarray], per_row: int | None = None,
+                tiers: bool = True) -> dict[str, np.ndarray]:
   """Replaces `chars` [B, T, C] by the batch's distinct character rows and an index.
 
   The distinct rows, longest first (the all-PAD row among the last), fill a table of
@@ -78,6 +79,8 @@ def dedup_chars(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   [B, K_2, C // 4]) whose rows, in that order, are the table's; otherwise (or when the
   forms do not fit) it is the int32 [B, K, C] table. `char_index` int32 [B, T] is the row
   of the table (tiers concatenated, each flattened) holding position (b, t)'s characters.
+  `per_row` (K) and `tiers=False` (one table) impose a layout instead, so that the batches
+  of several members (`dedup_common`) share shapes; every layout gives the same logits.
   """
   chars = batch["chars"]
   size, steps, width = chars.shape
@@ -86,14 +89,36 @@ def dedup_chars(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   order = np.argsort(-lengths, kind="stable")
   rows, lengths = rows[order], lengths[order]
   index = np.argsort(order)[index.reshape(-1)]     # old row -> its place in sorted order
-  per_row = -(-steps // 2)
+  per_row = natural_per_row(size, steps, len(rows)) if per_row is None else per_row
   if len(rows) > size * per_row:
-    per_row = steps
+    raise ValueError(f"per_row={per_row}: {len(rows)} distinct forms need more than "
+                     f"{size} x {per_row} rows.")
   table = np.zeros((size * per_row, width), np.int32)
   table[:len(rows)] = rows
-  tiers = _tier_table(table, np.pad(lengths, (0, len(table) - len(rows))), size, per_row)
-  return {**batch, "chars": tiers if tiers is not None else table.reshape(size, per_row, width),
+  tiered = (_tier_table(table, np.pad(lengths, (0, len(table) - len(rows))), size, per_row)
+            if tiers else None)
+  return {**batch, "chars": tiered if tiered is not None else table.reshape(size, per_row,
+                                                                             width),
           "char_index": index.reshape(size, steps).astype(np.int32)}
+
+
+def natural_per_row(size: int, steps: int, num_forms: int) -> int:
+  """`dedup_chars`' own K: half the steps (rounded up), or all of them when a batch of
+  `size` rows has more distinct forms than that holds."""
+  per_row = -(-steps // 2)
+  return steps if num_forms > size * per_row else per_row
+
+
+def dedup_common(batches: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+  """`dedup_chars` of each batch (their `chars` [B, T, C] of one shape) in one layout: the
+  largest K any of them needs, tiers only where every batch fits them."""
+  size, steps, width = batches[0]["chars"].shape
+  forms = [len(unique_rows(b["chars"].reshape(-1, width))[0]) for b in batches]
+  per_row = max(natural_per_row(size, steps, n) for n in forms)
+  out = [dedup_chars(b, per_row) for b in batches]
+  if len({isinstance(b["chars"], tuple) for b in out}) > 1:
+    out = [dedup_chars(b, per_row, tiers=False) for b in batches]
+  return out
 
 
 def _tier_table(table, lengths, size, per_row):

@@ -21,11 +21,19 @@ from birnn_jax.data import batching
 from birnn_jax.data.vocab import Vocab
 from birnn_jax.tasks import base
 from birnn_jax.tasks import common
-from birnn_jax.tasks.wordchar.chars import CharEncoder, dedup_chars
+from birnn_jax.tasks.wordchar.chars import CharEncoder, dedup_chars, dedup_common
 from birnn_jax.tasks.wordchar.word_dropout import drop_words, rare_word_drop_probs
 
 WORD_VOCAB_FILE = "vocab_words.json"
 CHAR_VOCAB_FILE = "vocab_chars.json"
+# A host batch's arrays with a time axis (axis 1), padded with zeros (PAD, no tag, masked).
+_TIME_KEYS = ("words", "tags", "mask", "chars", "bilm")
+
+
+def _pad_steps(x: np.ndarray, steps: int) -> np.ndarray:
+  pad = [(0, 0)] * x.ndim
+  pad[1] = (0, steps - x.shape[1])
+  return np.pad(x, pad)
 
 
 class WordCharTask(base.Task):
@@ -190,6 +198,24 @@ class WordCharTask(base.Task):
     """Each sentence's predicted labels (`label_names`), one per form."""
     return [[self.label_names[int(t)] for t in ids]
             for ids in self.predict_ids(params, sentences, batch_size)]
+
+  def train_batch(self, step: int) -> dict:
+    return dedup_chars(self.host_batch(step))
+
+  def host_batch(self, step: int) -> dict:
+    """Training batch `step` before its characters are deduplicated: `dropped_batch`, plus
+    whatever features the task adds (POS: the biLM's)."""
+    return self.dropped_batch(step)
+
+  def member_train_batch(self, tasks, step: int) -> dict:
+    """Each member's batch `step` padded to the longest of them (padding changes nothing a
+    model computes on real tokens), its characters deduplicated in one layout
+    (`dedup_common`), stacked [N, ...]."""
+    batches = [t.host_batch(step) for t in tasks]
+    steps = max(b["words"].shape[1] for b in batches)
+    padded = [{k: _pad_steps(v, steps) if k in _TIME_KEYS else v for k, v in b.items()}
+              for b in batches]
+    return base.stack_batches(dedup_common(padded), f"training batch {step}")
 
   def dropped_batch(self, step: int) -> dict:
     """Training batch `step` with rare words replaced by UNK (a function of seed and step),
