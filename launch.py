@@ -45,6 +45,9 @@ _OUTPUT = flags.DEFINE_string(
 _FORMAT = flags.DEFINE_string(
     "format", None, "The --input format when its name does not say (conllu, iob2, txt).")
 _PREFIX = flags.DEFINE_string("prefix", None, "Alias of --text for generation tasks.")
+_MEMBER = flags.DEFINE_string(
+    "member", None, "--mode=eval --input/predict/export on a run of several members "
+    "(train.num_seeds): which one, an index (0 = the first seed) or 'best' (on dev).")
 _FORCE_FRESH = flags.DEFINE_bool(
     "force_fresh", False, "Start over in a workdir that holds a run of another config.")
 _VARIANT = flags.DEFINE_string(
@@ -110,6 +113,7 @@ def main(argv):
   try:
     train.run(_MODE.value, config, workdir, text=text, input_path=_INPUT.value,
               output=_OUTPUT.value, fmt=_FORMAT.value, variant=_VARIANT.value,
+              member=_MEMBER.value,
               force_fresh=_FORCE_FRESH.value, compile_cache_dir=_COMPILE_CACHE.value)
   except KeyboardInterrupt:
     fail("interrupted (outside the training loop, so no new step was lost); re-run the "

@@ -191,3 +191,30 @@ def test_one_seed_is_the_plain_trainer(tmp_path):
   config.train.num_seeds = 0
   with pytest.raises(errors.ConfigError, match="config.train.num_seeds=0"):
     config_lib.validate(config)
+
+
+def test_a_member_of_a_run_is_loaded_by_index_or_best(tmp_path):
+  """`birnn_jax.load(workdir, member=k)` tags as the one-seed run of member k's seed; a run
+  of several needs a member named; 'best' is the best on dev."""
+  import birnn_jax  # pylint: disable=g-import-not-at-top
+  config = _config("pos", tmp_path)
+  config.train.num_seeds = 2
+  members.make_trainer(config, tmp_path / "members").train()
+  one = config.copy_and_resolve_references()
+  one.train.num_seeds, one.seed = 1, config.seed + 1
+  trainer_lib.Trainer(one, tmp_path / "one_seed").train()
+  sentences = [["Ο", "άνθρωπος", "γράφει", "."], ["Η", "γυναίκα", "."]]
+  got = birnn_jax.load(tmp_path / "members", member=1)
+  want = birnn_jax.load(tmp_path / "one_seed")
+  assert got.tag(sentences) == want.tag(sentences)
+  np.testing.assert_allclose(jax.tree.leaves(got.params)[0], jax.tree.leaves(want.params)[0],
+                             rtol=1e-4, atol=1e-6)
+  with pytest.raises(errors.InputError, match="holds 2 members.*--member="):
+    birnn_jax.load(tmp_path / "members")
+  with pytest.raises(errors.InputError, match="member=5"):
+    birnn_jax.load(tmp_path / "members", member=5)
+  results = json.loads((tmp_path / "members" / "results.json").read_text())
+  values = [m["best_value"] for m in results["members"]]
+  best = birnn_jax.load(tmp_path / "members", member="best")
+  chosen = birnn_jax.load(tmp_path / "members", member=int(np.argmax(values)))
+  jax.tree.map(np.testing.assert_array_equal, best.params, chosen.params)

@@ -372,7 +372,13 @@ def poisoned_trainer(config, workdir, bad_steps=()) -> train.Trainer:
   """A Trainer whose batches at `bad_steps` (0-based) hold an out-of-vocabulary id: its
   embedding is NaN (jnp.take fills), so the loss and gradients of those steps are NaN."""
   trainer = train.Trainer(config, workdir)
-  original = trainer.task.train_batch
+  poison(trainer.task, bad_steps)
+  return trainer
+
+
+def poison(task, bad_steps) -> None:
+  """`task`'s training batches at `bad_steps` hold an out-of-vocabulary id (see above)."""
+  original = task.train_batch
 
   def batch(step):
     out = original(step)
@@ -381,8 +387,7 @@ def poisoned_trainer(config, workdir, bad_steps=()) -> train.Trainer:
       out["tokens"][0, 0] = 10**6
     return out
 
-  trainer.task.train_batch = batch
-  return trainer
+  task.train_batch = batch
 
 
 def test_nan_leaves_the_last_good_checkpoint_byte_for_byte(tmp_path):
@@ -401,6 +406,30 @@ def test_nan_leaves_the_last_good_checkpoint_byte_for_byte(tmp_path):
   # ... and it is the state a clean 6-step run ends with.
   params = ckpt_lib.restore(trainer.manager, trainer.init_state())["params"]
   assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(params))
+
+
+def test_a_member_gone_nan_stops_the_run_naming_it_and_loses_nothing(tmp_path):
+  """train.num_seeds = 2: member 1 (seed 1) turns NaN at step 8; the run stops naming it,
+  and every member's last good checkpoint and metrics rows are untouched."""
+  from birnn_jax.training import members  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+
+  def run(num_steps, bad_steps=()):
+    trainer = members.make_trainer(smoke_config(num_steps=num_steps, num_seeds=2), workdir)
+    poison(trainer.tasks[1], bad_steps)
+    return trainer
+
+  run(6).train()
+  member_rows = lambda: [metrics_lib.read_metrics(workdir / f"seed_{s}" / "metrics.jsonl")
+                         for s in (0, 1)]
+  before, rows_before = snapshot(workdir / "checkpoints"), member_rows()
+  trainer = run(20, bad_steps={7})
+  with pytest.raises(errors.NonFiniteError,
+                     match=r"^member 1 \(seed 1\): step 8: loss and grad_norm .* the last "
+                           r"good checkpoint \(step 6\)"):
+    trainer.train()
+  assert snapshot(workdir / "checkpoints") == before
+  assert member_rows() == rows_before and all(rows_before)
 
 
 def test_nan_policy_skip_skips_exactly_those_updates(tmp_path):

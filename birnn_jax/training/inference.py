@@ -254,7 +254,8 @@ class Predictor:
     return scores
 
 
-def load(workdir: str | os.PathLike, variant: str | None = None, config=None) -> Predictor:
+def load(workdir: str | os.PathLike, variant: str | None = None, config=None,
+         member: int | str | None = None) -> Predictor:
   """The trained model of `workdir` (see `run_dir` for experiments of several variants),
   from the workdir alone: no training corpus is read, and the run's saved config decides.
 
@@ -263,6 +264,8 @@ def load(workdir: str | os.PathLike, variant: str | None = None, config=None) ->
     variant: which variant's run (default: the first).
     config: an experiment config to check the run against and to take the `predict`
       settings from (`run_config`); None: the saved config alone.
+    member: of a run of several members (`train.num_seeds`), which one: an index or
+      'best' (`trained.restore_run`); their ensemble is not built yet.
 
   Raises:
     errors.NoCheckpointError: nothing trained in the workdir, or no such variant.
@@ -275,7 +278,7 @@ def load(workdir: str | os.PathLike, variant: str | None = None, config=None) ->
         "%s was trained with a :smoke config (a tiny model, %s steps) to test the code path: "
         "its predictions mean nothing. Train without :smoke for a real model.", folder,
         config.train.get("num_steps"))
-  task, params = trained.restore_run(folder, inference=True, config=config)
+  task, params = trained.restore_run(folder, inference=True, config=config, member=member)
   return Predictor(task, params, folder)
 
 

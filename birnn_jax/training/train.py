@@ -190,14 +190,16 @@ def evaluate_experiment(config, workdir, variant: str | None = None) -> dict:
   return summary
 
 
-def predictor(config, workdir, variant: str | None = None) -> inference.Predictor:
+def predictor(config, workdir, variant: str | None = None,
+              member: int | str | None = None) -> inference.Predictor:
   """The trained model of `workdir` (its first variant unless `variant` names one), from
   the workdir alone: its saved config decides, and `config`, where given, is checked
   against it (`inference.load`)."""
-  return inference.load(workdir, variant, config)
+  return inference.load(workdir, variant, config, member)
 
 
-def predict(config, workdir, text: str, variant: str | None = None) -> str:
+def predict(config, workdir, text: str, variant: str | None = None,
+            member: int | str | None = None) -> str:
   """The task's prediction for `text`, from the first variant's latest checkpoint.
 
   What `--mode=predict --text=...` prints; `birnn_jax.load(workdir)` gives the model
@@ -209,6 +211,7 @@ def predict(config, workdir, text: str, variant: str | None = None) -> str:
     workdir: the trained experiment's workdir.
     text: the input, in the task's form (a sentence, a sentence with `___`, a prefix).
     variant: the variant to use (default: the first).
+    member: of a run of several members, which one (an index or 'best').
 
   Returns:
     The prediction as text.
@@ -218,13 +221,14 @@ def predict(config, workdir, text: str, variant: str | None = None) -> str:
     birnn_jax.errors.NoCheckpointError: nothing trained in the workdir.
     birnn_jax.errors.WorkdirMismatchError: `config` describes another model.
   """
-  return predictor(config, workdir, variant).predict(text)
+  return predictor(config, workdir, variant, member).predict(text)
 
 
-def export_experiment(config, workdir, output_dir, variant: str | None = None) -> dict:
+def export_experiment(config, workdir, output_dir, variant: str | None = None,
+                      member: int | str | None = None) -> dict:
   """`--mode=export`: the trained tagger (`predictor`) serialised to `output_dir`
   (`export.export_tagger`); prints where and how to run it, returns its meta.json."""
-  meta = export.export_tagger(predictor(config, workdir, variant), output_dir)
+  meta = export.export_tagger(predictor(config, workdir, variant, member), output_dir)
   print(f"Exported the {meta['task']} tagger of {meta['trained_run']} to {output_dir} "
         f"(platforms {', '.join(meta['platforms'])}); it runs with "
         f"{export.runtime_requires_text()} (pip install {' '.join(export.RUNTIME_REQUIRES)}):"
@@ -234,8 +238,8 @@ def export_experiment(config, workdir, output_dir, variant: str | None = None) -
 
 def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str | pathlib.Path, *,
         text: str | None = None, input_path: str | None = None, output: str | None = None,
-        fmt: str | None = None, variant: str | None = None, force_fresh: bool = False,
-        compile_cache_dir: str | None = None):
+        fmt: str | None = None, variant: str | None = None, member: str | None = None,
+        force_fresh: bool = False, compile_cache_dir: str | None = None):
   """What `launch.py --mode=<mode>` does, its flags already parsed and checked.
 
   Args:
@@ -249,6 +253,8 @@ def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str | path
     output: the predicted file, the eval folder (default <workdir>/eval) or the export's.
     fmt: the input format when its name does not say.
     variant: the variant to use (default: the first; eval without it scores each).
+    member: of a run of several members, the one predict, eval --input and export use (an
+      index or 'best').
     force_fresh: start over in a workdir that holds a run of another config.
     compile_cache_dir: JAX's persistent compilation cache (`compile_cache.configure`).
 
@@ -264,18 +270,18 @@ def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str | path
   if mode == "train":
     return run_experiment(config, workdir, force_fresh=force_fresh)
   if mode == "eval" and input_path:
-    model = predictor(config, workdir, variant)
+    model = predictor(config, workdir, variant, member)
     scores = model.evaluate_file(input_path, output or pathlib.Path(workdir) / "eval")
     print_summary(scores, f"Scored {input_path} with the trained run {model.workdir}.")
     return scores
   if mode == "eval":
     return evaluate_experiment(config, workdir, variant)
   if mode == "export":
-    return export_experiment(config, workdir, output, variant)
+    return export_experiment(config, workdir, output, variant, member)
   try:
     if input_path is not None:   # before the model loads: nothing read, nothing lost
       inference.refuse_overwriting(input_path, output or "-")
-    model = predictor(config, workdir, variant)
+    model = predictor(config, workdir, variant, member)
     if input_path is None:
       prediction = model.predict(text)
       print(prediction)

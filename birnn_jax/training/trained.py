@@ -32,7 +32,8 @@ def read_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
 
 
 def restore_run(workdir: str | pathlib.Path, task: str | None = None,
-                inference: bool = False, config: ml_collections.ConfigDict | None = None):
+                inference: bool = False, config: ml_collections.ConfigDict | None = None,
+                member: int | str | None = None):
   """(task, params) of the trained run in `workdir`: its saved config, its task built from
   it, and the latest checkpoint's parameters (the moving average when the run kept one).
 
@@ -43,10 +44,14 @@ def restore_run(workdir: str | pathlib.Path, task: str | None = None,
       vocabularies): no corpus is read.
     config: the run's config (e.g. with predict.* keys changed on the command line);
       None reads the one the run saved.
+    member: of a run of several members (`train.num_seeds` > 1), which one: its index
+      (0 = the first seed) or 'best' (the best on the first eval split by
+      `train.best_metric`, from the run's results.json); a one-seed run is member 0.
 
   Raises:
     errors.NoCheckpointError: no config.json or no checkpoint in the workdir.
     errors.WorkdirMismatchError: the run is of another task than `task`.
+    errors.InputError: no such member, or none named for a run of several.
   """
   config = read_config(workdir) if config is None else config
   if task is not None and config.get("task") != task:  # a saved run's JSON: may lack keys
@@ -57,11 +62,7 @@ def restore_run(workdir: str | pathlib.Path, task: str | None = None,
     raise errors.NoCheckpointError(f"no checkpoint in {pathlib.Path(workdir) / 'checkpoints'}; "
                                    "train first (--mode=train) with the same --workdir.")
   seeds = config_keys.added_key(config.train, "train.num_seeds")
-  if seeds > 1:
-    raise errors.InputError(
-        f"{pathlib.Path(workdir)} holds {seeds} members (train.num_seeds={seeds}): predicting, "
-        "evaluating a file, exporting and frozen features read one-seed runs only for now; "
-        "--mode=eval (without --input) evaluates every member.")
+  index = member_index(workdir, config, member)
   run_task = tasks.get_task_class(config.task)(config, workdir, restore_run=restore_run,
                                                inference=inference)
   model = run_task.model()
@@ -70,5 +71,43 @@ def restore_run(workdir: str | pathlib.Path, task: str | None = None,
   inputs = run_task.model_inputs(run_task.example_batch())
   abstract = jax.eval_shape(lambda key: optim.init_state(model, tx, inputs, key, ema=ema),
                             jax.random.key(0))
+  if seeds > 1:   # the checkpoint holds every member: [N, ...]
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct((seeds, *a.shape), a.dtype),
+                            abstract)
   state = ckpt_lib.restore_latest(workdir, config.train, abstract)
+  if seeds > 1:
+    state = jax.tree.map(lambda x: x[index], state)
   return run_task, optim.eval_params(state)
+
+
+def member_index(workdir, config: ml_collections.ConfigDict, member: int | str | None) -> int:
+  """The index of `member` (see `restore_run`) in the run of `workdir`.
+
+  Raises:
+    errors.InputError: no such member, or none named for a run of several.
+  """
+  seeds = config_keys.added_key(config.train, "train.num_seeds")
+  names = f"0..{seeds - 1} (seeds {config.seed}..{config.seed + seeds - 1}) or 'best'"
+  if member is None:
+    if seeds == 1:
+      return 0
+    raise errors.InputError(
+        f"{pathlib.Path(workdir)} holds {seeds} members (train.num_seeds={seeds}): name one, "
+        f"--member= {names}. (Their ensemble is not built yet.)")
+  if member == "best":
+    results = pathlib.Path(workdir) / "results.json"
+    if not results.is_file():
+      raise errors.InputError(f"member='best' needs {results}: the run has not finished.")
+    per_member = json.loads(results.read_text()).get("members") or [{"best_value": 0.0}]
+    values = [m.get("best_value") for m in per_member]
+    if None in values:
+      raise errors.InputError(f"member='best': {results} has no member's best evaluation.")
+    pick = max if config.train.best_mode == "max" else min
+    return values.index(pick(values))
+  try:
+    index = int(member)
+  except ValueError:
+    index = -1
+  if not 0 <= index < seeds:
+    raise errors.InputError(f"member={member!r}: {pathlib.Path(workdir)} holds members {names}.")
+  return index
