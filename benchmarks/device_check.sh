@@ -8,6 +8,8 @@
 #      vs flax.linen vs torch/cuDNN at B,T,D,H = 64,256,512,512; 16,1024,256,256;
 #      256,128,512,1024;
 #   3. benchmarks/bench_train.py --device=gpu: trainer vs bare step, POS vs a torch loop;
+#   4. benchmarks/bench_seeds.py --device=gpu: POS, 8 members in one program vs one member
+#      (the target: 8 members' step <= 1.5x one member's);
 # then prints one summary table. It installs nothing (the GPU machine has no network);
 # without torch, or without pytest, those parts are skipped and the summary says so.
 #
@@ -39,7 +41,8 @@ if [[ $QUICK == 1 ]]; then
             --rounds=1)
   RNN_F32=(--cells=lstm) RNN_BF16=(--cells=lstm)
   TRAIN_ARGS=(--device=cpu --quick --tasks=synthetic)
-  LIMITS=(300 300 300 300 400)
+  SEEDS_ARGS=(--device=cpu --quick --tasks=pos --steps=2)
+  LIMITS=(300 300 300 300 400 300)
 else
   DEVICE=gpu SUFFIX=
   TESTS=(tests/test_fused.py tests/test_bidirectional.py tests/test_recurrence.py)
@@ -48,9 +51,10 @@ else
             --skip_check)
   RNN_F32=(--cells=lstm,gru) RNN_BF16=(--cells=lstm)
   TRAIN_ARGS=(--device=gpu --rounds=1 --tasks=synthetic,pos)
-  # Seconds: parity tests, direct parity, bench_rnn f32, bench_rnn bf16, bench_train
-  # (470 s at most; each part ends when done).
-  LIMITS=(90 50 110 70 150)
+  SEEDS_ARGS=(--device=gpu --tasks=pos --counts=8 --one_seed_runs=1 --steps=20)
+  # Seconds: parity tests, direct parity, bench_rnn f32, bench_rnn bf16, bench_train,
+  # bench_seeds (475 s at most; each part ends when done).
+  LIMITS=(90 50 100 65 120 50)
 fi
 
 run_part() {  # name, time limit (s), command...: logs, records the status, never exits
@@ -107,6 +111,10 @@ run_part bench_rnn_bfloat16 "${LIMITS[3]}" "$PY" benchmarks/bench_rnn.py "${RNN_
 # 3. The training loop.
 run_part bench_train "${LIMITS[4]}" "$PY" benchmarks/bench_train.py "${TRAIN_ARGS[@]}" \
   --out="$OUT_DIR/results_train_$DEVICE$SUFFIX.json"
+
+# 4. Seeds as an axis (three processes: one seed, 8 members, one member at 8x the batch).
+run_part bench_seeds "${LIMITS[5]}" "$PY" benchmarks/bench_seeds.py "${SEEDS_ARGS[@]}" \
+  --out="$OUT_DIR/results_seeds_$DEVICE$SUFFIX.json"
 
 "$PY" benchmarks/device_summary.py --dir="$OUT_DIR" --device="$DEVICE" --suffix="$SUFFIX" \
   --status="$STATUS" --out="$OUT_DIR/device_check_summary.json" 2>&1 | tee -a "$LOG"

@@ -62,6 +62,15 @@ def train_rows(results: dict | None) -> list[tuple]:
   return out
 
 
+def seeds_rows(results: dict | None) -> list[tuple]:
+  """bench_seeds: N members' step time against one member's (target on a GPU: 8 <= 1.5x)."""
+  if not results:
+    return []
+  return [(task, n, f"{s['members_step_vs_one']:.2f}x",
+           "yes" if s["members_step_vs_one"] <= 1.5 else "no")
+          for task, r in results["tasks"].items() for n, s in r["summary"].items()]
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--dir", required=True)
@@ -79,6 +88,7 @@ def main(argv=None):
   layers = (layer_rows(load(folder / f"results_{dev}{sfx}.json"), "float32") +
             layer_rows(load(folder / f"results_{dev}_bf16{sfx}.json"), "bfloat16"))
   training = train_rows(load(folder / f"results_train_{dev}{sfx}.json"))
+  seeds = seeds_rows(load(folder / f"results_seeds_{dev}{sfx}.json"))
   print("\n=== device check summary")
   if status:
     print(table([("part", "status")] + [tuple(s) for s in status]))
@@ -92,7 +102,10 @@ def main(argv=None):
   if training:
     print("\n" + table([("task", "trainer steps/s", "bare steps/s", "overhead",
                          "tokens/s vs torch")] + training))
-  summary = dict(status=dict(status), parity=parity, layers=layers, training=training)
+  if seeds:
+    print("\n" + table([("task", "members", "step vs 1 member", "<= 1.5x")] + seeds))
+  summary = dict(status=dict(status), parity=parity, layers=layers, training=training,
+                 seeds=seeds)
   pathlib.Path(args.out).write_text(json.dumps(summary, indent=1) + "\n")
   print(f"\nwrote {args.out}")
 

@@ -223,10 +223,11 @@ def test_device_check_quick_runs_every_part_on_cpu(tmp_path):
   out = proc.stdout + proc.stderr
   assert proc.returncode == 0, out[-3000:]
   for part in ("parity_tests", "parity_direct", "bench_rnn_float32", "bench_rnn_bfloat16",
-               "bench_train"):
+               "bench_train", "bench_seeds"):
     assert f"{part}: ok" in out, out[-3000:]
   assert "device check summary" in out
   for name in ("parity_cpu_quick.json", "results_cpu_quick.json",
                "results_cpu_bf16_quick.json", "results_train_cpu_quick.json",
+               "results_seeds_cpu_quick.json",
                "device_check_summary.json", "device_check.log"):
     assert (tmp_path / name).is_file(), name

@@ -1,18 +1,19 @@
-"""Members: N models of one experiment, seeds `seed … seed + N − 1`, in one program (design.md
-§9), the pieces a multi-member run is built from.
+"""Members: N models of one experiment, seeds `seed … seed + N − 1`, trained in one program
+(design.md §9; `train.num_seeds`; docs/seeds.md).
 
-Member k is the one-seed run of seed `seed + k`, exactly: its own initialisation, dropout
-RNG and data order, each from the same functions of (seed, step) as a one-seed run's. So
-the member axis is only a leading axis stacked onto what one-seed runs already compute:
+Member k is the one-seed run of seed `seed + k`: its own initialisation, dropout RNG and
+data order, each from the same functions of (seed, step) as a one-seed run's. So the member
+axis is only a leading axis stacked onto what one-seed runs already compute:
 
 - `member_configs`: one config per member, the seed its only difference;
 - `stack` / `unstack`: host or device trees with a leading member axis, and back;
-- `member_steps`: the train step vmapped over (state, batch, rng) and the eval step over
-  the parameters (every member reads the same evaluation batch): one compiled program for
-  all members, whatever N.
+- `member_steps`: the train and eval steps vmapped over the member axis: one compiled
+  program for all members, whatever N;
+- `MembersTrainer`: a `trainer.Trainer` over that axis (per-member metrics, results,
+  statistics; checkpoints of every member), `make_trainer` the one to use for a config;
+- `mean_results`, `experiment_statistics`, `statistics_table`: what the driver reports.
 
-Not yet wired into `trainer.Trainer` (issue #32 goes on): tests/test_members.py checks that
-N vmapped members equal N one-seed runs, step for step, on two tasks.
+One idea over ~370 lines: the member axis, from the steps up to the run's results.
 """
 
 from collections.abc import Callable, Sequence
