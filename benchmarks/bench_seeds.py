@@ -7,9 +7,9 @@ its own (a fresh interpreter, as a user's run is):
   members    `train.num_seeds = N` (N = 2, 4, 8): one process, one compile for all members;
   folded     one member with the batch N times as large: what stacking the members into the
              batch would cost (vmap should cost no more).
-Each process times its start-up (imports, data, model), the train step's compile, and
-`--steps` steps on prepared batches (after one warm-up step); peak memory is the process's
-maximum resident set. Per epoch = compile + steps_per_epoch x the step time (+ start-up).
+Each process times its start-up (imports, data, model), the train step's compile (the
+first batch's shape; batches of other lengths compile in a warm-up pass, timed apart), and
+`--steps` steps on prepared batches; peak memory is the process's maximum resident set. Per epoch = compile + steps_per_epoch x the step time (+ start-up).
 
   python benchmarks/bench_seeds.py                # CPU, ~15 min on 2 cores
   python benchmarks/bench_seeds.py --device=gpu   # writes results_seeds_gpu.json
@@ -75,17 +75,23 @@ def worker(args) -> dict:
     batches = [trainer.put(trainer.train_batch(s)) for s in range(args.steps + 1)]
     tokens = sum(int(np.sum(jax.device_get(b["mask"]))) for b in batches[1:])
     ready = time.perf_counter()
-    compiled = trainer.train_step.lower(state, batches[0], rng).compile()
+    trainer.train_step.lower(state, batches[0], rng).compile()
     compiled_at = time.perf_counter()
-    state, _ = compiled(state, batches[0], rng)          # warm-up
+    # Batches of length buckets have several shapes: a first pass compiles every one of
+    # them (counted apart, `other_compiles_s`), the second is timed.
+    for batch in batches:
+      state, _ = trainer.train_step(state, batch, rng)
     jax.block_until_ready(state)
-    t0 = time.perf_counter()
+    warm = time.perf_counter()
     for batch in batches[1:]:
-      state, _ = compiled(state, batch, rng)
+      state, _ = trainer.train_step(state, batch, rng)
     jax.block_until_ready(state)
-    steps_s = time.perf_counter() - t0
+    steps_s = time.perf_counter() - warm
+    shapes = len({str(jax.tree.map(np.shape, b)) for b in batches})
     row = {"task": args.task, "members": args.members, "fold": args.fold, "seed": args.seed,
            "startup_s": ready - start, "compile_s": compiled_at - ready,
+           "other_compiles_s": max(0.0, warm - compiled_at - steps_s * (args.steps + 1)
+                                   / args.steps), "batch_shapes": shapes,
            "step_s": steps_s / args.steps, "tokens_per_s": tokens / steps_s,
            "steps_per_epoch": trainer.schedule.steps_per_epoch,
            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -108,8 +114,10 @@ def measure(task: str, members: int = 1, fold: int = 1, seed: int = 0, quick: bo
 
 
 def per_epoch(row: dict) -> float:
-  """Seconds of one epoch's training in that process: its compile plus the steps."""
-  return row["compile_s"] + row["step_s"] * (row["steps_per_epoch"] or 1)
+  """Seconds of one epoch's training in that process: its compiles (of the shapes its
+  measured steps met) plus the steps."""
+  return (row["compile_s"] + row["other_compiles_s"]
+          + row["step_s"] * (row["steps_per_epoch"] or 1))
 
 
 def summarize(one_seed: list[dict], members: dict[int, dict], folded: dict[int, dict]) -> dict:
