@@ -174,6 +174,10 @@ def test_a_run_of_members_resumes_exactly(tmp_path):
   for seed in resumed["seeds"]:
     read = lambda run: (tmp_path / run / f"seed_{seed}" / "metrics.jsonl").read_text()
     assert read("resumed") == read("whole")
+  # The run's own curves: the members' mean with a band (a PNG per metric).
+  pngs = sorted(p.stem for p in (tmp_path / "whole" / "plots").glob("*.png"))
+  assert "loss" in pngs and "accuracy" in pngs
+  assert (tmp_path / "whole" / "plots" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_members_of_other_data_are_refused_naming_why(tmp_path):

@@ -332,6 +332,7 @@ class MembersTrainer(trainer_lib.Trainer):
         trainer_lib.write_json(folder / "results.json", member)
         metrics_lib.plot_curves(folder)
       trainer_lib.write_json(self.workdir / "results.json", results)
+      metrics_lib.plot_member_curves(self.workdir, self.member_dirs)
     return results
 
 

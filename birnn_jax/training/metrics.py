@@ -11,6 +11,7 @@ from typing import Callable
 
 from absl import logging
 import jax
+import numpy as np
 
 from birnn_jax.tasks import losses
 from birnn_jax.tasks.common import table  # noqa: F401 (re-exported)
@@ -94,6 +95,46 @@ def plot_curves(workdir: str | pathlib.Path) -> list[pathlib.Path]:
     ax.set_xlabel("step")
     ax.set_ylabel(name)
     ax.set_title(f"{workdir.name}: {name}")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    path = workdir / "plots" / f"{name}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    out.append(path)
+  return out
+
+
+def plot_member_curves(workdir: str | pathlib.Path, folders: list[pathlib.Path]
+                       ) -> list[pathlib.Path]:
+  """plots/<metric>.png of a run of several members: for train_ and eval_ each metric's
+  mean over the members (their metrics.jsonl in `folders`) against step, with a band from
+  the smallest to the largest member at each step."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  workdir = pathlib.Path(workdir)
+  per_member = [read_metrics(pathlib.Path(f) / "metrics.jsonl") for f in folders]
+  names = sorted({k.split("_", 1)[1] for rows in per_member for r in rows for k in r
+                  if k.startswith(("train_", "eval_"))})
+  out = []
+  (workdir / "plots").mkdir(parents=True, exist_ok=True)
+  for name in names:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for prefix in ("train_", "eval_"):
+      key = prefix + name
+      by_step = [{r["step"]: r[key] for r in rows if key in r} for rows in per_member]
+      steps = sorted(set.intersection(*(set(s) for s in by_step)))
+      if not steps:
+        continue
+      values = np.array([[s[t] for t in steps] for s in by_step])   # [members, steps]
+      line, = ax.plot(steps, values.mean(0), marker="." if prefix == "eval_" else None,
+                      label=f"{prefix.rstrip('_')} (mean of {len(folders)})")
+      ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel(name)
+    ax.set_title(f"{workdir.name}: {name}, min to max over members")
     ax.legend()
     ax.grid(alpha=0.3)
     path = workdir / "plots" / f"{name}.png"
