@@ -92,17 +92,23 @@ def plot_curves(workdir: str | pathlib.Path) -> list[pathlib.Path]:
       if points:
         ax.plot(*zip(*points), marker="." if prefix == "eval_" else None,
                 label=prefix.rstrip("_"))
-    ax.set_xlabel("step")
-    ax.set_ylabel(name)
-    ax.set_title(f"{workdir.name}: {name}")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    path = workdir / "plots" / f"{name}.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    out.append(path)
+    out.append(_save_curve(fig, ax, name, f"{workdir.name}: {name}", workdir))
   return out
+
+
+def _save_curve(fig, ax, name: str, title: str, workdir: pathlib.Path) -> pathlib.Path:
+  """Labels a metric's curves and writes them to workdir/plots/<name>.png."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  ax.set_xlabel("step")
+  ax.set_ylabel(name)
+  ax.set_title(title)
+  ax.legend()
+  ax.grid(alpha=0.3)
+  path = workdir / "plots" / f"{name}.png"
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
 
 
 def plot_member_curves(workdir: str | pathlib.Path, folders: list[pathlib.Path]
@@ -132,16 +138,8 @@ def plot_member_curves(workdir: str | pathlib.Path, folders: list[pathlib.Path]
       line, = ax.plot(steps, values.mean(0), marker="." if prefix == "eval_" else None,
                       label=f"{prefix.rstrip('_')} (mean of {len(folders)})")
       ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
-    ax.set_xlabel("step")
-    ax.set_ylabel(name)
-    ax.set_title(f"{workdir.name}: {name}, min to max over members")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    path = workdir / "plots" / f"{name}.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    out.append(path)
+    out.append(_save_curve(fig, ax, name, f"{workdir.name}: {name}, min to max over "
+                           "members", workdir))
   return out
 
 
