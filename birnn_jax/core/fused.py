@@ -53,6 +53,10 @@ forward-mode autodiff (jvp) to a custom_vjp function"); they need impl='scan'.
 
 Carries and gate maths are float32; matmuls run in the cell's `dtype` (e.g. bfloat16) with
 float32 accumulation, as `cells.dot` does.
+
+One module of about 500 lines because it is one idea: the fused forward scan and its
+hand-written backward pass share every gate formula and saved residual, and are read
+together (the backward pass keeps its written reason for its length).
 """
 
 import functools
