@@ -112,10 +112,12 @@ def natural_per_row(size: int, steps: int, num_forms: int) -> int:
 def dedup_common(batches: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
   """`dedup_chars` of each batch (their `chars` [B, T, C] of one shape) in one layout: the
   largest K any of them needs, tiers only where every batch fits them."""
-  size, steps, width = batches[0]["chars"].shape
-  forms = [len(unique_rows(b["chars"].reshape(-1, width))[0]) for b in batches]
-  per_row = max(natural_per_row(size, steps, n) for n in forms)
-  out = [dedup_chars(b, per_row) for b in batches]
+  out = [dedup_chars(b) for b in batches]     # each in its own layout: most steps agree
+  rows = lambda chars: sum(t.shape[1] for t in chars) if isinstance(chars, tuple) \
+      else chars.shape[1]
+  per_row = max(rows(b["chars"]) for b in out)
+  out = [o if rows(o["chars"]) == per_row else dedup_chars(b, per_row)
+         for o, b in zip(out, batches)]
   if len({isinstance(b["chars"], tuple) for b in out}) > 1:
     out = [dedup_chars(b, per_row, tiers=False) for b in batches]
   return out
