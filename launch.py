@@ -47,7 +47,8 @@ _FORMAT = flags.DEFINE_string(
 _PREFIX = flags.DEFINE_string("prefix", None, "Alias of --text for generation tasks.")
 _MEMBER = flags.DEFINE_string(
     "member", None, "--mode=eval --input/predict/export on a run of several members "
-    "(train.num_seeds): which one, an index (0 = the first seed) or 'best' (on dev).")
+    "(train.num_seeds): which one, an index (0 = the first seed), 'best' (on dev) or "
+    "'ensemble' (all of them as one model, the default for POS and NER).")
 _FORCE_FRESH = flags.DEFINE_bool(
     "force_fresh", False, "Start over in a workdir that holds a run of another config.")
 _VARIANT = flags.DEFINE_string(

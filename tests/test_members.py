@@ -166,8 +166,11 @@ def test_a_run_of_members_resumes_exactly(tmp_path):
   uninterrupted = members.make_trainer(config, tmp_path / "whole").train()
   first = config.copy_and_resolve_references()
   first.train.num_steps = 4                       # as if stopped after the step-4 save
-  members.make_trainer(first, tmp_path / "resumed").train()
+  first_part = members.make_trainer(first, tmp_path / "resumed").train()
   resumed = members.make_trainer(config, tmp_path / "resumed").train()
+  # Training time is summed over the resumes, and a finished run run again keeps it.
+  again = members.make_trainer(config, tmp_path / "resumed").train()
+  assert again["train_seconds"] == resumed["train_seconds"] > first_part["train_seconds"] > 0
   for a, b in zip(resumed["members"], uninterrupted["members"]):
     for key in (k for k in a if k.startswith("test_")):
       assert a[key] == b[key], key
@@ -199,7 +202,7 @@ def test_one_seed_is_the_plain_trainer(tmp_path):
 
 def test_a_member_of_a_run_is_loaded_by_index_or_best(tmp_path):
   """`birnn_jax.load(workdir, member=k)` tags as the one-seed run of member k's seed; a run
-  of several needs a member named; 'best' is the best on dev."""
+  of several is their ensemble unless one is named; 'best' is the best on dev."""
   import birnn_jax  # pylint: disable=g-import-not-at-top
   config = _config("pos", tmp_path)
   config.train.num_seeds = 2
@@ -213,8 +216,7 @@ def test_a_member_of_a_run_is_loaded_by_index_or_best(tmp_path):
   assert got.tag(sentences) == want.tag(sentences)
   np.testing.assert_allclose(jax.tree.leaves(got.params)[0], jax.tree.leaves(want.params)[0],
                              rtol=1e-4, atol=1e-6)
-  with pytest.raises(errors.InputError, match="holds 2 members.*--member="):
-    birnn_jax.load(tmp_path / "members")
+  assert birnn_jax.load(tmp_path / "members").member == "ensemble"   # without a member
   with pytest.raises(errors.InputError, match="member=5"):
     birnn_jax.load(tmp_path / "members", member=5)
   results = json.loads((tmp_path / "members" / "results.json").read_text())

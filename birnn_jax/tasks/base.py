@@ -37,6 +37,7 @@ import numpy as np
 
 from birnn_jax import errors
 from birnn_jax.data import columns
+from birnn_jax.tasks import losses
 
 Batch = dict[str, np.ndarray]
 
@@ -145,6 +146,18 @@ class Task(abc.ABC):
     predicting share one compiled step and one pass; None (the default): nothing."""
     del outputs
     return None
+
+  def ensemble_outputs(self, member_outputs, inputs: tuple):
+    """The outputs of one model made of N members (a seed ensemble, `training.ensemble`)
+    from each member's outputs stacked on a leading axis [N, ...]; `inputs` are the model's
+    inputs. By default, for logits [N, ..., C]: the log of the members' mean probabilities
+    (`losses.mean_log_probabilities`), which the task's metrics and predictions read as
+    logits. A task whose outputs are not logits defines its own (NER: the CRF's scores)."""
+    del inputs
+    if not isinstance(member_outputs, jax.Array):
+      raise NotImplementedError(f"{type(self).__name__} does not combine its members' "
+                                "outputs into an ensemble.")
+    return losses.mean_log_probabilities(member_outputs)
 
   def extra_results(self, params, evaluate) -> dict:
     """Task-specific final results beside `{split}_{metric}`. `evaluate(params, split)` gives

@@ -47,6 +47,7 @@ import json
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from birnn_jax.tasks import config_keys
@@ -58,6 +59,7 @@ from birnn_jax.data import iob2
 from birnn_jax.data.vocab import PAD_TOKEN, Vocab
 from birnn_jax.tasks import base
 from birnn_jax.tasks import common
+from birnn_jax.tasks import losses
 from birnn_jax.tasks import wordchar
 from birnn_jax.tasks.entities import (LABELS, SCHEMES, entity_counts, entity_spans,
                                       f1_from_counts, iob2_ids, scheme_labels, score, to_iobes)
@@ -166,10 +168,34 @@ class NerTagger(nn.Module):
     elif deterministic:
       predicted = jnp.argmax(emissions, -1)
     if deterministic:
-      real = jnp.arange(emissions.shape[1])[None, :] < lengths[:, None]
-      as_iob2 = jnp.asarray(iob2_ids(self.labels))[predicted]
-      out["predicted"] = jnp.where(real, as_iob2, 0).astype(jnp.int32)
+      out["predicted"] = as_iob2(predicted, lengths, self.labels)
     return out
+
+
+def as_iob2(predicted_BxT, lengths_B, labels: tuple[str, ...]) -> jax.Array:
+  """Label ids of `labels` (a scheme's) -> `LABELS` (IOB2) ids int32 [B, T], 0 at padding."""
+  real = jnp.arange(predicted_BxT.shape[1])[None, :] < lengths_B[:, None]
+  return jnp.where(real, jnp.asarray(iob2_ids(labels))[predicted_BxT], 0).astype(jnp.int32)
+
+
+def ensemble_outputs(member_outputs: dict, lengths_B, labels: tuple[str, ...], head: str,
+                     scheme: str) -> dict:
+  """One `NerTagger`'s outputs from N members' (each array with a leading axis [N]): for
+  the CRF the mean of the members' emission, transition, start and end scores, decoded by
+  constrained Viterbi; for softmax the log of the members' mean probabilities, decoded
+  per token (`losses.mean_log_probabilities`)."""
+  if head == "crf":
+    out = {k: jnp.mean(member_outputs[k], axis=0)
+           for k in ("emissions", "transitions", "start", "end")}
+    constraints = {k: np.asarray(v, bool)
+                   for k, v in crf_lib.constraint_attributes(labels, scheme).items()}
+    predicted, _ = crf_lib.viterbi(out["emissions"], lengths_B, out["transitions"],
+                                   out["start"], out["end"], **constraints)
+  else:
+    out = {"emissions": losses.mean_log_probabilities(member_outputs["emissions"])}
+    predicted = jnp.argmax(out["emissions"], -1)
+  out["predicted"] = as_iob2(predicted, lengths_B, labels)
+  return out
 
 
 def model_from_config(model_config, num_words: int, num_chars: int,
@@ -294,6 +320,10 @@ class Task(wordchar.WordCharTask):
 
   def ids_from_outputs(self, outputs):
     return outputs["predicted"]
+
+  def ensemble_outputs(self, member_outputs, inputs):
+    return ensemble_outputs(member_outputs, inputs[3], self.labels, self.config.model.head,
+                            self.scheme)
 
   def extra_results(self, params, evaluate):
     """seqeval scores of dev and test (replacing the in-graph dev_f1 / test_f1 with the

@@ -75,13 +75,22 @@ def export_tagger(predictor, out_dir, platforms=PLATFORMS) -> dict:
           "lowercase": bool(d.lowercase), "max_chars": int(d.max_chars),
           "min_length": int(d.pad_to), "platforms": list(exported.platforms),
           "requires": list(RUNTIME_REQUIRES),
-          "trained_run": str(predictor.workdir), "birnn_jax": birnn_jax.__version__,
+          "trained_run": str(predictor.workdir), "member": predictor.member,
+          "seeds": _seeds(predictor), "birnn_jax": birnn_jax.__version__,
           "jax": jax.__version__}
   _write_bytes(out_dir / "model.jax", bytes(exported.serialize()))
   _write_bytes(out_dir / "meta.json", json.dumps(meta, ensure_ascii=False).encode())
   shutil.copyfile(pathlib.Path(__file__).with_name("export_runtime.py"),
                   out_dir / "predict.py")
   return meta
+
+
+def _seeds(predictor) -> list[int]:
+  """The seeds of the members the artifact predicts with (all of them for an ensemble)."""
+  config = predictor.config
+  if predictor.member == "ensemble":
+    return [config.seed + k for k in range(config.train.num_seeds)]
+  return [config.seed + predictor.member]
 
 
 def _write_bytes(path: pathlib.Path, data: bytes) -> None:

@@ -28,6 +28,7 @@ from birnn_jax import errors
 from birnn_jax import tasks
 from birnn_jax.data import common as data_common
 from birnn_jax.training import config_lib
+from birnn_jax.training import ensemble
 from birnn_jax.training import trained
 
 CHUNK_SENTENCES = 2048   # records read, predicted and written at a time (memory stays flat)
@@ -120,12 +121,14 @@ class Predictor:
 
   Attributes:
     task: the run's Task, built for inference (`inference=True`).
-    params: the parameters predictions use.
+    params: the parameters predictions use (an ensemble's: its members' stacked).
     workdir: the run's folder.
+    member: of a run of several members, the one predicting (its index) or 'ensemble';
+      0 for a one-seed run.
   """
 
-  def __init__(self, task, params, workdir: pathlib.Path):
-    self.task, self.params, self.workdir = task, params, workdir
+  def __init__(self, task, params, workdir: pathlib.Path, member: int | str = 0):
+    self.task, self.params, self.workdir, self.member = task, params, workdir, member
 
   @property
   def config(self):
@@ -264,8 +267,10 @@ def load(workdir: str | os.PathLike, variant: str | None = None, config=None,
     variant: which variant's run (default: the first).
     config: an experiment config to check the run against and to take the `predict`
       settings from (`run_config`); None: the saved config alone.
-    member: of a run of several members (`train.num_seeds`), which one: an index or
-      'best' (`trained.restore_run`); their ensemble is not built yet.
+    member: of a run of several members (`train.num_seeds`), which one: an index,
+      'best', or 'ensemble' (all of them as one model: averaged probabilities, for the
+      CRF averaged scores then constrained Viterbi), the default for a tagger
+      (`trained.restore_run`).
 
   Raises:
     errors.NoCheckpointError: nothing trained in the workdir, or no such variant.
@@ -278,8 +283,16 @@ def load(workdir: str | os.PathLike, variant: str | None = None, config=None,
         "%s was trained with a :smoke config (a tiny model, %s steps) to test the code path: "
         "its predictions mean nothing. Train without :smoke for a real model.", folder,
         config.train.get("num_steps"))
+  index = trained.member_index(folder, config, member)
   task, params = trained.restore_run(folder, inference=True, config=config, member=member)
-  return Predictor(task, params, folder)
+  seeds = config_lib.added_key(config.train, "train.num_seeds")
+  if index == ensemble.NAME:
+    logging.info("%s: predicting with the ensemble of its %d members (seeds %d..%d).", folder,
+                 seeds, config.seed, config.seed + seeds - 1)
+  elif seeds > 1:
+    logging.info("%s: predicting with member %d (seed %d) of %d.", folder, index,
+                 config.seed + index, seeds)
+  return Predictor(task, params, folder, index)
 
 
 # Files ------------------------------------------------------------------------------------------

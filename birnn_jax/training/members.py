@@ -27,6 +27,7 @@ import numpy as np
 from birnn_jax import errors
 from birnn_jax.tasks import config_keys
 from birnn_jax.tasks import losses
+from birnn_jax.training import ensemble
 from birnn_jax.training import metrics as metrics_lib
 from birnn_jax.training import optim
 from birnn_jax.training import sharding
@@ -212,6 +213,7 @@ class MembersTrainer(trainer_lib.Trainer):
                               out_shardings=(repl, repl), donate_argnums=0)
     self.eval_step = jax.jit(eval_step, in_shardings=(repl, self._data), out_shardings=repl)
     self._member_eval: dict[str, list] = {}
+    self._ensemble_eval: dict[str, tuple] = {}   # split -> kept evaluation of the ensemble
     self._best = [None] * self.num_members     # each member's (value, step) of its best eval
 
   # The stacked keys, batches and placements.
@@ -256,8 +258,7 @@ class MembersTrainer(trainer_lib.Trainer):
   def evaluate(self, params, split: str, predictions: bool = False):
     """Each member's exact means over the split (a list, member order); with
     `predictions`, (means, each member's `eval_ids` per batch)."""
-    kept = self._last_eval.get(split)
-    if kept is None or kept[0] is not params:
+    def run():
       self._compiled("eval")
       totals = [{} for _ in self.seeds]
       ids = [[] for _ in self.seeds]
@@ -267,10 +268,52 @@ class MembersTrainer(trainer_lib.Trainer):
           for name, v in sums.items():
             totals[k][name] = totals[k].get(name, 0.0) + float(v[k])
           ids[k].append(None if batch_ids is None else batch_ids[k])
-      means = [self.task.derived_metrics(losses.means(t)) for t in totals]
-      kept = self._last_eval[split] = (params, means, ids)
-    means = [dict(m) for m in kept[1]]
-    return (means, kept[2]) if predictions else means
+      return [self.task.derived_metrics(losses.means(t)) for t in totals], ids
+    means, ids = trainer_lib.kept_evaluation(self._last_eval, split, params, run)
+    means = [dict(m) for m in means]
+    return (means, ids) if predictions else means
+
+  # The members as one model: their ensemble.
+
+  def ensemble_splits(self) -> list[str]:
+    """The eval splits the members' ensemble is scored on: every one, for a task whose
+    members predict as an ensemble (`ensemble.supports`) and see the same eval data."""
+    if not ensemble.supports(self.task):
+      return []
+    return [s for s in self.task.eval_splits if ensemble.same_for_members(self.eval_batches(s))]
+
+  @functools.cached_property
+  def _ensemble_eval_step(self):
+    _, eval_step = steps_lib.make_steps(self.task, ensemble.of_task(self.task), self.tx,
+                                        self.config.train.nan_policy)
+    return jax.jit(eval_step, in_shardings=(sharding.replicated(self.mesh),
+                                            sharding.batch_sharding(self.mesh)),
+                   out_shardings=sharding.replicated(self.mesh))
+
+  def evaluate_ensemble(self, params, split: str, predictions: bool = False):
+    """The ensemble's exact means over `split`, from the members' parameters stacked
+    `params` [N, ...]; with `predictions`, (means, its `eval_ids` per batch): what
+    `Trainer.evaluate` gives for one model, with the same batches (member 0's)."""
+    def run():
+      put = lambda batch: jax.device_put(batch, sharding.batch_sharding(self.mesh))
+      totals, ids = trainer_lib.sum_batches(self._ensemble_eval_step, params,
+                                            self.task.eval_batches(split), put)
+      return self.task.derived_metrics(losses.means(totals)), ids
+    means, ids = trainer_lib.kept_evaluation(self._ensemble_eval, split, params, run)
+    return (dict(means), ids) if predictions else dict(means)
+
+  def ensemble_results(self, params) -> dict:
+    """The ensemble's figures, as one model's results: `{split}_{metric}` of every split it
+    is scored on (`ensemble_splits`) and the task's extra results; {} without one."""
+    splits = self.ensemble_splits()
+    if not splits:
+      return {}
+    out = {"seeds": self.seeds}
+    for split in splits:
+      out.update({f"{split}_{k}": v for k, v in self.evaluate_ensemble(params, split).items()})
+    if splits == list(self.task.eval_splits):
+      out.update(self.task.extra_results(params, self.evaluate_ensemble))
+    return out
 
   def eval_metric_names(self, params) -> list[str] | None:
     batch = next(iter(self.eval_batches(self.task.eval_splits[0])), None)
@@ -326,6 +369,9 @@ class MembersTrainer(trainer_lib.Trainer):
         per_member[k].update(best_step=self._best[k][1], best_value=self._best[k][0])
     results = {**mean_results(per_member), "seeds": self.seeds, "members": per_member,
                "statistics": stats.summarize_members(per_member)}
+    ensemble_results = self.ensemble_results(params)
+    if ensemble_results:
+      results["ensemble"] = ensemble_results
     if trainer_lib.is_main_process():
       for folder, member in zip(self.member_dirs, per_member):
         folder.mkdir(parents=True, exist_ok=True)
@@ -347,6 +393,9 @@ def experiment_statistics(summary: dict, results: dict[str, dict]) -> dict:
   first = results[names[0]]
   out = dict(summary, seeds=first["seeds"],
              member_statistics={n: r["statistics"] for n, r in results.items()})
+  ensembles = {n: r["ensemble"] for n, r in results.items() if r.get("ensemble")}
+  if ensembles:
+    out["ensembles"] = ensembles
   paired = {}
   for other in names[1:]:
     keys = [k for k in first["statistics"] if k.startswith(("dev_", "test_"))
@@ -361,13 +410,15 @@ def experiment_statistics(summary: dict, results: dict[str, dict]) -> dict:
 def statistics_table(summary: dict) -> str:
   """The markdown table of a summary's member statistics (`stats.markdown_table`): each
   variant's `dev_`/`test_` figures as mean ± sd with the 95% interval and the per-seed
-  values, and the paired differences; "" for a run of one seed."""
+  values, the ensemble's figure where there is one, and the paired differences; "" for a
+  run of one seed."""
   if "member_statistics" in summary:
-    per_variant = summary["member_statistics"]
+    per_variant, ensembles = summary["member_statistics"], summary.get("ensembles")
   elif "statistics" in summary:
     per_variant = {"": summary["statistics"]}
+    ensembles = {"": summary["ensemble"]} if summary.get("ensemble") else None
   else:
     return ""
   keep = lambda s: {k: v for k, v in s.items() if k.startswith(("dev_", "test_"))}
   return stats.markdown_table({name: keep(s) for name, s in per_variant.items()},
-                              summary.get("paired_differences", {}))
+                              summary.get("paired_differences", {}), ensemble=ensembles)

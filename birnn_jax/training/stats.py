@@ -266,7 +266,8 @@ def _rule(columns: int) -> str:
 
 
 def markdown_table(per_variant: dict[str, dict[str, dict]],
-                   paired: dict[str, dict[str, dict]] | None = None, digits: int = 4) -> str:
+                   paired: dict[str, dict[str, dict]] | None = None, digits: int = 4,
+                   ensemble: dict[str, dict[str, float]] | None = None) -> str:
   """The members' statistics as markdown tables, to paste into a paper.
 
   The first table has one row per (variant, metric): ``mean ± sd``, the 95% interval, n
@@ -282,6 +283,8 @@ def markdown_table(per_variant: dict[str, dict[str, dict]],
       output per variant).
     paired: ``{comparison: {metric: paired_difference(...)}}``.
     digits: the decimals of every figure but the p-values.
+    ensemble: ``{variant: {metric: value}}``, the members' ensemble's figures; where given,
+      the first table has an ``ensemble`` column (``–`` where a metric has none).
 
   >>> print(markdown_table({"": {"test_f1": describe([0.70, 0.72, 0.74])}}))
   | metric | mean ± sd | 95% CI | n | per seed |
@@ -291,14 +294,18 @@ def markdown_table(per_variant: dict[str, dict[str, dict]],
   named = any(v != "" for v in per_variant)
   lines = []
   if per_variant:
-    head = (["variant"] if named else []) + ["metric", "mean ± sd", "95% CI", "n", "per seed"]
+    head = ((["variant"] if named else []) + ["metric", "mean ± sd", "95% CI", "n", "per seed"]
+            + (["ensemble"] if ensemble else []))
     lines += [_row(head), _rule(len(head))]
     for variant, metrics in per_variant.items():
       for metric, d in metrics.items():
         seeds = ", ".join("nan" if v is None else _num(v, digits) for v in d["values"])
-        lines.append(_row(([_cell(variant)] if named else [])
-                          + [_cell(metric), _mean_sd(d, digits), _interval(d, digits),
-                             str(d["n"]), seeds]))
+        cells = (([_cell(variant)] if named else [])
+                 + [_cell(metric), _mean_sd(d, digits), _interval(d, digits), str(d["n"]), seeds])
+        if ensemble:
+          value = (ensemble.get(variant) or {}).get(metric)
+          cells.append(_num(value, digits) if _is_number(value) else "–")
+        lines.append(_row(cells))
   rows = [(name, metric, d) for name, metrics in (paired or {}).items()
           for metric, d in metrics.items()]
   if rows:

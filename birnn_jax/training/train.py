@@ -28,6 +28,7 @@ from birnn_jax.training import members
 from birnn_jax.training import metrics as metrics_lib
 from birnn_jax.training import optim
 from birnn_jax.training import sharding
+from birnn_jax.training import stats
 from birnn_jax.training import workdir_lock
 from birnn_jax.training.ahead_of_time import AheadOfTime
 from birnn_jax.training.trainer import Trainer, is_main_process, write_json  # noqa: F401
@@ -123,7 +124,8 @@ def run_experiment(config, workdir, force_fresh: bool = False) -> dict:
 
 
 # A summary's keys of several members' figures, which the members' table shows instead.
-_MEMBER_KEYS = ("members", "statistics", "member_statistics", "paired_differences")
+_MEMBER_KEYS = ("members", "statistics", "member_statistics", "paired_differences",
+                "ensemble", "ensembles")
 
 
 def print_summary(summary: dict, verdict: str) -> None:
@@ -179,7 +181,10 @@ def evaluate_experiment(config, workdir, variant: str | None = None) -> dict:
       per_member = [{f"{split}_{k}": v for split, ms in evaluated.items()
                      for k, v in ms[i].items()} for i in range(trainer.num_members)]
       out[name] = {**members.mean_results(per_member), "seeds": trainer.seeds,
-                   "members": per_member}
+                   "members": per_member, "statistics": stats.summarize_members(per_member)}
+      ensemble_results = trainer.ensemble_results(params)
+      if ensemble_results:
+        out[name]["ensemble"] = ensemble_results
     else:
       out[name] = {f"{split}_{k}": v for split, ms in evaluated.items()
                    for k, v in ms.items()}

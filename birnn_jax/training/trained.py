@@ -14,6 +14,7 @@ from birnn_jax import errors
 from birnn_jax import tasks
 from birnn_jax.tasks import config_keys
 from birnn_jax.training import checkpoint as ckpt_lib
+from birnn_jax.training import ensemble
 from birnn_jax.training import optim
 
 
@@ -45,8 +46,11 @@ def restore_run(workdir: str | pathlib.Path, task: str | None = None,
     config: the run's config (e.g. with predict.* keys changed on the command line);
       None reads the one the run saved.
     member: of a run of several members (`train.num_seeds` > 1), which one: its index
-      (0 = the first seed) or 'best' (the best on the first eval split by
-      `train.best_metric`, from the run's results.json); a one-seed run is member 0.
+      (0 = the first seed), 'best' (the best on the first eval split by
+      `train.best_metric`, from the run's results.json) or 'ensemble' (all of them as one
+      model, `ensemble.Ensemble`: the params are the members' stacked [N, ...] and the
+      task predicts with the ensemble); None is the ensemble for a tagger, and must name
+      one member for other tasks. A one-seed run is member 0 whatever is named.
 
   Raises:
     errors.NoCheckpointError: no config.json or no checkpoint in the workdir.
@@ -74,26 +78,40 @@ def restore_run(workdir: str | pathlib.Path, task: str | None = None,
   if seeds > 1:   # the checkpoint holds every member: [N, ...]
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct((seeds, *a.shape), a.dtype),
                             abstract)
+  if index == ensemble.NAME and not ensemble.supports(run_task):
+    raise errors.InputError(
+        f"{pathlib.Path(workdir)} holds {seeds} members of a {config.task!r} run, whose "
+        f"members do not predict as an ensemble (only the taggers' do): name one, "
+        f"--member= {_member_names(config, with_ensemble=False)}.")
   state = ckpt_lib.restore_latest(workdir, config.train, abstract)
-  if seeds > 1:
+  if index == ensemble.NAME:
+    ensemble.use_ensemble(run_task)
+  elif seeds > 1:
     state = jax.tree.map(lambda x: x[index], state)
   return run_task, optim.eval_params(state)
 
 
-def member_index(workdir, config: ml_collections.ConfigDict, member: int | str | None) -> int:
-  """The index of `member` (see `restore_run`) in the run of `workdir`.
+def _member_names(config, with_ensemble: bool = True) -> str:
+  """What `member` can name in a run of `config`, for messages."""
+  seeds = config_keys.added_key(config.train, "train.num_seeds")
+  indices = f"0..{seeds - 1} (seeds {config.seed}..{config.seed + seeds - 1})"
+  return f"{indices}, 'best' or 'ensemble'" if with_ensemble else f"{indices} or 'best'"
+
+
+def member_index(workdir, config: ml_collections.ConfigDict, member: int | str | None
+                 ) -> int | str:
+  """The index of `member` (see `restore_run`) in the run of `workdir`, or
+  `ensemble.NAME` for the ensemble of its members (`member` None or 'ensemble').
 
   Raises:
-    errors.InputError: no such member, or none named for a run of several.
+    errors.InputError: no such member.
   """
   seeds = config_keys.added_key(config.train, "train.num_seeds")
-  names = f"0..{seeds - 1} (seeds {config.seed}..{config.seed + seeds - 1}) or 'best'"
-  if member is None:
-    if seeds == 1:
-      return 0
-    raise errors.InputError(
-        f"{pathlib.Path(workdir)} holds {seeds} members (train.num_seeds={seeds}): name one, "
-        f"--member= {names}. (Their ensemble is not built yet.)")
+  names = _member_names(config)
+  if seeds == 1 and member in (None, ensemble.NAME):
+    return 0
+  if member in (None, ensemble.NAME):
+    return ensemble.NAME
   if member == "best":
     results = pathlib.Path(workdir) / "results.json"
     if not results.is_file():

@@ -248,19 +248,12 @@ class Trainer:
     """Exact means over the whole split (sums accumulated in float64 on the host); with
     `predictions`, (means, the task's `eval_ids` of each batch on the host). The last pass
     over each split is kept, so asking again for the same params reads it."""
-    kept = self._last_eval.get(split)
-    if kept is None or kept[0] is not params:
+    def run():
       self._compiled("eval")
-      totals: dict[str, float] = {}
-      ids = []
-      for batch in self.eval_batches(split):
-        sums, batch_ids = jax.device_get(self.eval_step(params, self.put(batch)))
-        for k, v in sums.items():
-          totals[k] = totals.get(k, 0.0) + float(v)
-        ids.append(batch_ids)
-      kept = self._last_eval[split] = (
-          params, self.task.derived_metrics(losses.means(totals)), ids)
-    return (dict(kept[1]), kept[2]) if predictions else dict(kept[1])
+      totals, ids = sum_batches(self.eval_step, params, self.eval_batches(split), self.put)
+      return self.task.derived_metrics(losses.means(totals)), ids
+    means, ids = kept_evaluation(self._last_eval, split, params, run)
+    return (dict(means), ids) if predictions else dict(means)
 
   def eval_metric_names(self, params) -> list[str] | None:
     """The metrics `evaluate` reports, from the shapes of the eval step's outputs alone
@@ -300,9 +293,12 @@ class Trainer:
     writer.truncate_after(first_step)
     # The metric sums since the last log row travel with each checkpoint, so the rows after
     # a resume equal an uninterrupted run's even if it stopped between two log steps.
-    window = self.metric_window(ckpt_lib.restored_host_state(
-        self.manager, first_step).get("window", {}) if first_step else {})
-    start = time.monotonic()
+    host_state = ckpt_lib.restored_host_state(self.manager, first_step) if first_step else {}
+    window = self.metric_window(host_state.get("window", {}))
+    # Training time is summed over resumes: each checkpoint holds the time up to it, and
+    # the results report the last one's (the last step is always saved).
+    self._clock = (time.monotonic(), float(host_state.get("train_seconds", 0.0)))
+    self._seconds_saved = self._clock[1]
     try:
       state, step, stopped_by = self._loop(state, first_step, window, writer)
     finally:
@@ -312,7 +308,12 @@ class Trainer:
                       "command to resume from step %d.", stopped_by, step,
                       self.manager.directory, step)
       return {"stopped_at_step": step, "stopped_by": stopped_by}
-    return self._final_results(optim.eval_params(state), step, time.monotonic() - start)
+    return self._final_results(optim.eval_params(state), step, self._seconds_saved)
+
+  def _train_seconds(self) -> float:
+    """Seconds spent training up to now, summed over every process that resumed the run."""
+    start, before = self._clock
+    return before + time.monotonic() - start
 
   def metric_writer(self) -> metrics_lib.MetricWriter:
     """Where the run's metric rows go (metrics.jsonl, TensorBoard)."""
@@ -410,8 +411,9 @@ class Trainer:
     best = self.config.train.best_metric
     name = best.removeprefix("eval_")
     metrics = {best: eval_metrics[name]} if name in eval_metrics else None
-    ckpt_lib.save(self.manager, step, state, metrics, host_state={"window": window.saved()},
-                  wait=wait)
+    self._seconds_saved = round(self._train_seconds(), 2)
+    ckpt_lib.save(self.manager, step, state, metrics, wait=wait, host_state={
+        "window": window.saved(), "train_seconds": self._seconds_saved})
 
   @contextlib.contextmanager
   def _saves_finished(self):
@@ -438,6 +440,27 @@ class Trainer:
       write_json(self.workdir / "results.json", results)
       metrics_lib.plot_curves(self.workdir)
     return results
+
+def sum_batches(eval_step, params, batches, put) -> tuple[dict[str, float], list]:
+  """({metric: sum over `batches`} accumulated in float64 on the host, each batch's ids)
+  of `eval_step(params, put(batch)) -> (sums, ids)`."""
+  totals: dict[str, float] = {}
+  ids = []
+  for batch in batches:
+    sums, batch_ids = jax.device_get(eval_step(params, put(batch)))
+    for k, v in sums.items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+    ids.append(batch_ids)
+  return totals, ids
+
+
+def kept_evaluation(kept: dict, split: str, params, run) -> tuple:
+  """`run()`'s (means, ids) of `split`, kept in `kept`: asking again for the same params
+  (the same object) reads it instead of evaluating again."""
+  if split not in kept or kept[split][0] is not params:
+    kept[split] = (params, *run())
+  return kept[split][1:]
+
 
 def write_json(path: pathlib.Path, obj) -> None:
   """Atomically (write then rename), so a kill never leaves half a file."""

@@ -154,6 +154,11 @@ class WordCharTask(base.Task):
           model.apply({"params": p}, *inputs, deterministic=True)))
     return self._prediction_fn
 
+  def use_model(self, model) -> None:
+    """Predict with `model` from now on, in place of this task's own: one with the same
+    `apply` contract and outputs (e.g. `training.ensemble.Ensemble` of its members)."""
+    self._model, self._prediction_fn = model, None
+
   def add_prediction_features(self, batch, sentences, rows) -> dict:
     """The batch plus features the model needs beyond words and characters (POS: biLM)."""
     del sentences, rows
