@@ -172,8 +172,9 @@ def test_a_run_of_members_resumes_exactly(tmp_path):
   again = members.make_trainer(config, tmp_path / "resumed").train()
   assert again["train_seconds"] == resumed["train_seconds"] > first_part["train_seconds"] > 0
   for a, b in zip(resumed["members"], uninterrupted["members"]):
-    for key in (k for k in a if k.startswith("test_")):
+    for key in (k for k in a if k.startswith(("test_", "best_"))):
       assert a[key] == b[key], key
+    assert "best_step" in a
   for seed in resumed["seeds"]:
     read = lambda run: (tmp_path / run / f"seed_{seed}" / "metrics.jsonl").read_text()
     assert read("resumed") == read("whole")

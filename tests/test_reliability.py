@@ -154,9 +154,16 @@ def rows(workdir: pathlib.Path) -> list[dict]:
   return metrics_lib.read_metrics(workdir / "metrics.jsonl")
 
 
+def metrics_files(vdir: pathlib.Path) -> list[pathlib.Path]:
+  """A variant's metrics.jsonl: its own, or each member's (`seed_<s>/`)."""
+  return sorted(vdir.glob("seed_*/metrics.jsonl")) or [vdir / "metrics.jsonl"]
+
+
 def without_timing(obj):
   if isinstance(obj, dict):
     return {k: without_timing(v) for k, v in obj.items() if k != "train_seconds"}
+  if isinstance(obj, list):   # e.g. each member's results
+    return [without_timing(v) for v in obj]
   return obj
 
 
@@ -223,6 +230,15 @@ def test_refuses_to_resume_another_config_showing_the_keys(sigterm_run, tmp_path
                      "model.hidden_size: 8 -> 16", "optim.learning_rate: 0.01 -> 0.5",
                      "--force_fresh")
   assert "train.num_steps" not in proc.stderr  # how long to train is not a difference
+  assert snapshot(workdir) == before, "the refused run touched the workdir"
+
+
+def test_refuses_to_resume_with_another_number_of_members_naming_both(sigterm_run, tmp_path,
+                                                                     env):
+  workdir = copy_of(sigterm_run, tmp_path)
+  before = snapshot(workdir)
+  proc = launch(env, workdir, *LONG, "--config.train.num_seeds=4", timeout=300)
+  assert_clean_error(proc, "holds a run of a different config", "train.num_seeds: 1 -> 4")
   assert snapshot(workdir) == before, "the refused run touched the workdir"
 
 
@@ -602,36 +618,50 @@ def test_host_state_travels_with_its_step(tmp_path):
 
 # --- slow: resume equals an uninterrupted run ----------------------------------------------
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, env):
-  """An uninterrupted SHORT run: the curves every interrupted run must reproduce."""
+# A run of one seed, and of 4 members in one program (train.num_seeds: each member's rows in
+# <variant>/seed_<s>/, every member in one checkpoint).
+MEMBERS = {1: (), 4: ("--config.train.num_seeds=4",)}
+
+
+@pytest.fixture(scope="module", params=sorted(MEMBERS), ids=lambda n: f"seeds{n}")
+def reference(request, tmp_path_factory, env):
+  """An uninterrupted SHORT run: the curves every interrupted run must reproduce; (its
+  workdir, the arguments of its command)."""
+  args = (*SHORT, *MEMBERS[request.param])
   workdir = tmp_path_factory.mktemp("reference") / "run"
-  proc = launch(env, workdir, *SHORT)
+  proc = launch(env, workdir, *args)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  return workdir
+  return workdir, args
 
 
 def assert_same_run(workdir: pathlib.Path, reference: pathlib.Path):
   for variant in VARIANTS:
-    got, want = rows(workdir / variant), rows(reference / variant)
-    assert [r["step"] for r in got] == [r["step"] for r in want], variant
-    for a, b in zip(got, want):
-      assert a == b, f"{variant} row at step {b['step']} differs: {a} != {b}"
+    files = metrics_files(reference / variant)
+    assert [f.relative_to(workdir) for f in metrics_files(workdir / variant)] == [
+        f.relative_to(reference) for f in files]
+    for file in files:
+      got = metrics_lib.read_metrics(workdir / file.relative_to(reference))
+      want = metrics_lib.read_metrics(file)
+      assert [r["step"] for r in got] == [r["step"] for r in want], file
+      for a, b in zip(got, want):
+        assert a == b, f"{file} row at step {b['step']} differs: {a} != {b}"
   got = without_timing(json.loads((workdir / "results.json").read_text()))
   assert got == without_timing(json.loads((reference / "results.json").read_text()))
 
 
 @pytest.mark.slow
 def test_sigint_then_the_same_command_resumes_exactly(reference, tmp_path, env):
+  reference, args = reference
   workdir = tmp_path / "run"
-  run = Run(env, workdir, *SHORT)
+  run = Run(env, workdir, *args)
   assert run.wait_for(PROGRESS), run.stderr[-3000:]
   run.proc.send_signal(signal.SIGINT)
   assert run.finish() == 0, run.stderr[-3000:]
   step = stop_step(run.stderr, "SIGINT")
   assert "Traceback" not in run.stderr and "KeyboardInterrupt" not in run.stderr
-  assert [r["step"] for r in rows(workdir / "bidirectional")] == row_steps(step)
-  proc = launch(env, workdir, *SHORT)
+  for file in metrics_files(workdir / "bidirectional"):
+    assert [r["step"] for r in metrics_lib.read_metrics(file)] == row_steps(step)
+  proc = launch(env, workdir, *args)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert re.search(rf"Resuming from \S+bidirectional/checkpoints at step {step}\.",
                    proc.stderr), proc.stderr[-3000:]
@@ -643,12 +673,13 @@ def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(referen
                                                                         env):
   """Up to 8 kill -9s at seeded random points: a random delay into training, the moment a
   checkpoint's tmp folder appears (mid-save), or right after a metrics row is appended
-  (before its checkpoint). Then the same command runs to the end."""
+  (before its checkpoint). Then the same command runs to the end. With 4 members too."""
+  reference, args = reference
   rng = random.Random(20240611)
   workdir = tmp_path / "run"
   log = []
   for _ in range(8):
-    run = Run(env, workdir, *SHORT)
+    run = Run(env, workdir, *args)
     if not run.wait_for(PROGRESS):  # already done (or failed: checked below)
       assert run.finish() == 0, run.stderr[-3000:]
       break
@@ -668,7 +699,7 @@ def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(referen
         time.sleep(0.001)
     else:  # right after the k-th metrics row is appended (often before its checkpoint)
       def newlines():  # not parsed rows: a row may be half-appended right now
-        files = [workdir / v / "metrics.jsonl" for v in VARIANTS]
+        files = [f for v in VARIANTS for f in metrics_files(workdir / v)]
         return sum(f.read_bytes().count(b"\n") for f in files if f.exists())
       target, deadline = newlines() + k, time.monotonic() + 120
       while run.proc.poll() is None and time.monotonic() < deadline and newlines() < target:
@@ -684,11 +715,11 @@ def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(referen
   last = steps_in(folder)[-1] if steps_in(folder) else 0
   if last:
     shutil.copytree(folder / str(last), folder / f"{last + 5}{TMP_SUFFIX}")
-  with open(workdir / variant / "metrics.jsonl", "a") as f:
+  with open(metrics_files(workdir / variant)[-1], "a") as f:
     f.write(json.dumps({"step": last + 1, "train_loss": 123.0}) + "\n")
   print("kills (mode, k, latest checkpoints, tmp folders left):", *log, sep="\n  ")
   assert len(log) >= 3 and len({str(entry[2]) for entry in log}) >= 2, log  # progress
-  proc = launch(env, workdir, *SHORT)
+  proc = launch(env, workdir, *args)
   assert proc.returncode == 0, f"{log}\n{proc.stderr[-3000:]}"
   assert not tmp_dirs(workdir), log
   assert_same_run(workdir, reference)

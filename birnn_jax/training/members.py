@@ -253,6 +253,15 @@ class MembersTrainer(trainer_lib.Trainer):
   def metric_window(self, saved: dict) -> MembersWindow:
     return MembersWindow.restore(saved, self.num_members)
 
+  def restore_host_state(self, host_state: dict) -> None:
+    # Each member's best evaluation so far: a resumed run reports the same best as one
+    # that never stopped.
+    self._best = [None if b is None else tuple(b)
+                  for b in host_state.get("best", [None] * self.num_members)]
+
+  def extra_host_state(self) -> dict:
+    return {"best": [None if b is None else list(b) for b in self._best]}
+
   # Evaluation, logging and results, per member.
 
   def evaluate(self, params, split: str, predictions: bool = False):

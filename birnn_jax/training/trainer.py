@@ -295,6 +295,7 @@ class Trainer:
     # a resume equal an uninterrupted run's even if it stopped between two log steps.
     host_state = ckpt_lib.restored_host_state(self.manager, first_step) if first_step else {}
     window = self.metric_window(host_state.get("window", {}))
+    self.restore_host_state(host_state)
     # Training time is summed over resumes: each checkpoint holds the time up to it, and
     # the results report the last one's (the last step is always saved).
     self._clock = (time.monotonic(), float(host_state.get("train_seconds", 0.0)))
@@ -314,6 +315,15 @@ class Trainer:
     """Seconds spent training up to now, summed over every process that resumed the run."""
     start, before = self._clock
     return before + time.monotonic() - start
+
+  def restore_host_state(self, host_state: dict) -> None:
+    """What else a subclass keeps on the host between checkpoints, from the `host_state`
+    saved with the checkpoint it resumes from (`extra_host_state`)."""
+    del host_state
+
+  def extra_host_state(self) -> dict:
+    """What a subclass saves with each checkpoint beside the metric window (JSON)."""
+    return {}
 
   def metric_writer(self) -> metrics_lib.MetricWriter:
     """Where the run's metric rows go (metrics.jsonl, TensorBoard)."""
@@ -413,7 +423,8 @@ class Trainer:
     metrics = {best: eval_metrics[name]} if name in eval_metrics else None
     self._seconds_saved = round(self._train_seconds(), 2)
     ckpt_lib.save(self.manager, step, state, metrics, wait=wait, host_state={
-        "window": window.saved(), "train_seconds": self._seconds_saved})
+        "window": window.saved(), "train_seconds": self._seconds_saved,
+        **self.extra_host_state()})
 
   @contextlib.contextmanager
   def _saves_finished(self):
