@@ -1,6 +1,6 @@
 """Members (birnn_jax/training/members.py): N members trained by one vmapped program equal N
 one-seed runs of seeds seed … seed + N − 1, step for step (losses and parameters, to float32
-rounding), on two tasks; the helpers' seeds and stacking."""
+rounding), on the synthetic, POS and NER tasks; the helpers' seeds and stacking."""
 
 import json
 import pathlib
@@ -16,7 +16,7 @@ from birnn_jax.training import optim
 from birnn_jax.training import sharding
 from birnn_jax.training import steps
 from birnn_jax.training import trainer as trainer_lib
-from helpers import write_greek_treebank
+from helpers import write_greek_treebank, write_uner
 
 pytestmark = pytest.mark.usefixtures("fast_compile", "compile_cache")
 
@@ -48,6 +48,13 @@ def test_stack_and_unstack_are_inverses():
 def _config(task: str, tmp_path):
   if task == "synthetic":
     return config_lib.load_experiment(ROOT / "experiments" / "synthetic_tagging.py", "smoke")
+  if task == "ner":   # the CRF head; a dev file of its own, every sentence within pad_to
+    config = config_lib.load_experiment(ROOT / "experiments" / "ner_uner.py", "smoke")
+    config.compare_variants = False
+    config.data.dir = str(write_uner(tmp_path / "UNER_Tiny"))
+    config.data.pad_to = 8
+    config.data.eval_batch_size = 16
+    return config
   config = config_lib.load_experiment(ROOT / "experiments" / "pos_ewt.py", "smoke")
   folder = write_greek_treebank(tmp_path / "UD_Greek")
   # A dev file of its own: without one, each seed would hold out another dev split.
@@ -118,7 +125,7 @@ def _close_rows(rows, expected):
                                rtol=2e-5, atol=1e-6, err_msg=str((row, want)))
 
 
-@pytest.mark.parametrize("task", ["synthetic", "pos", "pos_buckets"])
+@pytest.mark.parametrize("task", ["synthetic", "pos", "pos_buckets", "ner"])
 def test_a_run_of_members_equals_its_one_seed_runs(task, tmp_path):
   """Member k of an N-member run: the metrics rows and results of the one-seed run of its
   seed (to float32 rounding), from one compiled train step. 'pos_buckets': length buckets,
@@ -199,6 +206,10 @@ def test_one_seed_is_the_plain_trainer(tmp_path):
   config.train.num_seeds = 0
   with pytest.raises(errors.ConfigError, match="config.train.num_seeds=0"):
     config_lib.validate(config)
+  config.train.num_seeds, config.mesh.members = 3, 2   # before anything is compiled
+  with pytest.raises(errors.ConfigError,
+                     match="num_seeds=3 must divide by config.mesh.members=2"):
+    members.make_trainer(config, tmp_path / "three")
 
 
 def test_a_member_of_a_run_is_loaded_by_index_or_best(tmp_path):

@@ -42,17 +42,25 @@ def smoke_config(overrides: dict):
 
 def worker(spec: dict) -> None:
   """Trains as `spec` says and prints a report line (the parent reads metrics.jsonl)."""
+  from birnn_jax.training import members  # pylint: disable=g-import-not-at-top
   from birnn_jax.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   traces = count_traces(trainer_lib)
-  trainer = trainer_lib.Trainer(smoke_config(spec["overrides"]), spec["workdir"])
+  trainer = members.make_trainer(smoke_config(spec["overrides"]), spec["workdir"])
   resumed_from = trainer.manager.latest_step()
   results = trainer.train()
   check_put_batch(trainer.mesh)
+  leaf = jax.tree.leaves(trainer.init_state()["params"])[0]
+  if isinstance(trainer, members.MembersTrainer):   # its steps are vmapped: count programs
+    traces = {"train_step": trainer.train_step._cache_size(),
+              "eval_step": trainer.eval_step._cache_size()}
   print(REPORT + json.dumps({
       "process_index": jax.process_index(), "process_count": jax.process_count(),
       "device_count": jax.device_count(), "local_device_count": jax.local_device_count(),
-      "mesh_size": trainer.mesh.size, "resumed_from": resumed_from,
+      "mesh_size": trainer.mesh.size, "mesh_shape": dict(trainer.mesh.shape),
+      "resumed_from": resumed_from,
+      "params_shard_shape": list(leaf.sharding.shard_shape(leaf.shape)),
+      "params_shape": list(leaf.shape),
       "train_step_compiles": traces["train_step"], "eval_step_compiles": traces["eval_step"],
       "results": results}), flush=True)
 
@@ -125,7 +133,8 @@ def run_worker(tmp: pathlib.Path, name: str, devices: int, overrides: dict | Non
 
 
 def losses(workdir: pathlib.Path) -> dict[int, float]:
-  """step -> train loss from metrics.jsonl (each step must be logged exactly once)."""
+  """step -> train loss from metrics.jsonl (each step must be logged exactly once): the
+  run's, or a member's folder's."""
   rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   steps = [r["step"] for r in rows]
   assert len(steps) == len(set(steps)), f"a step was logged twice: {steps}"
@@ -220,6 +229,17 @@ _EIGHT_DEVICE_CHECKS = textwrap.dedent("""
     mesh = sharding.make_mesh(cfg(-1))
     assert mesh.shape == {"data": 8}
     assert sharding.make_mesh(cfg(4)).shape == {"data": 4}
+    members = sharding.make_mesh(C(cfg(-1), members=4))
+    assert members.shape == {"members": 4, "data": 2}
+    assert sharding.make_mesh(C(cfg(1), members=2)).shape == {"members": 2, "data": 1}
+    stacked = jax.device_put(np.zeros((8, 6)), sharding.members_sharding(members, batch=True))
+    assert {s.data.shape for s in stacked.addressable_shards} == {(2, 3)}
+    for bad in (C(cfg(-1), members=16), C(cfg(4), members=4)):
+      try:
+        sharding.make_mesh(bad)
+        raise AssertionError("no error")
+      except ValueError as e:
+        assert "config.mesh.members=" in str(e) and "8 are visible" in str(e), e
     try:
       sharding.check_batch_size(12, mesh)
       raise AssertionError("no error")
@@ -271,6 +291,32 @@ def test_eight_devices_match_one_device_and_compile_once(runs):
   assert_same_losses(losses(eight_dir), losses(one_dir))
   np.testing.assert_allclose(eight["results"]["test_accuracy"],
                              one["results"]["test_accuracy"], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_members_split_over_eight_devices_match_one_device(tmp_path):
+  """4 members on a ("members", "data") mesh of 8 fake devices (4 rows of 2): each device
+  holds one member's state and half of that member's batch, and every member's losses and results
+  are those of the same 4 members on one device; one program each."""
+  overrides = {"train.num_seeds": 4, "train.num_steps": 12}
+  one, one_dir = run_worker(tmp_path, "members_one", 1, overrides)
+  eight, eight_dir = run_worker(tmp_path, "members_eight", 8,
+                                {**overrides, "mesh.members": 4})
+  assert one["mesh_shape"] == {"data": 1}
+  assert eight["mesh_shape"] == {"members": 4, "data": 2}
+  assert eight["params_shape"][0] == 4 and eight["params_shard_shape"][0] == 1
+  assert one["params_shard_shape"] == one["params_shape"]
+  for report in (one, eight):
+    assert report["train_step_compiles"] == report["eval_step_compiles"] == 1, report
+  seeds = one["results"]["seeds"]
+  assert eight["results"]["seeds"] == seeds and len(seeds) == 4
+  for seed in seeds:
+    got, want = losses(eight_dir / f"seed_{seed}"), losses(one_dir / f"seed_{seed}")
+    assert len(want) == 12
+    assert_same_losses(got, want)
+  np.testing.assert_allclose([m["test_accuracy"] for m in eight["results"]["members"]],
+                             [m["test_accuracy"] for m in one["results"]["members"]],
+                             atol=1e-6)
 
 
 @pytest.mark.slow

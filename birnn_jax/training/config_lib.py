@@ -14,6 +14,7 @@ import re
 
 import ml_collections
 
+from birnn_jax import errors
 from birnn_jax.core import cells
 from birnn_jax.core import layers
 from birnn_jax.tasks.config_keys import (  # noqa: F401 (re-exported)
@@ -94,7 +95,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.num_seeds = 1
 
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = -1        # devices on the ("data",) axis; -1 = all
+  c.mesh.data = -1        # devices on the ("data",) axis; -1 = all (of a "members" row)
+  # > 1: a ("members", "data") mesh, the members (train.num_seeds, which must divide by it)
+  # split over this many rows of devices; 1: every member on every device.
+  c.mesh.members = 1
   c.mesh.distributed = False   # call jax.distributed.initialize()
   c.mesh.coordinator_address = ""
   c.mesh.num_processes = 0
@@ -250,6 +254,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "a decay in [0, 1) (0 disables)")
   check(config.mesh.data == -1 or config.mesh.data > 0, "mesh.data", config.mesh.data,
         "-1 (all devices) or a positive count")
+  mesh_members = added_key(config.mesh, "mesh.members")
+  check(isinstance(mesh_members, int) and mesh_members >= 1, "mesh.members", mesh_members,
+        "a positive count of devices (1: members on every device)")
+  if num_seeds % mesh_members:
+    raise errors.ConfigError(
+        f"config.train.num_seeds={num_seeds} must divide by config.mesh.members="
+        f"{mesh_members}: the members are split evenly over the mesh's 'members' axis.")
 
 
 # Keys that may change between a run and its resumption (how long, how often, where).
@@ -257,7 +268,7 @@ RESUMABLE_CHANGES = ("train.num_steps", "train.log_every", "train.eval_every",
                      "train.checkpoint_every", "train.keep_checkpoints", "data.dir",
                      "train.num_epochs", "train.log_every_epochs", "train.eval_every_epochs",
                      "train.checkpoint_every_epochs", "smoke",
-                     "mesh.data", "mesh.distributed", "mesh.coordinator_address",
+                     "mesh.data", "mesh.members", "mesh.distributed", "mesh.coordinator_address",
                      "mesh.num_processes", "mesh.process_id")
 
 

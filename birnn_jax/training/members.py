@@ -204,14 +204,16 @@ class MembersTrainer(trainer_lib.Trainer):
           "split drawn by seed (e.g. a dev set held out of train) differs per member: give "
           "it a file of its own.") from e
     self.member_dirs = [self.workdir / f"seed_{s}" for s in self.seeds]
-    repl = sharding.replicated(self.mesh)
-    self._data = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(None, "data"))
+    # The member axis: replicated, or split over the mesh's 'members' axis (mesh.members).
+    self._members = sharding.members_sharding(self.mesh)
+    self._data = sharding.members_sharding(self.mesh, batch=True)
     train_step, eval_step = member_steps(*steps_lib.make_steps(
         self.task, self.model, self.tx, config.train.nan_policy,
         config_keys.added_key(config.train, "train.ema_decay")))
-    self.train_step = jax.jit(train_step, in_shardings=(repl, self._data, repl),
-                              out_shardings=(repl, repl), donate_argnums=0)
-    self.eval_step = jax.jit(eval_step, in_shardings=(repl, self._data), out_shardings=repl)
+    split = self._members
+    self.train_step = jax.jit(train_step, in_shardings=(split, self._data, split),
+                              out_shardings=(split, split), donate_argnums=0)
+    self.eval_step = jax.jit(eval_step, in_shardings=(split, self._data), out_shardings=split)
     self._member_eval: dict[str, list] = {}
     self._ensemble_eval: dict[str, tuple] = {}   # split -> kept evaluation of the ensemble
     self._best = [None] * self.num_members     # each member's (value, step) of its best eval
@@ -245,7 +247,7 @@ class MembersTrainer(trainer_lib.Trainer):
     ema = config_keys.added_key(self.config.train, "train.ema_decay") > 0
     def init(key, batch):
       return optim.init_state(self.model, self.tx, self.task.model_inputs(batch), key, ema=ema)
-    return jax.jit(jax.vmap(init), out_shardings=sharding.replicated(self.mesh))
+    return jax.jit(jax.vmap(init), out_shardings=self._members)
 
   def metric_writer(self) -> MembersWriter:
     return MembersWriter(self.member_dirs, enabled=trainer_lib.is_main_process())
@@ -295,8 +297,7 @@ class MembersTrainer(trainer_lib.Trainer):
   def _ensemble_eval_step(self):
     _, eval_step = steps_lib.make_steps(self.task, ensemble.of_task(self.task), self.tx,
                                         self.config.train.nan_policy)
-    return jax.jit(eval_step, in_shardings=(sharding.replicated(self.mesh),
-                                            sharding.batch_sharding(self.mesh)),
+    return jax.jit(eval_step, in_shardings=(self._members, sharding.batch_sharding(self.mesh)),
                    out_shardings=sharding.replicated(self.mesh))
 
   def evaluate_ensemble(self, params, split: str, predictions: bool = False):

@@ -1,5 +1,6 @@
 """Data parallelism with jax.sharding: a ("data",) mesh, batches split along it, the train
-state replicated; multi-host through `jax.distributed.initialize()`.
+state replicated; multi-host through `jax.distributed.initialize()`. A run of several
+members (`training.members`) may split them over a ("members", "data") mesh.
 
 One process or many, the program is the same: every process builds the same global batch
 (a pure function of (seed, step)), keeps only the rows its own devices hold, and the jitted
@@ -86,12 +87,27 @@ def maybe_initialize_distributed(mesh_config: ml_collections.ConfigDict) -> bool
 
 
 def make_mesh(mesh_config: ml_collections.ConfigDict) -> Mesh:
-  """A 1-d ("data",) mesh over `config.mesh.data` devices (-1 = all of them).
+  """A 1-d ("data",) mesh over `config.mesh.data` devices (-1 = all of them); with
+  `config.mesh.members` = M > 1, a 2-d ("members", "data") mesh of M rows of
+  `config.mesh.data` devices (-1 = all devices / M), over which a run of several members
+  splits them (`members_sharding`).
 
   With several processes a partial mesh takes the same number of devices from each, so
   every process keeps feeding its share of the batch.
   """
   devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+  members = mesh_config.get("members", 1)   # a config saved before the key: 1
+  if members > 1:
+    data = len(devices) // members if mesh_config.data == -1 else mesh_config.data
+    if data < 1 or members * data > len(devices):
+      raise errors.ConfigError(
+          f"config.mesh.members={members} x config.mesh.data={mesh_config.data} needs "
+          f"{members * max(data, 1)} devices, but only {len(devices)} are visible.")
+    if jax.process_count() > 1:
+      raise errors.ConfigError(f"config.mesh.members={members}: a mesh of members is for "
+                               "one process for now.")
+    return Mesh(np.asarray(devices[:members * data]).reshape(members, data),
+                ("members", "data"))
   count = len(devices) if mesh_config.data == -1 else mesh_config.data
   if count > len(devices):
     raise errors.ConfigError(f"config.mesh.data={mesh_config.data} but only {len(devices)} "
@@ -122,6 +138,14 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch) axis split over 'data'; other axes whole."""
   return NamedSharding(mesh, P("data"))
+
+
+def members_sharding(mesh: Mesh, batch: bool = False) -> NamedSharding:
+  """Of trees with a leading member axis [N, ...] (`training.members`): that axis split
+  over the mesh's 'members' axis (replicated on a mesh without one); with `batch`, the
+  next (batch) axis split over 'data' too."""
+  members = "members" if "members" in mesh.axis_names else None
+  return NamedSharding(mesh, P(members, "data") if batch else P(members))
 
 
 def process_rows(mesh: Mesh, batch_size: int) -> np.ndarray:
