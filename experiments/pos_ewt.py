@@ -47,6 +47,7 @@ def get_config(arg=None):
   c.model.bilm_workdir = ""         # a trained bilm_time_machine run: ELMo features; '' = none
   c.model.bilm_layers = "all"       # 'all': ELMo's learned mix of h_0..h_L; 'context_free': h_0
   c.compare_bilm = False            # train no_bilm / context_free / elmo variants and compare
+  c.compare_directions = False      # train bidirectional / forward variants and compare
 
   # Which treebank: '' = the bundled UD English-EWT. data.dir may be any UD treebank folder
   # (*-ud-{train,dev,test}.conllu, plain or .xz); or name the three files.

@@ -205,6 +205,26 @@ def test_bilm_variants_need_a_bilm():
   assert list(pos.Task.variants(load_config())) == [""]
 
 
+def test_direction_variants_and_their_summary():
+  config = load_config("smoke")
+  config.compare_directions = True
+  variants = pos.Task.variants(config)
+  assert list(variants) == ["bidirectional", "forward"]
+  assert [v.model.bidirectional for v in variants.values()] == [True, False]
+  assert not any(v.compare_directions for v in variants.values())
+  results = {name: {"test_accuracy": acc, "dev_accuracy": acc - 0.01,
+                    "test_unseen_accuracy": 0.8, "test_unseen_count": 10,
+                    "train_seconds": 1.0, "num_params": 5,
+                    "test_per_tag_accuracy": {"SCONJ": sconj}}
+             for name, acc, sconj in (("bidirectional", 0.95, 0.87), ("forward", 0.93, 0.62))}
+  summary, verdict = pos.Task.summarize(config, results)
+  assert summary["bidirectional_minus_forward_test_accuracy"] == pytest.approx(0.02)
+  assert "+2.00% for the backward chain" in verdict and "SCONJ 87.0% vs 62.0%" in verdict
+  config.compare_bilm = True
+  with pytest.raises(ValueError, match="choose one comparison"):
+    pos.Task.variants(config)
+
+
 def char_rows(rng, batch, steps, width, lengths):
   """int32 [batch, steps, width]: position (b, t) holds a random form of lengths[b, t]."""
   ids = rng.integers(1, 20, (batch, steps, width))

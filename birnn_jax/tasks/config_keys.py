@@ -12,7 +12,8 @@ from birnn_jax import errors
 # Keys added after workdirs (and configs of users' own) were written without them, and what
 # their absence means; read them with `added_key`. The resume check reads an absent one so.
 ADDED_KEYS = {"train.ema_decay": 0.0, "model.tag_scheme": "iob2", "model.casing_embed_size": 0,
-              "smoke": False, "train.num_seeds": 1, "mesh.members": 1}
+              "smoke": False, "train.num_seeds": 1, "mesh.members": 1,
+              "compare_directions": False}
 
 
 def added_key(section: ml_collections.ConfigDict, key: str):

@@ -26,7 +26,9 @@ softmax weights and a learned scale as ELMo does, and concatenated to [word; cha
 `model.bilm_layers='context_free'` gives only h_0 (the biLM's context-free embedding: the
 control for "is it the context that helps?"). `compare_bilm=True` trains the three variants
 no_bilm / context_free / elmo; `data.train_sentences` keeps only the first N training
-sentences (a low-resource setting, where pretraining matters most).
+sentences (a low-resource setting, where pretraining matters most). `compare_directions=True`
+trains the bidirectional tagger and its forward-only baseline (`DIRECTION_VARIANTS`), which
+with `train.num_seeds` > 1 are compared over seeds, member by member.
 
 Metrics (results.json): `dev_accuracy`, `test_accuracy` (fractions of tokens), and from
 `extra_results` the test accuracy per gold tag and on words unseen in training (a test word
@@ -61,6 +63,9 @@ BILM_LAYERS = ("all", "context_free")
 # compare_bilm's variants; the first one is what --mode=predict uses.
 BILM_VARIANTS = {"elmo": {"bilm_layers": "all"}, "context_free": {"bilm_layers": "context_free"},
                  "no_bilm": {"bilm_workdir": ""}}
+# compare_directions' variants: the backward chain's worth.
+DIRECTION_VARIANTS = {"bidirectional": {"bidirectional": True},
+                      "forward": {"bidirectional": False}}
 
 
 def load_bilm(workdir: str, restore_run) -> bilm_lib.FrozenFeatures:
@@ -212,6 +217,12 @@ class Task(wordchar.WordCharTask):
 
   @classmethod
   def variants(cls, config):
+    directions = config_keys.added_key(config, "compare_directions")
+    if directions and config.compare_bilm:
+      raise errors.ConfigError("config.compare_directions=True and config.compare_bilm=True: "
+                               "choose one comparison per experiment.")
+    if directions:
+      return base.override_variants(config, DIRECTION_VARIANTS, switch="compare_directions")
     if not config.compare_bilm:
       return {"": config}
     config_keys.check(bool(config.model.bilm_workdir), "model.bilm_workdir",
@@ -225,6 +236,22 @@ class Task(wordchar.WordCharTask):
     keys = ("test_accuracy", "dev_accuracy", "test_unseen_accuracy", "test_unseen_count",
             "train_seconds", "num_params")
     summary = {name: {k: r[k] for k in keys} for name, r in results.items()}
+    if "forward" in summary:   # compare_directions
+      bi, fwd = summary["bidirectional"], summary["forward"]
+      summary["bidirectional_minus_forward_test_accuracy"] = (
+          bi["test_accuracy"] - fwd["test_accuracy"])
+      summary["bidirectional_minus_forward_dev_accuracy"] = (
+          bi["dev_accuracy"] - fwd["dev_accuracy"])
+      sconj = {n: results[n]["test_per_tag_accuracy"].get("SCONJ") for n in summary
+               if n in DIRECTION_VARIANTS}
+      verdict = (
+          f"Test UPOS: bidirectional {bi['test_accuracy']:.2%} vs forward-only "
+          f"{fwd['test_accuracy']:.2%} "
+          f"({summary['bidirectional_minus_forward_test_accuracy']:+.2%} for the backward "
+          f"chain; dev {summary['bidirectional_minus_forward_dev_accuracy']:+.2%}); unseen "
+          f"words {bi['test_unseen_accuracy']:.1%} vs {fwd['test_unseen_accuracy']:.1%}; "
+          f"SCONJ {sconj['bidirectional']:.1%} vs {sconj['forward']:.1%}.")
+      return summary, verdict
     base_acc = summary["no_bilm"]["test_accuracy"]
     n = sum(results["no_bilm"]["test_per_tag_count"].values())
     # Unpaired (conservative) standard error of a difference of two test accuracies.
