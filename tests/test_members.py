@@ -236,3 +236,22 @@ def test_a_member_of_a_run_is_loaded_by_index_or_best(tmp_path):
   best = birnn_jax.load(tmp_path / "members", member="best")
   chosen = birnn_jax.load(tmp_path / "members", member=int(np.argmax(values)))
   jax.tree.map(np.testing.assert_array_equal, best.params, chosen.params)
+
+
+def test_the_seeds_verdict_states_means_intervals_ensembles_and_paired_differences():
+  from birnn_jax.training import stats  # pylint: disable=g-import-not-at-top
+  a, b = [0.70, 0.72, 0.74], [0.66, 0.69, 0.70]
+  summary = {"seeds": [0, 1, 2],
+             "member_statistics": {"crf": {"test_f1": stats.describe(a)},
+                                   "softmax": {"test_f1": stats.describe(b)}},
+             "ensembles": {"crf": {"test_f1": 0.75}},
+             "paired_differences": {"crf_minus_softmax": {
+                 "test_f1": stats.paired_difference(a, b)}}}
+  verdict = members.seeds_verdict(summary, "test_f1")
+  paired = stats.paired_difference(a, b)
+  assert verdict.startswith("test_f1 over 3 seeds (mean ± sd [95% CI]): crf 0.7200 ± 0.0200 "
+                            "[0.6703, 0.7697], ensemble 0.7500; softmax 0.6833 ± ")
+  assert (f"crf_minus_softmax +{paired['mean']:.4f} [{paired['ci95'][0]:.4f}, "
+          f"{paired['ci95'][1]:.4f}], p = {paired['p_ttest']:.3g} (paired t)") in verdict
+  assert members.seeds_verdict(summary, "dev_f1") == ""
+  assert members.seeds_verdict({"test_f1": 0.7}, "test_f1") == ""

@@ -417,6 +417,44 @@ def experiment_statistics(summary: dict, results: dict[str, dict]) -> dict:
   return out
 
 
+def seeds_verdict(summary: dict, metric: str) -> str:
+  """One sentence of a summary's members' `metric` (e.g. 'test_f1'): each variant's mean ±
+  sd over the seeds with its 95% interval and its ensemble's figure, then each paired
+  difference with its interval and p-value; "" for a run of one seed or without it."""
+  if "member_statistics" in summary:
+    per_variant, ensembles = summary["member_statistics"], summary.get("ensembles", {})
+  elif "statistics" in summary:
+    per_variant, ensembles = {"": summary["statistics"]}, {"": summary.get("ensemble", {})}
+  else:
+    return ""
+  figure = lambda x: "–" if x is None else f"{x:.4f}"
+  parts = []
+  for name, statistics in per_variant.items():
+    d = statistics.get(metric)
+    if d is None or d["mean"] is None:
+      continue
+    low, high = d["ci95"] or (None, None)
+    part = (f"{name + ' ' if name else ''}{figure(d['mean'])} ± {figure(d['sd'])} "
+            f"[{figure(low)}, {figure(high)}]")
+    ensemble_value = (ensembles.get(name) or {}).get(metric)
+    if ensemble_value is not None:
+      part += f", ensemble {figure(ensemble_value)}"
+    parts.append(part)
+  if not parts:
+    return ""
+  seeds = summary.get("seeds", [])
+  out = f"{metric} over {len(seeds)} seeds (mean ± sd [95% CI]): " + "; ".join(parts) + "."
+  paired = [(name, d[metric]) for name, d in summary.get("paired_differences", {}).items()
+            if metric in d and d[metric]["mean"] is not None]
+  if paired:
+    out += " Paired over seeds: " + "; ".join(
+        f"{name} {d['mean']:+.4f} [{figure((d['ci95'] or [None])[0])}, "
+        f"{figure((d['ci95'] or [None, None])[1])}], p = "
+        f"{'–' if d['p_ttest'] is None else format(d['p_ttest'], '.3g')} (paired t)"
+        for name, d in paired) + "."
+  return out
+
+
 def statistics_table(summary: dict) -> str:
   """The markdown table of a summary's member statistics (`stats.markdown_table`): each
   variant's `dev_`/`test_` figures as mean ± sd with the 95% interval and the per-seed

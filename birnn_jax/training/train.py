@@ -116,6 +116,9 @@ def run_experiment(config, workdir, force_fresh: bool = False) -> dict:
     summary, verdict = tasks.get_task_class(config.task).summarize(config, results)
     if members.num_members(config) > 1:
       summary = members.experiment_statistics(summary, results)
+      # The headline over seeds: the test split's best_metric (e.g. test_f1).
+      headline = "test_" + config.train.best_metric.removeprefix("eval_")
+      verdict = " ".join(filter(None, [verdict, members.seeds_verdict(summary, headline)]))
     if is_main_process():
       pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
       write_json(pathlib.Path(workdir) / "results.json", summary)
