@@ -32,8 +32,9 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Where checkpoints, metrics and results go (default: runs/<experiment>).")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "export"],
-                          "train (then evaluate), eval (latest checkpoint), predict or export.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "export", "report"],
+                          "train (then evaluate), eval (latest checkpoint), predict, export, "
+                          "or report (a sweep's table: --workdir=<the sweep's folder>).")
 _TEXT = flags.DEFINE_string("text", None, "Input for --mode=predict.")
 _INPUT = flags.DEFINE_string(
     "input", None, "--mode=predict or eval: a file of the task's format ('-' = stdin): POS "
@@ -49,6 +50,22 @@ _MEMBER = flags.DEFINE_string(
     "member", None, "--mode=eval --input/predict/export on a run of several members "
     "(train.num_seeds): which one, an index (0 = the first seed), 'best' (on dev) or "
     "'ensemble' (all of them as one model, the default for POS and NER).")
+_SWEEP = flags.DEFINE_bool(
+    "sweep", False, "Train every setting of the experiment file's sweep (get_hyper), each in "
+    "<workdir>/<setting>; finished ones are skipped, interrupted ones resume.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "--sweep: list the settings, run nothing.")
+_SWEEP_LAUNCHER = flags.DEFINE_enum(
+    "sweep_launcher", "local", ["local", "submitit_local", "slurm"],
+    "--sweep: run here one after another (local), as submitit's local job array, or as one "
+    "Slurm job array through submitit (slurm; see docs/devices.md).")
+_SLURM_PARTITION = flags.DEFINE_string("slurm_partition", None, "--sweep_launcher=slurm: "
+                                       "the partition.")
+_SLURM_TIME = flags.DEFINE_integer("slurm_time_min", 240, "--sweep_launcher=slurm or "
+                                   "submitit_local: minutes each job may run.")
+_SLURM_GPUS = flags.DEFINE_integer("slurm_gpus_per_job", 0, "--sweep_launcher=slurm: GPUs "
+                                   "per job (0: none requested).")
+_SLURM_PARALLEL = flags.DEFINE_integer("slurm_parallelism", 0, "--sweep_launcher=slurm: at "
+                                       "most this many jobs at once (0: no cap).")
 _FORCE_FRESH = flags.DEFINE_bool(
     "force_fresh", False, "Start over in a workdir that holds a run of another config.")
 _VARIANT = flags.DEFINE_string(
@@ -109,13 +126,27 @@ def main(argv):
   text = _TEXT.value or _PREFIX.value
   if _MODE.value == "predict" and text is None and _INPUT.value is None:
     raise app.UsageError("--mode=predict needs --text (or --prefix) or --input.")
+  if _MODE.value == "report" and not _WORKDIR.value:
+    raise app.UsageError("--mode=report needs --workdir=<a sweep's folder>.")
+  if _SWEEP.value and (config is None or _MODE.value != "train"):
+    raise app.UsageError("--sweep trains: it needs --config=experiments/<name>.py and "
+                         "--mode=train.")
   workdir = _WORKDIR.value or default_workdir()
+  sweep = None
+  if _SWEEP.value:
+    sweep = {"experiment_file": config_flags.get_config_filename(
+                 flags.FLAGS["config"]).partition(":")[0],
+             "launcher": _SWEEP_LAUNCHER.value, "dry_run": _DRY_RUN.value,
+             "slurm": {"slurm_partition": _SLURM_PARTITION.value,
+                       "timeout_min": _SLURM_TIME.value, "gpus_per_node": _SLURM_GPUS.value,
+                       "slurm_array_parallelism": _SLURM_PARALLEL.value}}
   logging.info("Experiment %s, workdir %s, mode %s", task, workdir, _MODE.value)
   try:
     train.run(_MODE.value, config, workdir, text=text, input_path=_INPUT.value,
               output=_OUTPUT.value, fmt=_FORMAT.value, variant=_VARIANT.value,
               member=_MEMBER.value,
-              force_fresh=_FORCE_FRESH.value, compile_cache_dir=_COMPILE_CACHE.value)
+              force_fresh=_FORCE_FRESH.value, compile_cache_dir=_COMPILE_CACHE.value,
+              sweep=sweep)
   except KeyboardInterrupt:
     fail("interrupted (outside the training loop, so no new step was lost); re-run the "
          "same command to resume from the last checkpoint.", status=130)

@@ -100,3 +100,18 @@ def get_config(arg=None):
     raise ValueError(f"experiments/ner_uner.py: unknown config arg {arg!r}; expected "
                      "nothing or 'smoke'.")
   return c
+
+
+def get_hyper(h):
+  """The search of the docstring as a sweep of the `crf` model, chosen on dev F1:
+  `python launch.py --config=experiments/ner_uner.py --sweep --workdir=runs/ner_sweep`,
+  then `--mode=report --workdir=runs/ner_sweep`. 16 settings of one seed, about 2 hours on
+  this project's 2-core CPU (`--dry_run` lists them)."""
+  return h.product([
+      h.sweep("compare_variants", [False]),
+      h.sweep("train.batch_size", [16, 32]),
+      h.sweep("train.num_epochs", [8.0, 12.0]),
+      h.sweep("model.hidden_size", [100, 150]),
+      h.zip([h.sweep("model.embed_dropout", [0.33, 0.5]),
+             h.sweep("model.output_dropout", [0.33, 0.5])]),
+  ])

@@ -218,7 +218,8 @@ def test_launch_commands_in_the_docs_name_real_configs_and_keys(args, monkeypatc
   spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
   if spec is None:   # a trained workdir alone: eval, predict and export need no --config
     assert any(a.startswith("--workdir=") for a in argv), args
-    assert any(a in argv for a in ("--mode=eval", "--mode=predict", "--mode=export")), args
+    assert any(a in argv for a in ("--mode=eval", "--mode=predict", "--mode=export",
+                                   "--mode=report")), args
     return
   path, _, arg = spec.partition(":")
   if "<" in path:

@@ -125,12 +125,17 @@ def load_experiment(path: str | os.PathLike, arg: str | None = None
     >>> config.task, config.model.hidden_size
     ('pos', 16)
   """
+  return load_module(path).get_config(arg)
+
+
+def load_module(path: str | os.PathLike):
+  """An experiment file as a module (its `get_config`, and `get_hyper` for a sweep)."""
   path = os.fspath(path)
   spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0],
                                                 path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return module
 
 
 def unknown_override_hints(argv: list[str]) -> list[str]:

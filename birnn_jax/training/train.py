@@ -33,7 +33,7 @@ from birnn_jax.training import workdir_lock
 from birnn_jax.training.ahead_of_time import AheadOfTime
 from birnn_jax.training.trainer import Trainer, is_main_process, write_json  # noqa: F401
 
-MODES = ("train", "eval", "predict", "export")
+MODES = ("train", "eval", "predict", "export", "report")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
@@ -244,15 +244,38 @@ def export_experiment(config, workdir, output_dir, variant: str | None = None,
   return meta
 
 
+def run_sweep(config, experiment_file: str, workdir, launcher: str = "local",
+              dry_run: bool = False, slurm: dict | None = None) -> dict:
+  """`--sweep`: every setting the experiment file's `get_hyper` declares, over `config`,
+  each a run in `<workdir>/<setting>` (`sweep.launch`); prints a summary."""
+  from birnn_jax.training import sweep  # pylint: disable=g-import-not-at-top
+  settings = sweep.settings(config, sweep.declared(config_lib.load_module(experiment_file)))
+  out = sweep.launch(workdir, settings, launcher, dry_run=dry_run, slurm=slurm)
+  if dry_run:
+    print(f"Dry run: {len(settings)} settings in {workdir}; nothing ran.")
+  else:
+    print(f"Sweep of {out['settings']} settings in {workdir}: {len(out['skipped'])} already "
+          f"finished, {len(out['ran'])} ran, {len(out['failed'])} failed" +
+          (f", {len(out['submitted'])} submitted ({launcher}: jobs "
+           f"{', '.join(out['submitted'])})" if out["submitted"] else "") +
+          f". The table: python launch.py --mode=report --workdir={workdir}")
+    if out["failed"]:
+      raise errors.BirnnError(f"sweep settings failed: {', '.join(out['failed'])} (each one's "
+                              f"error is in <setting>/sweep_failed.json and the report).")
+  return out
+
+
 def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str | pathlib.Path, *,
         text: str | None = None, input_path: str | None = None, output: str | None = None,
         fmt: str | None = None, variant: str | None = None, member: str | None = None,
-        force_fresh: bool = False, compile_cache_dir: str | None = None):
+        force_fresh: bool = False, compile_cache_dir: str | None = None,
+        sweep: dict | None = None):
   """What `launch.py --mode=<mode>` does, its flags already parsed and checked.
 
   Args:
     mode: one of `MODES`: train (then evaluate), eval (the eval splits, or `input_path`),
-      predict (`text`, or `input_path` into `output`, '-' = stdout) or export (`output`).
+      predict (`text`, or `input_path` into `output`, '-' = stdout), export (`output`) or
+      report (a sweep's table, `sweep_report`).
     config: the experiment's config; None for eval, predict and export (the workdir's
       saved config decides either way, a given one is checked against it).
     workdir: the experiment's workdir.
@@ -265,6 +288,8 @@ def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str | path
       index or 'best').
     force_fresh: start over in a workdir that holds a run of another config.
     compile_cache_dir: JAX's persistent compilation cache (`compile_cache.configure`).
+    sweep: train the experiment file's sweep instead (`run_sweep`'s keyword arguments:
+      experiment_file, launcher, dry_run, slurm); --mode=report gathers it.
 
   Returns:
     What the mode produced: the summary, scores, meta.json or the prediction.
@@ -275,8 +300,13 @@ def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str | path
   compile_cache.configure(compile_cache_dir)
   if config is not None:
     config_lib.validate(config)  # before anything touches the workdir or compiles
+  if mode == "train" and sweep:
+    return run_sweep(config, workdir=workdir, **sweep)
   if mode == "train":
     return run_experiment(config, workdir, force_fresh=force_fresh)
+  if mode == "report":
+    from birnn_jax.training import sweep_report  # pylint: disable=g-import-not-at-top
+    return sweep_report.report(workdir)
   if mode == "eval" and input_path:
     model = predictor(config, workdir, variant, member)
     scores = model.evaluate_file(input_path, output or pathlib.Path(workdir) / "eval")
