@@ -4,6 +4,8 @@ on the path of the tests it collects)."""
 import lzma
 import pathlib
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
 import jax
 import numpy as np
 
@@ -62,3 +64,24 @@ def write_uner(folder, copies=8):
   (folder / "xx_tiny-ud-dev.iob2.xz").write_bytes(lzma.compress(text.encode()))
   (folder / "xx_tiny-ud-test.iob2").write_text(text, encoding="utf-8")
   return folder
+
+
+def tiny_run(tmp_path_factory, experiment, data_dir, hide_data=True, **train_keys):
+  """(config, workdir) of a trained `experiment`'s :smoke config (one model, not its
+  variants) on the corpus in `data_dir`, with `train.<key>` = value for `train_keys`. With
+  `hide_data` the corpus folder is renamed afterwards: predicting must never read it."""
+  from birnn_jax.training import config_lib  # pylint: disable=g-import-not-at-top
+  from birnn_jax.training import train  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_experiment(ROOT / "experiments" / experiment, "smoke")
+  if "compare_variants" in config:
+    config.compare_variants = False
+  config.data.dir = str(data_dir)
+  config.data.pad_to = 8
+  config.data.eval_batch_size = 16
+  for key, value in train_keys.items():
+    config.train[key] = value
+  workdir = tmp_path_factory.mktemp("run")
+  train.run_experiment(config, workdir)
+  if hide_data:
+    data_dir.rename(data_dir.with_name(data_dir.name + "_gone"))
+  return config, workdir

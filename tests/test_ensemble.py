@@ -21,13 +21,12 @@ from birnn_jax.tasks import entities
 from birnn_jax.tasks import losses
 from birnn_jax.tasks import models
 from birnn_jax.tasks import ner
-from birnn_jax.training import config_lib
 from birnn_jax.training import ensemble
 from birnn_jax.training import export
 from birnn_jax.training import export_runtime
 from birnn_jax.training import members
 from birnn_jax.training import train
-from helpers import write_greek_treebank, write_uner
+from helpers import tiny_run, write_greek_treebank, write_uner
 
 pytestmark = pytest.mark.usefixtures("fast_compile", "compile_cache")
 
@@ -115,18 +114,8 @@ NUM_MEMBERS = 2
 
 
 def _members_run(tmp_path_factory, experiment, folder, **keys):
-  config = config_lib.load_experiment(ROOT / "experiments" / experiment, "smoke")
-  if "compare_variants" in config:
-    config.compare_variants = False
-  config.data.dir = str(folder)
-  config.data.pad_to = 8
-  config.data.eval_batch_size = 16
-  config.train.num_seeds = NUM_MEMBERS
-  for key, value in keys.items():
-    config.train[key] = value
-  workdir = tmp_path_factory.mktemp("members")
-  train.run_experiment(config, workdir)
-  return config, workdir
+  return tiny_run(tmp_path_factory, experiment, folder, hide_data=False,
+                  num_seeds=NUM_MEMBERS, **keys)
 
 
 @pytest.fixture(scope="module")

@@ -25,31 +25,16 @@ from birnn_jax.training import export
 from birnn_jax.training import export_runtime
 from birnn_jax.training import inference
 from birnn_jax.training import train
-from helpers import write_greek_treebank, write_uner
+from helpers import tiny_run, write_greek_treebank, write_uner
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("fast_compile", "compile_cache")
 
 
-def _tiny_run(tmp_path_factory, experiment, data_dir, **train_keys):
-  config = config_lib.load_experiment(ROOT / "experiments" / experiment, "smoke")
-  if "compare_variants" in config:
-    config.compare_variants = False
-  config.data.dir = str(data_dir)
-  config.data.pad_to = 8
-  config.data.eval_batch_size = 16
-  for key, value in train_keys.items():
-    config.train[key] = value
-  workdir = tmp_path_factory.mktemp("run")
-  train.run_experiment(config, workdir)
-  data_dir.rename(data_dir.with_name(data_dir.name + "_gone"))  # predicting never reads it
-  return config, workdir
-
-
 @pytest.fixture(scope="module")
 def pos_run(tmp_path_factory):
   folder = write_greek_treebank(tmp_path_factory.mktemp("data") / "UD_Greek-Tiny")
-  return _tiny_run(tmp_path_factory, "pos_ewt.py", folder, num_epochs=1,
+  return tiny_run(tmp_path_factory, "pos_ewt.py", folder, num_epochs=1,
                    log_every_epochs=1, eval_every_epochs=1, checkpoint_every_epochs=1)
 
 
@@ -61,7 +46,7 @@ def tagger(pos_run):
 @pytest.fixture(scope="module")
 def ner_run(tmp_path_factory):
   folder = write_uner(tmp_path_factory.mktemp("data") / "UNER_Tiny")
-  config, workdir = _tiny_run(tmp_path_factory, "ner_uner.py", folder, num_steps=2,
+  config, workdir = tiny_run(tmp_path_factory, "ner_uner.py", folder, num_steps=2,
                               eval_every=2, checkpoint_every=2)
   return config, workdir
 
