@@ -255,3 +255,22 @@ def test_the_seeds_verdict_states_means_intervals_ensembles_and_paired_differenc
           f"{paired['ci95'][1]:.4f}], p = {paired['p_ttest']:.3g} (paired t)") in verdict
   assert members.seeds_verdict(summary, "dev_f1") == ""
   assert members.seeds_verdict({"test_f1": 0.7}, "test_f1") == ""
+
+
+def test_the_seeds_table_script_prints_an_experiment_page_s_table(tmp_path):
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  from birnn_jax.training import stats  # pylint: disable=g-import-not-at-top
+  a, b = [0.70, 0.72, 0.74], [0.66, 0.69, 0.70]
+  summary = {"seeds": [0, 1, 2],
+             "member_statistics": {"crf": {"test_f1": stats.describe(a),
+                                           "dev_loss": stats.describe(b)}},
+             "ensembles": {"crf": {"test_f1": 0.75, "dev_loss": 0.1}},
+             "paired_differences": {"crf_minus_softmax": {
+                 "test_f1": stats.paired_difference(a, b)}}}
+  (tmp_path / "results.json").write_text(json.dumps(summary))
+  out = subprocess.run([sys.executable, str(ROOT / "scripts" / "seeds_table.py"),
+                        str(tmp_path), "test_f1"], capture_output=True, text=True, check=True)
+  assert ("| crf | test_f1 | 0.7200 ± 0.0200 | [0.6703, 0.7697] | 3 | 0.7000, 0.7200, "
+          "0.7400 | 0.7500 |") in out.stdout
+  assert "dev_loss" not in out.stdout and "| crf_minus_softmax | test_f1 |" in out.stdout
+  assert out.stdout.rstrip().endswith(members.seeds_verdict(summary, "test_f1"))
