@@ -3,6 +3,7 @@
     python scripts/figures.py chains                        # computed here, in seconds
     python scripts/figures.py synthetic RUN_DIR             # a synthetic_tagging.py workdir
     python scripts/figures.py pos BIDI_RUN_DIR FORWARD_RUN_DIR   # two pos_ewt.py workdirs
+    python scripts/figures.py seeds RUN_DIR eval_f1         # a run of several members
 
 `chains` runs a `birnn_jax.BiRNN` on a padded batch and draws what it computed: which steps
 each chain visits (from the outputs, which are zero exactly at padding) and the Jacobian of
@@ -180,6 +181,36 @@ def pos(bidi: pathlib.Path, forward: pathlib.Path, out: pathlib.Path) -> pathlib
   return path
 
 
+# ------------------------------------------------------------------------------- seeds
+
+
+def seeds(workdir: pathlib.Path, metric: str, out: pathlib.Path) -> pathlib.Path:
+  """A run of several members (`train.num_seeds`): `metric` (e.g. eval_f1) of each variant
+  by epoch, the members' mean with a band from the smallest to the largest member."""
+  variants = sorted({p.parent.parent for p in workdir.glob("*/seed_*/metrics.jsonl")})
+  variants = variants or [workdir]   # a run of one model: its members are in the workdir
+  fig, ax = plt.subplots(figsize=(6.5, 4))
+  for vdir in variants:
+    per_epoch = json.loads((vdir / "results.json").read_text()).get("steps_per_epoch") or 1
+    members = sorted(vdir.glob("seed_*"))
+    series_ = [dict(zip(*series(read_metrics(m), metric))) for m in members]
+    steps = sorted(set.intersection(*(set(s) for s in series_)))
+    values = 100 * np.array([[s[t] for t in steps] for s in series_])
+    x = np.asarray(steps) / per_epoch
+    line, = ax.plot(x, values.mean(0), "o-", ms=3,
+                    label=f"{vdir.name if vdir != workdir else metric} "
+                          f"(mean of {len(members)} seeds)")
+    ax.fill_between(x, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
+  ax.set_xlabel("epoch" if per_epoch > 1 else "step")
+  ax.set_ylabel(f"{metric} (%)")
+  ax.legend(fontsize=8, loc="lower right")
+  ax.set_title(f"{workdir.name}: {metric}, mean over seeds, band from min to max", fontsize=10)
+  path = out / f"{workdir.name}_{metric}_seeds.png"
+  fig.savefig(path, dpi=130, bbox_inches="tight")
+  plt.close(fig)
+  return path
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   sub = parser.add_subparsers(dest="figure", required=True)
@@ -188,6 +219,9 @@ def main():
   pos_parser = sub.add_parser("pos")
   pos_parser.add_argument("bidirectional_workdir", type=pathlib.Path)
   pos_parser.add_argument("forward_workdir", type=pathlib.Path)
+  seeds_parser = sub.add_parser("seeds")
+  seeds_parser.add_argument("workdir", type=pathlib.Path)
+  seeds_parser.add_argument("metric")
   parser.add_argument("--out", type=pathlib.Path, default=OUT)
   args = parser.parse_args()
   args.out.mkdir(parents=True, exist_ok=True)
@@ -195,6 +229,8 @@ def main():
     path = chains(args.out)
   elif args.figure == "synthetic":
     path = synthetic(args.workdir, args.out)
+  elif args.figure == "seeds":
+    path = seeds(args.workdir, args.metric, args.out)
   else:
     path = pos(args.bidirectional_workdir, args.forward_workdir, args.out)
   print(path)

@@ -11,9 +11,11 @@ axis is only a leading axis stacked onto what one-seed runs already compute:
   program for all members, whatever N;
 - `MembersTrainer`: a `trainer.Trainer` over that axis (per-member metrics, results,
   statistics; checkpoints of every member), `make_trainer` the one to use for a config;
-- `mean_results`, `experiment_statistics`, `statistics_table`: what the driver reports.
+  `MembersTrainer.ensemble_results` scores the members as one model (`ensemble`);
+- `mean_results`, `experiment_statistics`, `statistics_table`, `seeds_verdict`: what the
+  driver reports.
 
-One idea over ~370 lines: the member axis, from the steps up to the run's results.
+One idea over ~470 lines: the member axis, from the steps up to the run's results.
 """
 
 from collections.abc import Callable, Sequence
