@@ -203,7 +203,7 @@ def seeds(workdir: pathlib.Path, metric: str, out: pathlib.Path) -> pathlib.Path
     ax.fill_between(x, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
   ax.set_xlabel("epoch" if per_epoch > 1 else "step")
   ax.set_ylabel(f"{metric} (%)")
-  ax.legend(fontsize=8, loc="lower right")
+  ax.legend(fontsize=8, loc="best")
   ax.set_title(f"{workdir.name}: {metric}, mean over seeds, band from min to max", fontsize=10)
   path = out / f"{workdir.name}_{metric}_seeds.png"
   fig.savefig(path, dpi=130, bbox_inches="tight")
