@@ -21,6 +21,7 @@ from birnn_jax.tasks import entities
 from birnn_jax.tasks import losses
 from birnn_jax.tasks import models
 from birnn_jax.tasks import ner
+from birnn_jax.training import config_lib
 from birnn_jax.training import ensemble
 from birnn_jax.training import export
 from birnn_jax.training import export_runtime
@@ -219,3 +220,18 @@ def test_eval_of_a_run_of_members_scores_their_ensemble_too(ner_members):
   results = json.loads((workdir / "results.json").read_text())
   assert scores["ensemble"]["test_f1"] == pytest.approx(results["ensemble"]["test_f1"])
   assert len(scores["members"]) == NUM_MEMBERS
+
+
+def test_a_language_model_s_members_are_named_one_by_one(tmp_path_factory):
+  """A run of the LM task has no ensemble (its members generate text): loading it needs a
+  member, and one member predicts as the one-seed run does."""
+  config = config_lib.load_experiment(ROOT / "experiments" / "lm_time_machine.py", "smoke")
+  variants = train.variant_dirs(config, "x")
+  config = next(iter(variants.values()))[0]   # one model: the first variant
+  config.train.num_seeds = NUM_MEMBERS
+  workdir = tmp_path_factory.mktemp("lm_members")
+  train.run_experiment(config, workdir)
+  assert "ensemble" not in json.loads((workdir / "results.json").read_text())
+  with pytest.raises(errors.InputError, match=r"do not predict as an ensemble.*--member= 0\.\.1"):
+    birnn_jax.load(workdir)
+  assert birnn_jax.load(workdir, member=1).member == 1
