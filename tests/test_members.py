@@ -274,3 +274,19 @@ def test_the_seeds_table_script_prints_an_experiment_page_s_table(tmp_path):
           "0.7400 | 0.7500 |") in out.stdout
   assert "dev_loss" not in out.stdout and "| crf_minus_softmax | test_f1 |" in out.stdout
   assert out.stdout.rstrip().endswith(members.seeds_verdict(summary, "test_f1"))
+
+
+def test_variants_are_compared_on_their_figures_not_their_bookkeeping():
+  from birnn_jax.training import stats  # pylint: disable=g-import-not-at-top
+  def run(offset):
+    per_member = [{"dev_f1": 0.7 + offset + 0.01 * k, "future_hidden_perplexity": 5.0 - k,
+                   "steps": 10, "train_seconds": 3.0 + k, "test_unseen_count": 7}
+                  for k in range(3)]
+    return {"seeds": [0, 1, 2], "members": per_member,
+            "statistics": stats.summarize_members(per_member)}
+  summary = members.experiment_statistics({}, {"a": run(0.05), "b": run(0.0)})
+  paired = summary["paired_differences"]["a_minus_b"]
+  assert sorted(paired) == ["dev_f1", "future_hidden_perplexity"]
+  assert paired["dev_f1"]["mean"] == pytest.approx(0.05)
+  table = members.statistics_table(summary)
+  assert "| a | future_hidden_perplexity |" in table and "train_seconds" not in table

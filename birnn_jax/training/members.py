@@ -394,11 +394,24 @@ class MembersTrainer(trainer_lib.Trainer):
     return results
 
 
+# A run's numbers that describe how it ran, not how well: never compared between variants.
+_BOOKKEEPING = ("steps", "epochs", "steps_per_epoch", "num_params", "train_seconds",
+                "best_step", "best_value", "word_vocab_size", "char_vocab_size")
+
+
+def _is_figure(key: str) -> bool:
+  """Whether a results key is a figure of merit to compare (dev_/test_ metrics, and a
+  task's own such as the LM's future_hidden_perplexity), not bookkeeping or a count."""
+  return key not in _BOOKKEEPING and not key.endswith(("_count", "_positions", "_sentences",
+                                                       "_over_max_length"))
+
+
 def experiment_statistics(summary: dict, results: dict[str, dict]) -> dict:
   """An experiment's summary plus its members' statistics: for one model, its results
   already hold them; for variants, each variant's `statistics` and the paired difference
   over members (member k of the first variant against member k of each other) of every
-  `dev_`/`test_` number both report (`stats.paired_difference`)."""
+  figure both report (`stats.paired_difference`): the dev_/test_ metrics and a task's own
+  (e.g. future_hidden_perplexity), not bookkeeping (steps, sizes, times, counts)."""
   if list(results) == [""]:
     return summary
   names = list(results)
@@ -410,8 +423,7 @@ def experiment_statistics(summary: dict, results: dict[str, dict]) -> dict:
     out["ensembles"] = ensembles
   paired = {}
   for other in names[1:]:
-    keys = [k for k in first["statistics"] if k.startswith(("dev_", "test_"))
-            and k in results[other]["statistics"]]
+    keys = [k for k in first["statistics"] if _is_figure(k) and k in results[other]["statistics"]]
     paired[f"{names[0]}_minus_{other}"] = {
         k: stats.paired_difference([m[k] for m in first["members"]],
                                    [m[k] for m in results[other]["members"]]) for k in keys}
@@ -459,7 +471,7 @@ def seeds_verdict(summary: dict, metric: str) -> str:
 
 def statistics_table(summary: dict) -> str:
   """The markdown table of a summary's member statistics (`stats.markdown_table`): each
-  variant's `dev_`/`test_` figures as mean ± sd with the 95% interval and the per-seed
+  variant's figures (`_is_figure`) as mean ± sd with the 95% interval and the per-seed
   values, the ensemble's figure where there is one, and the paired differences; "" for a
   run of one seed."""
   if "member_statistics" in summary:
@@ -469,6 +481,6 @@ def statistics_table(summary: dict) -> str:
     ensembles = {"": summary["ensemble"]} if summary.get("ensemble") else None
   else:
     return ""
-  keep = lambda s: {k: v for k, v in s.items() if k.startswith(("dev_", "test_"))}
+  keep = lambda s: {k: v for k, v in s.items() if _is_figure(k)}
   return stats.markdown_table({name: keep(s) for name, s in per_variant.items()},
                               summary.get("paired_differences", {}), ensemble=ensembles)
