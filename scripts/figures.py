@@ -189,20 +189,23 @@ def seeds(workdir: pathlib.Path, metric: str, out: pathlib.Path) -> pathlib.Path
   by epoch, the members' mean with a band from the smallest to the largest member."""
   variants = sorted({p.parent.parent for p in workdir.glob("*/seed_*/metrics.jsonl")})
   variants = variants or [workdir]   # a run of one model: its members are in the workdir
+  percent = not any(word in metric for word in ("loss", "perplexity"))   # a rate: in %
   fig, ax = plt.subplots(figsize=(6.5, 4))
   for vdir in variants:
     per_epoch = json.loads((vdir / "results.json").read_text()).get("steps_per_epoch") or 1
     members = sorted(vdir.glob("seed_*"))
     series_ = [dict(zip(*series(read_metrics(m), metric))) for m in members]
     steps = sorted(set.intersection(*(set(s) for s in series_)))
-    values = 100 * np.array([[s[t] for t in steps] for s in series_])
+    values = (100 if percent else 1) * np.array([[s[t] for t in steps] for s in series_])
     x = np.asarray(steps) / per_epoch
     line, = ax.plot(x, values.mean(0), "o-", ms=3,
                     label=f"{vdir.name if vdir != workdir else metric} "
                           f"(mean of {len(members)} seeds)")
     ax.fill_between(x, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
   ax.set_xlabel("epoch" if per_epoch > 1 else "step")
-  ax.set_ylabel(f"{metric} (%)")
+  ax.set_ylabel(f"{metric} (%)" if percent else metric)
+  if not percent:
+    ax.set_yscale("log")
   ax.legend(fontsize=8, loc="best")
   ax.set_title(f"{workdir.name}: {metric}, mean over seeds, band from min to max", fontsize=10)
   path = out / f"{workdir.name}_{metric}_seeds.png"
