@@ -181,3 +181,32 @@ def test_a_slurm_sweep_is_one_job_array_submitted_to_sbatch(tmp_path, subprocess
     assert line in sent, sent
   assert "submitit" in sent   # each array task runs submitit's job runner
   assert json.loads((root / sweep.MANIFEST).read_text())["settings"][2]["name"] == "hidden_size=8"
+
+
+FAILING = '''
+from birnn_jax.training import config_lib
+
+def get_config(arg=None):
+  c = config_lib.load_experiment({synthetic!r}, "smoke")
+  c.train.num_steps = 10
+  c.optim.clip_norm = 0.0
+  return c
+
+def get_hyper(h):   # Adam moves every weight by ~lr: 1e38 overflows on the next step
+  return h.product([h.sweep("optim.learning_rate", [1e38, 0.01])])
+'''
+
+
+def test_a_failing_setting_is_recorded_and_the_sweep_goes_on(tmp_path, subprocess_env):
+  exp, root = tmp_path / "exp_failing.py", tmp_path / "sweep"
+  exp.write_text(FAILING.format(synthetic=str(SYNTHETIC)))
+  proc = _launch(subprocess_env, f"--config={exp}", "--sweep", f"--workdir={root}",
+                 check=False)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert "1 ran, 1 failed" in proc.stdout
+  assert "launch.py: error: sweep settings failed: learning_rate=1e+38" in proc.stderr
+  failed = json.loads((root / "learning_rate=1e+38" / sweep.FAILED).read_text())
+  assert "became non-finite" in failed["error"]
+  assert (root / "learning_rate=0.01" / "results.json").is_file()
+  report = _launch(subprocess_env, "--mode=report", f"--workdir={root}")
+  assert "failed: NonFiniteError" in report.stdout and "1 finished, 1 failed" in report.stdout

@@ -45,10 +45,13 @@ def sweep(key: str, values) -> list[dict]:
   return [{key: v} for v in values]
 
 
+def _merged(combo) -> dict:
+  return dict(itertools.chain.from_iterable(d.items() for d in combo))
+
+
 def product(axes: list[list[dict]]) -> list[dict]:
   """Every combination of the axes' settings (the first axis varies slowest)."""
-  return [dict(itertools.chain.from_iterable(d.items() for d in combo))
-          for combo in itertools.product(*axes)]
+  return [_merged(combo) for combo in itertools.product(*axes)]
 
 
 def zip(axes: list[list[dict]]) -> list[dict]:  # pylint: disable=redefined-builtin
@@ -57,8 +60,7 @@ def zip(axes: list[list[dict]]) -> list[dict]:  # pylint: disable=redefined-buil
   if len(lengths) > 1:
     raise errors.ConfigError(f"sweep: h.zip of axes of lengths {sorted(lengths)}; they must "
                              "have one length.")
-  return [dict(itertools.chain.from_iterable(d.items() for d in combo))
-          for combo in builtins.zip(*axes)]
+  return [_merged(combo) for combo in builtins.zip(*axes)]
 
 
 class _Hyper:
@@ -236,7 +238,7 @@ def run_setting(config_json: str, workdir: str) -> dict:
   (workdir / FAILED).unlink(missing_ok=True)
   try:
     return train.run_experiment(ml_collections.ConfigDict(json.loads(config_json)), workdir)
-  except BaseException as e:
+  except Exception as e:   # not a Ctrl-C: an interrupted setting is stopped, not failed
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / FAILED).write_text(json.dumps({
         "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}) + "\n")
