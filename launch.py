@@ -1,13 +1,12 @@
 """Runs an experiment: python launch.py --config=experiments/<name>.py[:smoke] [--mode=...].
 
 Modes: train (then evaluate; the default), eval (the latest checkpoint on the eval splits, or
-with --input on any file of the task's format), predict (--text, or --input/--output files)
-and export (--output=DIR: the tagger serialised with jax.export, which runs with jax, numpy
-and flatbuffers) and report (a sweep's table; `--sweep` trains the settings an experiment
-file declares, each in its own workdir, here or through submitit). eval, predict and export
-use a trained workdir alone
-(`--workdir=runs/x --mode=predict ...`): its saved config decides, and a --config given is
-checked against it. An output never replaces its input.
+with --input on any file of the task's format), predict (--text, or --input/--output files),
+export (--output=DIR: the tagger serialised with jax.export, which runs with jax, numpy and
+flatbuffers) and report (a sweep's table; `--sweep` trains the settings an experiment file
+declares, each in its own workdir, here or through submitit). eval, predict and export use a
+trained workdir alone (`--workdir=runs/x --mode=predict ...`): its saved config decides, and
+a --config given is checked against it. An output never replaces its input.
 
 Only parses flags and calls the driver (`birnn_jax.training.train.run`). Errors the user can
 fix (an unknown or invalid config key, malformed data, a workdir of another config, in use
