@@ -106,11 +106,12 @@ def get_hyper(h):
   """The search of the docstring as a sweep of the `crf` model, one seed each, chosen on dev
   F1 (docs/experiments/ner.md has its report):
   `python launch.py --config=experiments/ner_uner.py --sweep --workdir=runs/ner_sweep`,
-  then `--mode=report --workdir=runs/ner_sweep`. 8 settings, about 45 minutes on this
-  project's 2-core CPU (`--dry_run` lists them); `--config.train.num_seeds=5` gives each
-  five seeds."""
+  then `--mode=report --workdir=runs/ner_sweep`. 16 settings (`--dry_run` lists them),
+  about an hour on this project's 2-core CPU; `--config.train.num_seeds=5` gives each five
+  seeds."""
   return h.product([
       h.sweep("compare_variants", [False]),
+      h.sweep("model.hidden_size", [100, 150]),
       h.sweep("train.batch_size", [16, 32]),
       h.sweep("train.num_epochs", [8.0, 12.0]),
       h.zip([h.sweep("model.embed_dropout", [0.33, 0.5]),
