@@ -33,7 +33,7 @@ echo "[test.sh] installing $(basename "$wheel")[test] ($pins)"
   "$wheel" 2>&1 | grep -v "^WARNING: Location" || true
 
 mkdir "$work/tree"
-cp -r tests experiments docs launch.py README.md pytest.ini pyproject.toml requirements.txt "$work/tree/"
+cp -r tests experiments docs scripts launch.py README.md pytest.ini pyproject.toml requirements.txt "$work/tree/"
 cd "$work/tree"
 echo "[test.sh] import contract"
 "$venv/bin/lint-imports" --no-cache
