@@ -235,3 +235,19 @@ def test_a_language_model_s_members_are_named_one_by_one(tmp_path_factory):
   with pytest.raises(errors.InputError, match=r"do not predict as an ensemble.*--member= 0\.\.1"):
     birnn_jax.load(workdir)
   assert birnn_jax.load(workdir, member=1).member == 1
+
+
+def test_the_command_line_predicts_with_the_member_it_is_told(ner_members, subprocess_env):
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  _, workdir, _ = ner_members
+  text = "Anne Hansen bor i Odense ."
+  for member in ("ensemble", "1"):
+    proc = subprocess.run([sys.executable, "launch.py", f"--workdir={workdir}",
+                           "--mode=predict", f"--member={member}", f"--text={text}"],
+                          cwd=ROOT, env=subprocess_env, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    want = birnn_jax.load(workdir, member=member).predict(text)
+    assert proc.stdout.strip() == want.strip()
+    assert ("predicting with the ensemble of its 2 members" if member == "ensemble" else
+            "predicting with member 1 (seed 1) of 2") in proc.stderr
