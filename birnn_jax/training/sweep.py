@@ -195,7 +195,7 @@ def update_manifest(root, sweep_settings: list[Setting]) -> dict[str, list[str]]
                         "config": json.loads(s.config.to_json())} for s in sweep_settings],
           "dropped": change["dropped"]}
   tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(body, indent=1, sort_keys=True) + "\n")
+  tmp.write_text(json.dumps(body, indent=1) + "\n")   # the declared order of the keys
   tmp.replace(path)
   return change
 

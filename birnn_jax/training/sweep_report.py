@@ -61,7 +61,9 @@ def gather(root) -> dict:
   train = entries[0]["config"]["train"]
   metric = train["best_metric"].removeprefix("eval_")
   better = max if train["best_mode"] == "max" else min
-  keys = list(dict.fromkeys(k for e in entries for k in e["overrides"]))
+  keys = [k for k in dict.fromkeys(k for e in entries for k in e["overrides"])   # the swept
+          if len({json.dumps(e["overrides"].get(k)) for e in entries}) > 1] or [
+              k for e in entries[:1] for k in e["overrides"]]
   rows = []
   for e in entries:
     workdir = root / e["name"]
