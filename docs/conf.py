@@ -30,7 +30,7 @@ mathjax_path = "mathjax/tex-chtml.js"
 
 source_suffix = {".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build", "README.md"]
+exclude_patterns = ["_build", "README.md", "experiments/results"]   # runs' own files
 
 # MyST: ::: fences, $math$, definition lists; anchors for headings down to ###, so pages
 # link to sections as [text](page.md#section).

@@ -16,18 +16,10 @@ softmax head's rate of invalid IOB2 sequences. See birnn_jax/tasks/ner.py.
 plain or .xz), e.g. another UNER language. Unset, the bundled UNER Danish-DDT is read.
 `:smoke` runs the same code (all three variants) on the real files with a tiny model.
 
-Chosen on dev F1 of the `crf` variant (seed 0), never on test: batch 32 for 12 epochs gave
-dev 64.4; case-sensitive word lookup with a 50/100 character BiLSTM (batch 32, 8 epochs)
-60.7; batch 16 for 8 epochs 67.1; plus a 16-d casing embedding per word (ner.CASINGS;
-Reimers & Gurevych 2017) 69.1; casing and 12 epochs, the default, 73.8. Then each change
-alone on top of it: learning rate 3e-3 73.6; BIOES labels inside the model
-(`model.tag_scheme='iobes'`, decoded under BIOES constraints, mapped back to IOB2 before
-scoring) 70.2; one sentence layer of 200 per direction 72.7; a 100-per-direction character
-BiLSTM 72.9. With an exponential moving average of the weights (`train.ema_decay=0.999`,
-evaluated from the same checkpoints) those three gave 70.5, 72.8 and 73.9 (+0.3, +0.1,
-+1.0); the default with the average 73.8, no change (its raw weights gave exactly the 73.8
-above). Nothing was clearly above 73.8: the default itself with seed 1 gives 71.6, so one
-seed's dev F1 moves by about 2 points; the default stays as it was.
+Chosen on dev F1 of the `crf` variant, never on test, by the sweep `get_hyper` below
+(hidden size x batch size x epochs x dropout, one seed each; `--sweep`, then
+`--mode=report`): its report, and the hand search before it (casing, BIOES labels,
+learning rate, weight averaging, character sizes), are in docs/experiments/ner.md.
 
 Expected (seed 0, ~28 min for the three on a shared 2-core CPU): test entity F1 69.7 (dev
 73.8, strict 69.8) for `crf`, 67.0 for `softmax` (2.1% of its test sentences invalid IOB2),
