@@ -284,7 +284,7 @@ def load(workdir: str | os.PathLike, variant: str | None = None, config=None,
         "its predictions mean nothing. Train without :smoke for a real model.", folder,
         config.train.get("num_steps"))
   index = trained.member_index(folder, config, member)
-  task, params = trained.restore_run(folder, inference=True, config=config, member=member)
+  task, params = trained.restore_run(folder, inference=True, config=config, member=index)
   seeds = config_lib.added_key(config.train, "train.num_seeds")
   if index == ensemble.NAME:
     logging.info("%s: predicting with the ensemble of its %d members (seeds %d..%d).", folder,
