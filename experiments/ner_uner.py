@@ -50,6 +50,11 @@ def get_config(arg=None):
   c.model.word_dropout = 0.1
   c.model.embed_dropout = 0.5
   c.model.output_dropout = 0.5
+  # Rei (2017)'s auxiliary objective (birnn_jax/tasks/neighbour_lm.py): the first layer's
+  # forward chain predicts the next word, its backward chain the previous one; 0 = off.
+  c.model.neighbour_lm_weight = 0.0
+  c.model.neighbour_lm_vocab = 7500   # the most frequent words predicted, the rest as UNK
+  c.model.neighbour_lm_hidden = 50    # the tanh layer before each softmax
 
   c.data.max_length = 256           # longer train sentences left out, counted (DDT max: 91)
   c.data.min_freq = 1

@@ -44,6 +44,11 @@ def get_config(arg=None):
   c.model.word_dropout = 0.1        # any word id -> UNK during training, in the model
   c.model.embed_dropout = 0.33
   c.model.output_dropout = 0.33
+  # Rei (2017)'s auxiliary objective (birnn_jax/tasks/neighbour_lm.py): the first layer's
+  # forward chain predicts the next word, its backward chain the previous one; 0 = off.
+  c.model.neighbour_lm_weight = 0.0
+  c.model.neighbour_lm_vocab = 7500   # the most frequent words predicted, the rest as UNK
+  c.model.neighbour_lm_hidden = 50    # the tanh layer before each softmax
   c.model.bilm_workdir = ""         # a trained bilm_time_machine run: ELMo features; '' = none
   c.model.bilm_layers = "all"       # 'all': ELMo's learned mix of h_0..h_L; 'context_free': h_0
   c.compare_bilm = False            # train no_bilm / context_free / elmo variants and compare

@@ -2,10 +2,13 @@
 
 `make_steps(task, model, tx, ...)` gives `train_step(state, batch, rng) -> (state,
 metrics)` and `eval_step(params, batch) -> (metric sums, predicted ids)`; the task supplies
-the model's inputs and its metric sums (`tasks/base.py`). The state is a plain dict
+the model's inputs and its metric sums (`tasks/base.py`). A model may add auxiliary
+objectives in training by sowing token sums into its 'losses' collection (added to the
+loss) and 'metrics' (logged only), e.g. `tasks.neighbour_lm`. The state is a plain dict
 `{"step", "params", "opt_state"[, "ema_params"]}` that orbax saves.
 """
 
+import flax
 import jax
 import jax.numpy as jnp
 import optax
@@ -21,6 +24,24 @@ def ema_decay_at(decay: float, step):
   return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 
+# The collections a model sows training-only token sums into (`with_sown`).
+SOWN = ("losses", "metrics")
+
+
+def with_sown(sums: dict, sown) -> dict:
+  """The task's metric sums plus what the model sowed: every 'losses' value added to the
+  loss, and each sown value (by its name, summed over modules) as a metric of its own."""
+  sums = dict(sums)
+  for collection in SOWN:
+    for path, value in flax.traverse_util.flatten_dict(
+        flax.core.unfreeze(sown.get(collection, {}))).items():
+      total = sum(value) if isinstance(value, tuple) else value
+      if collection == "losses":
+        sums["loss"] = sums["loss"] + total
+      sums[path[-1]] = sums.get(path[-1], 0.0) + total
+  return sums
+
+
 def make_steps(task, model, tx, nan_policy: str, ema_decay: float = 0.0):
   """(train_step, eval_step), pure functions of arrays. With `ema_decay` > 0 the state also
   holds `ema_params`, an exponential moving average of the parameters after each update
@@ -30,9 +51,9 @@ def make_steps(task, model, tx, nan_policy: str, ema_decay: float = 0.0):
     rng = jax.random.fold_in(rng, state["step"])
 
     def loss_fn(params):
-      outputs = model.apply({"params": params}, *task.model_inputs(batch),
-                            deterministic=False, rngs={"dropout": rng})
-      sums = task.metric_sums(outputs, batch)
+      outputs, sown = model.apply({"params": params}, *task.model_inputs(batch),
+                                  deterministic=False, rngs={"dropout": rng}, mutable=SOWN)
+      sums = with_sown(task.metric_sums(outputs, batch), sown)
       return sums["loss"] / jnp.maximum(sums["count"], 1.0), sums
 
     (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])

@@ -5,7 +5,9 @@ through a one-layer character BiRNN (`models.CharBiRNNEmbedder`), whose two fina
 the word's character vector; the word itself is looked up in a word embedding (with word
 dropout, `word_dropout`); [word embedding; character vector] (dropout `model.embed_dropout`)
 feeds a stacked BiRNN over the sentence (`models.birnn_from_config`); per token
-O_t = H_t W_hq + b_q (dropout `model.output_dropout` on H_t).
+O_t = H_t W_hq + b_q (dropout `model.output_dropout` on H_t). With
+`model.neighbour_lm_weight` > 0 the training loss also has Rei (2017)'s auxiliary objective
+(`tasks.neighbour_lm`): the first layer's chains predict each word's neighbours.
 """
 
 import flax.linen as nn
@@ -14,6 +16,7 @@ import jax.numpy as jnp
 
 from birnn_jax.tasks import config_keys
 from birnn_jax.tasks import models
+from birnn_jax.tasks import neighbour_lm as neighbour_lm_lib
 from birnn_jax.tasks.wordchar.chars import map_char_rows
 from birnn_jax.tasks.wordchar.word_dropout import WordDropout
 
@@ -28,6 +31,10 @@ class WordCharTagger(nn.Module):
   gamma * sum_k softmax(w)_k bilm_{t,k} with w and gamma learned here.
   `extra` is None or other per-token features [B, T, F] appended to x_t last (e.g. the NER
   task's casing embedding); None leaves the model exactly as without it.
+  `neighbour_lm` is None or a `neighbour_lm.NeighbourLM`: then the encoder's first layer runs
+  with its chains apart (parameters `chains`, each layer above it `layer_k`) and, in training
+  (`deterministic=False`), its forward chain predicts the next word and its backward chain
+  the previous one, sown as an auxiliary loss; the logits are computed as without it.
   """
   num_words: int
   word_embed_size: int
@@ -37,10 +44,12 @@ class WordCharTagger(nn.Module):
   word_dropout: float = 0.0
   embed_dropout: float = 0.0
   output_dropout: float = 0.0
+  neighbour_lm: nn.Module | None = None
 
   @nn.compact
   def __call__(self, words, chars, char_index, lengths, bilm=None,
                deterministic: bool = True, extra=None):
+    targets = words   # the neighbour LM predicts the words before the model's word dropout
     words = WordDropout(self.word_dropout, name="word_dropout")(words, deterministic)
     w = nn.Embed(self.num_words, self.word_embed_size, name="embed")(words)
     if char_index is None:
@@ -57,9 +66,35 @@ class WordCharTagger(nn.Module):
       features.append(extra.astype(w.dtype))
     x = jnp.concatenate(features, axis=-1)
     x = nn.Dropout(self.embed_dropout)(x, deterministic=deterministic)
-    h, _ = self.encoder(x, lengths, deterministic=deterministic)
+    if self.neighbour_lm is None:
+      h, _ = self.encoder(x, lengths, deterministic=deterministic)
+    else:
+      h = self.encode_with_neighbour_lm(x, lengths, targets, deterministic)
     h = nn.Dropout(self.output_dropout)(h, deterministic=deterministic)
     return nn.Dense(self.num_tags, name="head")(h).astype(jnp.float32)
+
+  def encode_with_neighbour_lm(self, x, lengths, words, deterministic: bool):
+    """The encoder's stack with its first layer's chains kept apart: what `self.encoder`
+    computes (dropout and residuals between layers as `core.layers.stack_layers` places
+    them), plus, in training, the neighbour LM's objective on the first layer's chains."""
+    enc = self.encoder
+    first = enc.clone(parent=self, name="chains", num_layers=1, merge="none")
+    (forward, backward), _ = first(x, lengths, deterministic=deterministic)
+    h = jnp.concatenate([forward, backward], axis=-1)
+    if not deterministic:
+      drop = nn.Dropout(self.output_dropout, name="neighbour_lm_dropout")
+      self.neighbour_lm.add_objective(drop(forward, deterministic=False),
+                                      drop(backward, deterministic=False), words, lengths)
+    elif self.is_initializing():   # init is deterministic: make the head's parameters
+      self.neighbour_lm(forward, backward)
+    for layer in range(1, enc.num_layers):
+      h_in = nn.Dropout(enc.dropout, broadcast_dims=(1,) if enc.variational_dropout else (),
+                        name=f"dropout_{layer}")(h, deterministic=deterministic)
+      upper = enc.clone(parent=self, name=f"layer_{layer}", num_layers=1)
+      h, _ = upper(h_in, lengths, deterministic=deterministic)
+      if enc.residual:
+        h = h + h_in
+    return h
 
 
 def model_from_config(model_config, num_words: int, num_chars: int,
@@ -71,10 +106,15 @@ def model_from_config(model_config, num_words: int, num_chars: int,
   char_embedder = models.CharBiRNNEmbedder(
       num_chars=num_chars, embed_size=m.char_embed_size, hidden_size=m.char_hidden_size,
       cell=m.cell, impl=m.impl, dtype=dtype)
+  weight = config_keys.added_key(m, "model.neighbour_lm_weight")
+  neighbour_lm = None if not weight else neighbour_lm_lib.NeighbourLM(
+      vocab_size=min(num_words, config_keys.added_key(m, "model.neighbour_lm_vocab")),
+      hidden_size=config_keys.added_key(m, "model.neighbour_lm_hidden"), weight=weight)
   return WordCharTagger(num_words=num_words, word_embed_size=m.embed_size,
                    char_embedder=char_embedder, encoder=models.birnn_from_config(m),
                    num_tags=num_tags, word_dropout=m.word_dropout,
-                   embed_dropout=m.embed_dropout, output_dropout=m.output_dropout)
+                   embed_dropout=m.embed_dropout, output_dropout=m.output_dropout,
+                   neighbour_lm=neighbour_lm)
 
 
 def check_encoder_config(config) -> None:
@@ -89,3 +129,13 @@ def check_encoder_config(config) -> None:
                    d.word_dropout_alpha, ">= 0 (0 disables)")
   for key in ("word_dropout", "embed_dropout", "output_dropout"):
     config_keys.check(0.0 <= m[key] < 1.0, f"model.{key}", m[key], "a rate in [0, 1)")
+  weight = config_keys.added_key(m, "model.neighbour_lm_weight")
+  config_keys.check(weight >= 0, "model.neighbour_lm_weight", weight, ">= 0 (0 disables)")
+  if weight:
+    config_keys.check(m.bidirectional, "model.bidirectional", m.bidirectional,
+                      "True with model.neighbour_lm_weight > 0 (it needs both chains)")
+    config_keys.check(m.merge == "concat", "model.merge", m.merge,
+                      "'concat' with model.neighbour_lm_weight > 0")
+    for key, minimum in (("neighbour_lm_vocab", 3), ("neighbour_lm_hidden", 1)):
+      value = config_keys.added_key(m, f"model.{key}")
+      config_keys.check(value >= minimum, f"model.{key}", value, f">= {minimum}")
