@@ -338,3 +338,25 @@ def test_a_file_of_blanked_sentences_gives_the_fillers_as_json_lines(trained, tm
   (tmp_path / "bad.txt").write_text("no blank here\n", encoding="utf-8")
   with pytest.raises(errors.DataError, match=r"bad.txt:1: "):
     model.predict_file(tmp_path / "bad.txt", tmp_path / "bad.jsonl")
+
+
+@pytest.mark.parametrize("low,passes", [(0.01, True), (-0.01, False)])
+def test_over_seeds_the_verdict_is_the_paired_difference(low, passes):
+  """With several seeds, PASS needs the paired interval of bidirectional minus the better
+  one-directional model above 0 (and perplexity's below 0), whatever the one-seed test said
+  of the means; the one-seed sentence is kept after it."""
+  stats = lambda mean, lo, hi: {"mean": mean, "sd": 0.01, "ci95": [lo, hi]}
+  summary = {"bidirectional": {"masked_accuracy": 0.20}, "forward": {"masked_accuracy": 0.13},
+             "backward": {"masked_accuracy": 0.16}, "seeds": [0, 1, 2],
+             "paired_differences": {
+                 "bidirectional_minus_backward": {
+                     "test_masked_accuracy": stats(0.04, low, 0.07),
+                     "test_perplexity": stats(-90.0, -100.0, -80.0)},
+                 "bidirectional_minus_forward": {
+                     "test_masked_accuracy": stats(0.07, 0.06, 0.08),
+                     "test_perplexity": stats(-90.0, -100.0, -80.0)}}}
+  judged, verdict = masked_lm.Task.judge_over_seeds(summary, "VERDICT: FAIL - one seed")
+  assert judged["verdict_pass"] is passes
+  assert verdict.startswith(f"VERDICT: {'PASS' if passes else 'FAIL'} over 3 seeds - "
+                            "bidirectional minus backward-only")
+  assert verdict.endswith("One-seed test on the means: FAIL - one seed")

@@ -215,3 +215,11 @@ class Task(abc.ABC):
     if list(results) == [""]:
       return results[""], ""
     return results, ""
+
+  @classmethod
+  def judge_over_seeds(cls, summary: dict, verdict: str) -> tuple[dict, str]:
+    """A run of several members' (summary, verdict) once the statistics over seeds are in
+    the summary (`members.experiment_statistics`): a task whose `summarize` verdict tests
+    one seed's figures against one seed's noise judges here by the paired differences
+    over seeds instead. Default: unchanged."""
+    return summary, verdict

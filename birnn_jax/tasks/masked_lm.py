@@ -433,3 +433,25 @@ class Task(base.Task):
         f"{'+' if margin >= 0 else ''}{margin:.2%} over the best one-directional model "
         f"({best_uni_name}; 3 standard errors = {3 * stderr:.2%}).")
     return summary, verdict
+
+  @classmethod
+  def judge_over_seeds(cls, summary, verdict):
+    """Over seeds the verdict is the paired difference, member k against member k: PASS
+    when the bidirectional model's masked accuracy beats the better one-directional
+    model's with a 95% interval above 0 and its perplexity is lower with one below 0. (The
+    one-seed test above, 3 unpaired standard errors of one set of blanks, is kept after
+    it, on the mean figures.)"""
+    uni = max(("forward", "backward"), key=lambda n: summary[n]["masked_accuracy"])
+    paired = summary["paired_differences"][f"bidirectional_minus_{uni}"]
+    acc, ppl = paired["test_masked_accuracy"], paired["test_perplexity"]
+    if acc["ci95"] is None or ppl["ci95"] is None:   # fewer than two seeds' differences
+      return summary, verdict
+    wins = acc["ci95"][0] > 0 and ppl["ci95"][1] < 0
+    summary = {**summary, "verdict_pass": bool(wins), "verdict_over_seeds": True}
+    judged = (
+        f"VERDICT: {'PASS' if wins else 'FAIL'} over {len(summary['seeds'])} seeds - "
+        f"bidirectional minus {uni}-only (paired): masked accuracy {acc['mean']:+.2%} "
+        f"[95% CI {acc['ci95'][0]:+.2%}, {acc['ci95'][1]:+.2%}], perplexity "
+        f"{ppl['mean']:+.1f} [{ppl['ci95'][0]:+.1f}, {ppl['ci95'][1]:+.1f}]. One-seed test on "
+        f"the means: {verdict.removeprefix('VERDICT: ')}")
+    return summary, judged

@@ -113,9 +113,11 @@ def run_experiment(config, workdir, force_fresh: bool = False) -> dict:
           return results[name]
     finally:
       compiler.cancel()
-    summary, verdict = tasks.get_task_class(config.task).summarize(config, results)
+    task_class = tasks.get_task_class(config.task)
+    summary, verdict = task_class.summarize(config, results)
     if members.num_members(config) > 1:
-      summary = members.experiment_statistics(summary, results)
+      summary, verdict = task_class.judge_over_seeds(
+          members.experiment_statistics(summary, results), verdict)
       # The headline over seeds: the test split's best_metric (e.g. test_f1).
       headline = "test_" + config.train.best_metric.removeprefix("eval_")
       verdict = " ".join(filter(None, [verdict, members.seeds_verdict(summary, headline)]))
