@@ -459,3 +459,14 @@ def test_vocabularies_are_saved_and_reused(greek_task, tmp_path):
   with pytest.raises(errors.WorkdirMismatchError, match="vocab_words.json differs"):
     pos.Task(config, tmp_path)
   assert Vocab.load(tmp_path / wordchar.WORD_VOCAB_FILE) == shuffled
+
+
+@pytest.mark.parametrize("low,helps", [(0.002, True), (-0.001, False)])
+def test_compare_bilm_over_seeds_is_judged_by_the_paired_difference(low, helps):
+  summary = {"seeds": [0, 1, 2], "elmo_helps": not helps, "paired_differences": {
+      "elmo_minus_no_bilm": {"test_accuracy": {"mean": 0.01, "ci95": [low, 0.02]}}}}
+  judged, verdict = pos.Task.judge_over_seeds(summary, "one seed said so.")
+  assert judged["elmo_helps"] is helps
+  assert verdict.startswith("ELMo features help" if helps else "No clear gain")
+  assert "over 3 seeds" in verdict and verdict.endswith("means: one seed said so.")
+  assert pos.Task.judge_over_seeds({"seeds": [0]}, "v") == ({"seeds": [0]}, "v")

@@ -272,6 +272,23 @@ class Task(wordchar.WordCharTask):
         f"{summary['no_bilm']['test_unseen_accuracy']:.1%}.")
     return summary, verdict
 
+  @classmethod
+  def judge_over_seeds(cls, summary, verdict):
+    """`compare_bilm` over seeds: ELMo's features help when the paired difference of test
+    accuracy, elmo minus no_bilm member by member, has a 95% interval above 0 (the one-seed
+    test, 2 unpaired standard errors, is kept after it, on the means)."""
+    d = summary.get("paired_differences", {}).get("elmo_minus_no_bilm", {}).get(
+        "test_accuracy")
+    if d is None or d["ci95"] is None:
+      return summary, verdict
+    helps = d["ci95"][0] > 0
+    summary = {**summary, "elmo_helps": bool(helps), "verdict_over_seeds": True}
+    return summary, (
+        f"{'ELMo features help' if helps else 'No clear gain from ELMo features'} over "
+        f"{len(summary['seeds'])} seeds: test UPOS elmo minus no_bilm {d['mean']:+.2%} "
+        f"[95% CI {d['ci95'][0]:+.2%}, {d['ci95'][1]:+.2%}] (paired). One-seed test on the "
+        f"means: {verdict}")
+
   def predict(self, params, text):
     """`word/TAG` for each token of `text` (see `tokenize`), one line."""
     words = tokenize(text, lambda w: self.normalize(w) in self.word_vocab)
