@@ -1,5 +1,9 @@
 """A linear-chain conditional random field: the BiRNN's two-chain dynamic programme again.
 
+(One module of a little over 500 lines, on purpose: the scores, the forward and backward
+recursions, the marginals, Viterbi and the Linen `CRF` share one masking of padded steps
+and one set of carries; apart, each would import the others' private helpers.)
+
 For emission scores `emissions: [B, T, K]` (e.g. a BiLSTM's per-token outputs), transition
 scores `transitions: [K, K]` (`[i, j]` scores tag i followed by tag j), and start/end scores
 `start, end: [K]`, a tag sequence y of sequence b (length L = lengths[b]) scores::

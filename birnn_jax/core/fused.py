@@ -1,5 +1,9 @@
 """Fused bidirectional recurrence: both directions advance in one `jax.lax.scan`.
 
+(One module of a little over 500 lines, on purpose: the forward scan and its hand-written
+backward pass, a `jax.custom_vjp`, must agree step for step on the layout below; side by
+side, a change to one is read against the other.)
+
 The implementation `impl='fused'` of `core.layers` (so `Bidirectional(..., impl='fused')` and
 `BiRNN(impl='fused')` use it). It computes exactly the contract of `recurrence` (design.md §2).
 
