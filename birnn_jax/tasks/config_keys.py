@@ -14,7 +14,8 @@ from birnn_jax import errors
 ADDED_KEYS = {"train.ema_decay": 0.0, "model.tag_scheme": "iob2", "model.casing_embed_size": 0,
               "smoke": False, "train.num_seeds": 1, "mesh.members": 1,
               "compare_directions": False, "model.neighbour_lm_weight": 0.0,
-              "model.neighbour_lm_vocab": 7500, "model.neighbour_lm_hidden": 50}
+              "model.neighbour_lm_vocab": 7500, "model.neighbour_lm_hidden": 50,
+              "train.adversarial_epsilon": 0.0}
 
 
 def added_key(section: ml_collections.ConfigDict, key: str):

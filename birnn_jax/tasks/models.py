@@ -29,7 +29,8 @@ class Tagger(nn.Module):
   """Token ids [B, T] -> per-token logits [B, T, num_tags]: O_t = H_t W_hq + b_q.
 
   The encoder is any module mapping (x [B, T, E], lengths) -> (H [B, T, F], final),
-  normally a `BiRNN`. `embed_dropout` drops embedding features during training.
+  normally a `BiRNN`. `embed_dropout` drops embedding features during training. The
+  embeddings are the point that adversarial training perturbs (`steps.PERTURBED`).
   """
   vocab_size: int
   embed_size: int
@@ -40,6 +41,7 @@ class Tagger(nn.Module):
   @nn.compact
   def __call__(self, tokens: Array, lengths: Array, deterministic: bool = True):
     x = nn.Embed(self.vocab_size, self.embed_size, name="embed")(tokens)
+    x = self.perturb("inputs", x)   # x itself unless adversarial training perturbs it
     x = nn.Dropout(self.embed_dropout)(x, deterministic=deterministic)
     h, _ = self.encoder(x, lengths, deterministic=deterministic)
     return nn.Dense(self.num_tags, name="head")(h).astype(jnp.float32)

@@ -90,6 +90,10 @@ def base_config() -> ml_collections.ConfigDict:
   # > 0: evaluate (and save alongside) an exponential moving average of the parameters
   # with this decay per step (Polyak averaging; `train.ema_decay_at`); 0 = off.
   c.train.ema_decay = 0.0
+  # > 0: adversarial training (`steps.adversarial_perturbation`): each step also trains on
+  # the input embeddings moved by this root-mean-square per entry in the loss's steepest
+  # direction; a step costs about twice as much. 0 = off.
+  c.train.adversarial_epsilon = 0.0
   # Members: train this many models, seeds seed .. seed + num_seeds - 1, in one compiled
   # program (`members.MembersTrainer`); each equals the one-seed run of its seed.
   c.train.num_seeds = 1
@@ -257,6 +261,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   ema_decay = added_key(t, "train.ema_decay")
   check(0.0 <= ema_decay < 1.0, "train.ema_decay", ema_decay,
         "a decay in [0, 1) (0 disables)")
+  epsilon = added_key(t, "train.adversarial_epsilon")
+  check(epsilon >= 0, "train.adversarial_epsilon", epsilon, ">= 0 (0 disables)")
   check(config.mesh.data == -1 or config.mesh.data > 0, "mesh.data", config.mesh.data,
         "-1 (all devices) or a positive count")
   mesh_members = added_key(config.mesh, "mesh.members")

@@ -209,9 +209,8 @@ class MembersTrainer(trainer_lib.Trainer):
     # The member axis: replicated, or split over the mesh's 'members' axis (mesh.members).
     self._members = sharding.members_sharding(self.mesh)
     self._data = sharding.members_sharding(self.mesh, batch=True)
-    train_step, eval_step = member_steps(*steps_lib.make_steps(
-        self.task, self.model, self.tx, config.train.nan_policy,
-        config_keys.added_key(config.train, "train.ema_decay")))
+    train_step, eval_step = member_steps(*steps_lib.steps_from_config(
+        self.task, self.model, self.tx, config.train))
     split = self._members
     self.train_step = jax.jit(train_step, in_shardings=(split, self._data, split),
                               out_shardings=(split, split), donate_argnums=0)

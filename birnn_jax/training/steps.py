@@ -4,8 +4,10 @@
 metrics)` and `eval_step(params, batch) -> (metric sums, predicted ids)`; the task supplies
 the model's inputs and its metric sums (`tasks/base.py`). A model may add auxiliary
 objectives in training by sowing token sums into its 'losses' collection (added to the
-loss) and 'metrics' (logged only), e.g. `tasks.neighbour_lm`. The state is a plain dict
-`{"step", "params", "opt_state"[, "ema_params"]}` that orbax saves.
+loss) and 'metrics' (logged only), e.g. `tasks.neighbour_lm`. With an adversarial epsilon
+> 0 the step also trains on adversarial inputs (`adversarial_perturbation`) at the point the
+model marks with `self.perturb("inputs", ...)` (its input embeddings). The state is a plain
+dict `{"step", "params", "opt_state"[, "ema_params"]}` that orbax saves.
 """
 
 import flax
@@ -14,6 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from birnn_jax import errors
+from birnn_jax.tasks import config_keys
 from birnn_jax.training import optim
 
 
@@ -42,21 +45,61 @@ def with_sown(sums: dict, sown) -> dict:
   return sums
 
 
-def make_steps(task, model, tx, nan_policy: str, ema_decay: float = 0.0):
+# The collection and name of the model's input embeddings that adversarial training perturbs.
+PERTURBED = ("perturbations", "inputs")
+
+
+def adversarial_perturbation(grad_BxTxD: jax.Array, epsilon: float) -> jax.Array:
+  """The worst-case perturbation of one batch's inputs to first order (Goodfellow et al.
+  2015; on embeddings, Miyato et al. 2017 and Yasunaga et al. 2018): each sentence's loss
+  gradient g over its inputs [T, D], scaled to the L2 norm epsilon * sqrt(n D), where n counts
+  the sentence's tokens whose input moves the loss (padding's gradient is zero). So epsilon
+  is the perturbation's root-mean-square per input entry, whatever the sentence's length or
+  the inputs' width. grad_BxTxD: [batch, time, features] -> the same shape, no gradient."""
+  g = jax.lax.stop_gradient(grad_BxTxD).astype(jnp.float32)
+  moved = jnp.sum(jnp.any(g != 0, axis=-1), axis=1)                          # [B]
+  norm = jnp.sqrt(jnp.sum(jnp.square(g), axis=(1, 2)))                        # [B]
+  scale = epsilon * jnp.sqrt(moved * g.shape[-1]) / jnp.maximum(norm, 1e-30)
+  return (g * scale[:, None, None]).astype(grad_BxTxD.dtype)
+
+
+def make_steps(task, model, tx, nan_policy: str, ema_decay: float = 0.0,
+               adversarial_epsilon: float = 0.0):
   """(train_step, eval_step), pure functions of arrays. With `ema_decay` > 0 the state also
   holds `ema_params`, an exponential moving average of the parameters after each update
-  (Polyak averaging; weight `ema_decay_at`), which evaluation reads instead."""
+  (Polyak averaging; weight `ema_decay_at`), which evaluation reads instead. With
+  `adversarial_epsilon` > 0 the loss is L(x) + L(x + r_adv), r_adv the
+  `adversarial_perturbation` of L's gradient at x, the model's input embeddings (both
+  terms under the same dropout masks); its second term is logged as 'adversarial_loss'."""
 
   def train_step(state, batch, rng):
     rng = jax.random.fold_in(rng, state["step"])
+    inputs = task.model_inputs(batch)
 
-    def loss_fn(params):
-      outputs, sown = model.apply({"params": params}, *task.model_inputs(batch),
-                                  deterministic=False, rngs={"dropout": rng}, mutable=SOWN)
+    def loss_fn(params, perturbations=None):
+      variables = {"params": params}
+      if perturbations is not None:
+        variables[PERTURBED[0]] = perturbations
+      outputs, sown = model.apply(variables, *inputs, deterministic=False,
+                                  rngs={"dropout": rng}, mutable=SOWN)
       sums = with_sown(task.metric_sums(outputs, batch), sown)
       return sums["loss"] / jnp.maximum(sums["count"], 1.0), sums
 
-    (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    if adversarial_epsilon:
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                           perturbation_shapes(model, task, state["params"], inputs, rng))
+      (loss, sums), (grads, at_inputs) = jax.value_and_grad(
+          loss_fn, argnums=(0, 1), has_aux=True)(state["params"], zeros)
+      r_adv = jax.tree.map(lambda g: adversarial_perturbation(g, adversarial_epsilon),
+                           at_inputs)
+      (adv_loss, adv_sums), adv_grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          state["params"], r_adv)
+      loss = loss + adv_loss
+      grads = jax.tree.map(jnp.add, grads, adv_grads)
+      sums = {**sums, "loss": sums["loss"] + adv_sums["loss"],
+              "adversarial_loss": adv_sums["loss"]}
+    else:
+      (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     grad_norm = optim.global_norm(grads)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
@@ -82,6 +125,28 @@ def make_steps(task, model, tx, nan_policy: str, ema_decay: float = 0.0):
     return task.metric_sums(outputs, batch), task.eval_ids(outputs)
 
   return train_step, eval_step
+
+
+def steps_from_config(task, model, tx, train_config):
+  """`make_steps` with the options `config.train` sets (nan_policy, ema_decay,
+  adversarial_epsilon)."""
+  return make_steps(task, model, tx, train_config.nan_policy,
+                    config_keys.added_key(train_config, "train.ema_decay"),
+                    config_keys.added_key(train_config, "train.adversarial_epsilon"))
+
+
+def perturbation_shapes(model, task, params, inputs: tuple, rng) -> dict:
+  """The shapes of the 'perturbations' collection the model's apply creates (traced only,
+  nothing runs), or a ConfigError when the model marks no input to perturb."""
+  _, variables = jax.eval_shape(
+      lambda p: model.apply({"params": p}, *inputs, deterministic=False, rngs={"dropout": rng},
+                            mutable=(PERTURBED[0],)), params)
+  perturbations = flax.core.unfreeze(variables).get(PERTURBED[0], {})
+  if PERTURBED[1] not in perturbations:
+    raise errors.ConfigError(
+        f"config.train.adversarial_epsilon > 0, but the model of task {task.config.task!r} marks "
+        f"no input to perturb (`self.perturb({PERTURBED[1]!r}, x)` on its embeddings).")
+  return perturbations
 
 
 def check_best_metric(best_metric: str, eval_metrics: dict) -> None:

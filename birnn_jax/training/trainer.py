@@ -40,7 +40,7 @@ from birnn_jax.training import prefetch
 from birnn_jax.training import sharding
 from birnn_jax.training import trained
 from birnn_jax.training.ahead_of_time import AheadOfTime
-from birnn_jax.training.steps import check_best_metric, make_steps
+from birnn_jax.training.steps import check_best_metric, steps_from_config
 
 
 NonFiniteError = errors.NonFiniteError
@@ -108,9 +108,7 @@ class Trainer:
     self.tx = optim.make_optimizer(config.optim, self.schedule.num_steps)
     repl = sharding.replicated(self.mesh)
     data = sharding.batch_sharding(self.mesh)
-    train_step, eval_step = make_steps(self.task, self.model, self.tx,
-                                       config.train.nan_policy,
-                                       config_lib.added_key(config.train, "train.ema_decay"))
+    train_step, eval_step = steps_from_config(self.task, self.model, self.tx, config.train)
     self.train_step = jax.jit(train_step, in_shardings=(repl, data, repl),
                               out_shardings=(repl, repl), donate_argnums=0)
     self.eval_step = jax.jit(eval_step, in_shardings=(repl, data), out_shardings=repl)
