@@ -47,6 +47,18 @@ def test_the_perturbation_is_the_gradient_scaled_per_sentence(epsilon):
   assert not np.asarray(steps.adversarial_perturbation(jnp.zeros((2, 3, 4)), epsilon)).any()
 
 
+def test_init_creates_no_perturbation(tmp_path):
+  """A user's `model.init` variables hold no batch-shaped perturbation, so they apply to
+  batches of any shape, exactly as before the perturbation point was added."""
+  trainer = train.Trainer(smoke_config(), tmp_path)
+  inputs = trainer.task.model_inputs(trainer.task.train_batch(0))
+  variables = trainer.model.init(jax.random.key(0), *inputs)
+  assert set(variables) == {"params"}
+  tokens, lengths = inputs
+  logits = trainer.model.apply(variables, tokens[:1, :5], jnp.minimum(lengths[:1], 5))
+  assert logits.shape[:2] == (1, 5)
+
+
 def one_step(config, tmp_path):
   trainer = train.Trainer(config, tmp_path)
   state = trainer.init_state()

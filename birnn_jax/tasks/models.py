@@ -25,12 +25,25 @@ def birnn_from_config(model, **overrides) -> BiRNN:
   return BiRNN(**attrs)
 
 
+# The variable (collection, name) that adversarial training adds to the input embeddings.
+PERTURBED = ("perturbations", "inputs")
+
+
+def perturbable(module: nn.Module, x: Array) -> Array:
+  """`x` (a model's input embeddings [B, T, D]) plus the variable 'perturbations'/'inputs'
+  when the caller passes one: the point adversarial training moves (`training.steps`).
+  Flax's `module.perturb`, except that `init` creates nothing, so the variables a user's
+  `model.init` returns hold no batch-shaped array that a later batch would not fit."""
+  collection, name = PERTURBED
+  return x if module.is_initializing() else module.perturb(name, x, collection=collection)
+
+
 class Tagger(nn.Module):
   """Token ids [B, T] -> per-token logits [B, T, num_tags]: O_t = H_t W_hq + b_q.
 
   The encoder is any module mapping (x [B, T, E], lengths) -> (H [B, T, F], final),
   normally a `BiRNN`. `embed_dropout` drops embedding features during training. The
-  embeddings are the point that adversarial training perturbs (`steps.PERTURBED`).
+  embeddings are the point that adversarial training perturbs (`perturbable`).
   """
   vocab_size: int
   embed_size: int
@@ -41,7 +54,7 @@ class Tagger(nn.Module):
   @nn.compact
   def __call__(self, tokens: Array, lengths: Array, deterministic: bool = True):
     x = nn.Embed(self.vocab_size, self.embed_size, name="embed")(tokens)
-    x = self.perturb("inputs", x)   # x itself unless adversarial training perturbs it
+    x = perturbable(self, x)
     x = nn.Dropout(self.embed_dropout)(x, deterministic=deterministic)
     h, _ = self.encoder(x, lengths, deterministic=deterministic)
     return nn.Dense(self.num_tags, name="head")(h).astype(jnp.float32)

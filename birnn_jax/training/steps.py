@@ -6,7 +6,7 @@ the model's inputs and its metric sums (`tasks/base.py`). A model may add auxili
 objectives in training by sowing token sums into its 'losses' collection (added to the
 loss) and 'metrics' (logged only), e.g. `tasks.neighbour_lm`. With an adversarial epsilon
 > 0 the step also trains on adversarial inputs (`adversarial_perturbation`) at the point the
-model marks with `self.perturb("inputs", ...)` (its input embeddings). The state is a plain
+model marks with `tasks.models.perturbable` (its input embeddings). The state is a plain
 dict `{"step", "params", "opt_state"[, "ema_params"]}` that orbax saves.
 """
 
@@ -17,6 +17,7 @@ import optax
 
 from birnn_jax import errors
 from birnn_jax.tasks import config_keys
+from birnn_jax.tasks.models import PERTURBED
 from birnn_jax.training import optim
 
 
@@ -43,10 +44,6 @@ def with_sown(sums: dict, sown) -> dict:
         sums["loss"] = sums["loss"] + total
       sums[path[-1]] = sums.get(path[-1], 0.0) + total
   return sums
-
-
-# The collection and name of the model's input embeddings that adversarial training perturbs.
-PERTURBED = ("perturbations", "inputs")
 
 
 def adversarial_perturbation(grad_BxTxD: jax.Array, epsilon: float) -> jax.Array:
@@ -145,7 +142,7 @@ def perturbation_shapes(model, task, params, inputs: tuple, rng) -> dict:
   if PERTURBED[1] not in perturbations:
     raise errors.ConfigError(
         f"config.train.adversarial_epsilon > 0, but the model of task {task.config.task!r} marks "
-        f"no input to perturb (`self.perturb({PERTURBED[1]!r}, x)` on its embeddings).")
+        f"no input to perturb (`tasks.models.perturbable(self, x)` on its embeddings).")
   return perturbations
 
 

@@ -35,7 +35,7 @@ class WordCharTagger(nn.Module):
   with its chains apart (parameters `chains`, each layer above it `layer_k`) and, in training
   (`deterministic=False`), its forward chain predicts the next word and its backward chain
   the previous one, sown as an auxiliary loss; the logits are computed as without it.
-  x_t is the point that adversarial training perturbs (`steps.PERTURBED`).
+  x_t is the point that adversarial training perturbs (`models.perturbable`).
   """
   num_words: int
   word_embed_size: int
@@ -66,7 +66,7 @@ class WordCharTagger(nn.Module):
     if extra is not None:
       features.append(extra.astype(w.dtype))
     x = jnp.concatenate(features, axis=-1)
-    x = self.perturb("inputs", x)   # x itself unless adversarial training perturbs it
+    x = models.perturbable(self, x)
     x = nn.Dropout(self.embed_dropout)(x, deterministic=deterministic)
     if self.neighbour_lm is None:
       h, _ = self.encoder(x, lengths, deterministic=deterministic)
