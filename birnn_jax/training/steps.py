@@ -134,12 +134,13 @@ def steps_from_config(task, model, tx, train_config):
 
 def perturbation_shapes(model, task, params, inputs: tuple, rng) -> dict:
   """The shapes of the 'perturbations' collection the model's apply creates (traced only,
-  nothing runs), or a ConfigError when the model marks no input to perturb."""
+  nothing runs; a submodule's perturbation point nests under its name), or a ConfigError
+  when the model marks no input to perturb."""
   _, variables = jax.eval_shape(
       lambda p: model.apply({"params": p}, *inputs, deterministic=False, rngs={"dropout": rng},
                             mutable=(PERTURBED[0],)), params)
   perturbations = flax.core.unfreeze(variables).get(PERTURBED[0], {})
-  if PERTURBED[1] not in perturbations:
+  if not jax.tree.leaves(perturbations):
     raise errors.ConfigError(
         f"config.train.adversarial_epsilon > 0, but the model of task {task.config.task!r} marks "
         f"no input to perturb (`tasks.models.perturbable(self, x)` on its embeddings).")
