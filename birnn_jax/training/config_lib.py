@@ -92,7 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.ema_decay = 0.0
   # > 0: adversarial training (`steps.adversarial_perturbation`): each step also trains on
   # the input embeddings moved by this root-mean-square per entry in the loss's steepest
-  # direction; a step costs about twice as much. 0 = off.
+  # direction; a step runs two forward and backward passes. 0 = off.
   c.train.adversarial_epsilon = 0.0
   # Members: train this many models, seeds seed .. seed + num_seeds - 1, in one compiled
   # program (`members.MembersTrainer`); each equals the one-seed run of its seed.
