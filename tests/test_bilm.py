@@ -16,6 +16,7 @@ from birnn_jax.training import config_lib
 from birnn_jax import errors
 from birnn_jax.training import train
 from birnn_jax.training import trained
+from birnn_jax.data import conllu_data
 from birnn_jax.tasks import bilm
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
@@ -210,6 +211,35 @@ def test_punctuation_labels_align_with_d2l_words():
       "none", "none", "pause", "none", "end", "end", "none", "pause", "end"]
 
 
+def test_treebank_text_reads_forms_like_frozen_features_do():
+  """A treebank's words are exactly the tokens `FrozenFeatures` gives a tagger (forms with
+  letters, as `book_token`s); its punctuation forms label what followed each word."""
+  sentences = [[("Don't", "AUX"), ("go", "VERB"), (",", "PUNCT"), ("3.5", "NUM"),
+                ("U.S.", "PROPN"), ("--", "PUNCT"), ("ok", "INTJ"), ("!", "PUNCT")],
+               [("e-mail", "NOUN"), ("$", "SYM"), ("me", "PRON")]]
+  raw = bilm.task.treebank_text(sentences)
+  words, labels = bilm.task.labelled_words(raw)
+  assert words == ["dont", "go", "us", "ok", "email", "me"]
+  assert words == [bilm.book_token(f) for s in sentences for f, _ in s if bilm.book_token(f)]
+  assert [bilm.PROBE_CLASSES[i] for i in labels] == [
+      "none", "pause", "pause", "end", "none", "end"]
+
+
+def test_treebank_corpus_trains_on_the_treebank_splits(tmp_path):
+  """data.corpus='treebank': train/valid/test are the bundled EWT's train/dev/test words,
+  and the probe's labels cover all of them."""
+  config = load_config("treebank,smoke")
+  assert config.data.corpus == "treebank"
+  task = bilm.Task(config, tmp_path)
+  treebank = conllu_data.load_ewt()
+  for name, split in zip(("train", "valid", "test"), conllu_data.SPLITS):
+    raw = bilm.task.treebank_text(getattr(treebank, split))
+    np.testing.assert_array_equal(task.ids[name],
+                                  task.vocab.encode(bilm.task.labelled_words(raw)[0]))
+  assert len(task.labels) == sum(len(ids) for ids in task.ids.values())
+  assert "google" in task.vocab.tokens and "morlocks" not in task.vocab.tokens
+
+
 def test_probes():
   rng = np.random.default_rng(0)
   y = rng.integers(0, 3, 400)
@@ -231,7 +261,8 @@ def test_probes():
 @pytest.mark.parametrize("key, value", [("model.bidirectional", True),
                                         ("model.embed_size", 8),
                                         ("model.mix_weights", (0.0, 1.0)),
-                                        ("data.level", "char")])
+                                        ("data.level", "char"),
+                                        ("data.corpus", "wikipedia")])
 def test_invalid_config_names_the_key(tmp_path, key, value):
   config = load_config()
   group, name = key.split(".")

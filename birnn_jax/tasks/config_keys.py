@@ -15,7 +15,7 @@ ADDED_KEYS = {"train.ema_decay": 0.0, "model.tag_scheme": "iob2", "model.casing_
               "smoke": False, "train.num_seeds": 1, "mesh.members": 1,
               "compare_directions": False, "model.neighbour_lm_weight": 0.0,
               "model.neighbour_lm_vocab": 7500, "model.neighbour_lm_hidden": 50,
-              "train.adversarial_epsilon": 0.0}
+              "train.adversarial_epsilon": 0.0, "data.corpus": "time_machine"}
 
 
 def added_key(section: ml_collections.ConfigDict, key: str):

@@ -15,10 +15,7 @@ from birnn_jax.data.vocab import PAD
 from birnn_jax.tasks.bilm import task as task_lib
 
 
-def book_token(form: str) -> str:
-  """Another corpus's token as the book's preprocessing would read it: its letters,
-  lowercased ("Don't" -> "dont", "3.5" -> ''; '' means the book would have no token)."""
-  return text_lib.preprocess(form).replace(" ", "")
+book_token = task_lib.book_token
 
 
 class FrozenFeatures:

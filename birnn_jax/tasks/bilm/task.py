@@ -42,6 +42,7 @@ biLM mix, next to the best a per-word lookup table can do.
 """
 
 
+import re
 from typing import Sequence
 
 import jax
@@ -53,6 +54,7 @@ from birnn_jax.tasks import losses
 from birnn_jax import errors
 from birnn_jax.tasks import models
 from birnn_jax.data import common as data_common
+from birnn_jax.data import conllu_data
 from birnn_jax.data import sampling
 from birnn_jax.data import text as text_lib
 from birnn_jax.data.vocab import PAD, UNK
@@ -64,6 +66,10 @@ from birnn_jax.tasks.bilm.model import BiLM, mix_weights
 VOCAB_FILE = "vocab_words.json"
 SENTENCE_SEP = "|"
 STREAM_BATCH = 256  # windows per call when reading a whole split for the probe
+# data.corpus: the book (split 90/5/5 in stream order), or a UD treebank's train/dev/test
+# word forms (data.dir; '' = the bundled English-EWT), for a biLM on a tagger's own text.
+CORPORA = ("time_machine", "treebank")
+_PUNCTUATION_ONLY = re.compile(r"^[.!?,;:-]+$")
 
 # Built-in polysemy demo: passages of the book (verbatim, some cut short), each with the
 # sense in which it uses the word, always with words on both sides of it (at a sentence's
@@ -106,6 +112,30 @@ def raw_time_machine(data_dir: str) -> str:
   return text_lib.decode_utf8(data_common.read_bytes(path), path)
 
 
+def labelled_words(raw: str) -> tuple[list[str], np.ndarray]:
+  """`probe.punctuation_labels(raw)`, checked to be d2l's word tokens of `raw`."""
+  words, labels = probe_lib.punctuation_labels(raw)
+  if words != text_lib.tokenize(text_lib.preprocess(raw), "word"):
+    raise RuntimeError("punctuation_labels no longer aligns with d2l's word tokens.")
+  return words, labels
+
+
+def book_token(form: str) -> str:
+  """Another corpus's token as the book's preprocessing would read it: its letters,
+  lowercased ("Don't" -> "dont", "3.5" -> ''; '' means the book would have no token)."""
+  return text_lib.preprocess(form).replace(" ", "")
+
+
+def treebank_text(sentences: Sequence[conllu_data.Sentence]) -> str:
+  """Treebank sentences as raw text that reads like the book's: each form with letters as
+  its `book_token` (so this corpus's words are exactly the tokens `FrozenFeatures` gives a
+  tagger), each form of punctuation only as it is (what the probe's labels are made of), and
+  other forms (numbers, symbols) left out."""
+  def as_in_book(form):
+    return book_token(form) or (form if _PUNCTUATION_ONLY.match(form) else "")
+  return " ".join(filter(None, (as_in_book(form) for s in sentences for form, _ in s)))
+
+
 def sentences_from_text(text: str) -> list[str]:
   """'one | two | ...' -> the non-empty sentences."""
   return [s.strip() for s in text.split(SENTENCE_SEP) if s.strip()]
@@ -133,11 +163,17 @@ class Task(base.Task):
     config_keys.check(config.probe.train_tokens >= 0, "probe.train_tokens",
                      config.probe.train_tokens, ">= 0 (0 = the whole train split)")
     mix_weights(tuple(m.mix_weights), m.num_layers)  # validates the length
-    raw = raw_time_machine(d.dir)
-    words, self.labels = probe_lib.punctuation_labels(raw)
-    if words != text_lib.tokenize(text_lib.preprocess(raw), "word"):
-      raise RuntimeError("punctuation_labels no longer aligns with d2l's word tokens.")
-    train, valid, test = text_lib.split_stream(words)
+    corpus = config_keys.added_key(d, "data.corpus")
+    config_keys.check(corpus in CORPORA, "data.corpus", corpus, f"one of {CORPORA}")
+    if corpus == "time_machine":
+      words, self.labels = labelled_words(raw_time_machine(d.dir))
+      train, valid, test = text_lib.split_stream(words)
+    else:
+      treebank = conllu_data.load_treebank(conllu_data.treebank_folder(d.dir or None))
+      parts = [labelled_words(treebank_text(getattr(treebank, split)))
+               for split in conllu_data.SPLITS]
+      (train, _), (valid, _), (test, _) = parts
+      self.labels = np.concatenate([labels for _, labels in parts])
     # Built from train only, deterministically from (data, data.min_freq), which a resumed
     # or predicting run checks against config.json; saved for readers outside the library.
     self.vocab = common.workdir_vocab(self.workdir / VOCAB_FILE,
