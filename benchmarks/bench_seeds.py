@@ -46,6 +46,8 @@ def parse_args(argv=None):
                            "(the GPU check: 1) leaves the sequential sums out")
   parser.add_argument("--out", default=None)
   parser.add_argument("--table", default=None, help="print the markdown table of this JSON")
+  parser.add_argument("--padding_only", action="store_true",
+                      help="add only the padding ratios (no timing) to the results file")
   parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--task", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--members", type=int, default=1, help=argparse.SUPPRESS)
@@ -113,6 +115,27 @@ def measure(task: str, members: int = 1, fold: int = 1, seed: int = 0, quick: bo
   return row
 
 
+def padding_ratios(task: str, counts, quick: bool = False) -> dict:
+  """{N: the time steps an N-member step runs (N x its longest member's batch, over one epoch)
+  / the time steps of the N members' own batches}: what padding members to one shape costs,
+  apart from anything vmap costs. The batchers only (`Task.host_batch`): no model, no timing."""
+  from birnn_jax import tasks  # pylint: disable=g-import-not-at-top
+  from birnn_jax.training import config_lib  # pylint: disable=g-import-not-at-top
+  experiment, variant = TASKS[task]
+  config = config_lib.load_experiment(ROOT / "experiments" / experiment,
+                                      "smoke" if quick else None)
+  config = tasks.get_task_class(config.task).variants(config)[variant]
+  members = []
+  for seed in range(max(counts)):
+    member = config.copy_and_resolve_references()
+    member.seed = seed
+    members.append(tasks.get_task_class(config.task)(member, tempfile.mkdtemp()))
+  lengths = [[m.host_batch(step)["words"].shape[1] for m in members]
+             for step in range(members[0].steps_per_epoch())]
+  return {str(n): n * sum(max(row[:n]) for row in lengths) / sum(sum(row[:n]) for row in lengths)
+          for n in counts}
+
+
 def per_epoch(row: dict) -> float:
   """Seconds of one epoch's training in that process: its compiles (of the shapes its
   measured steps met) plus the steps."""
@@ -164,16 +187,19 @@ def plot(results: dict, path: pathlib.Path) -> None:
 
 def table(results: dict) -> str:
   lines = ["| task | N | one program, s/epoch | N runs, s/epoch | ratio | step vs 1 member | "
-           "per-member tokens/s vs folding | compile s (1 program / N runs) | peak MiB |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "per-member tokens/s vs folding | padding to one shape | compile s (1 program / N runs) "
+           "| peak MiB |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
   for task, r in results["tasks"].items():
     for n, s in r["summary"].items():
       fold = f"{s['vmap_vs_folding']:.2f}×" if s.get("vmap_vs_folding") else "–"
       num = lambda v, fmt: "–" if v is None else format(v, fmt)
+      padding = num(r.get("padding", {}).get(n), ".2f")
       lines.append(f"| {task} | {n} | {s['members_epoch_s']:.0f} | "
                    f"{num(s['sequential_epoch_s'], '.0f')} | "
                    f"{num(s['members_vs_sequential'], '.2f')} | "
-                   f"{s['members_step_vs_one']:.2f}× | {fold} | {s['members_compile_s']:.1f} / "
+                   f"{s['members_step_vs_one']:.2f}× | {fold} | {padding}× | "
+                   f"{s['members_compile_s']:.1f} / "
                    f"{num(s['sequential_compile_s'], '.1f')} | "
                    f"{s['members_peak_rss_mib']:.0f} |")
   return "\n".join(lines)
@@ -188,6 +214,15 @@ def main(argv=None):
     print(table(json.loads(pathlib.Path(args.table).read_text())))
     return
   counts = (2,) if args.quick else tuple(int(n) for n in args.counts.split(","))
+  out = pathlib.Path(args.out or ROOT / "benchmarks" / f"results_seeds_{args.device}.json")
+  if args.padding_only:
+    results = json.loads(out.read_text())
+    for task in args.tasks.split(","):
+      results["tasks"][task]["padding"] = padding_ratios(task, counts, args.quick)
+      print(f"{task}: padding to one shape {results['tasks'][task]['padding']}", flush=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print("\n" + table(results) + f"\n\nWrote {out}.")
+    return
   runs = max(counts) if args.one_seed_runs is None else args.one_seed_runs
   results = {"device": args.device, "quick": args.quick, "steps": args.steps,
              "machine": platform.platform(), "python": platform.python_version(), "tasks": {}}
@@ -199,10 +234,10 @@ def main(argv=None):
     folded = {n: measure(task, fold=n, quick=args.quick, steps=args.steps) for n in counts}
     results["tasks"][task] = {"one_seed": one_seed, "members": list(members.values()),
                               "folded": list(folded.values()),
-                              "summary": summarize(one_seed, members, folded)}
+                              "summary": summarize(one_seed, members, folded),
+                              "padding": padding_ratios(task, counts, args.quick)}
   import jax  # pylint: disable=g-import-not-at-top
   results["jax"] = jax.__version__
-  out = pathlib.Path(args.out or ROOT / "benchmarks" / f"results_seeds_{args.device}.json")
   out.write_text(json.dumps(results, indent=2) + "\n")
   plot(results, out.with_name(f"seeds_{args.device}.png"))
   print("\n" + table(results))
