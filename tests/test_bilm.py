@@ -18,6 +18,7 @@ from birnn_jax.training import train
 from birnn_jax.training import trained
 from birnn_jax.data import conllu_data
 from birnn_jax.tasks import bilm
+from helpers import write_greek_treebank
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -238,6 +239,14 @@ def test_treebank_corpus_trains_on_the_treebank_splits(tmp_path):
                                   task.vocab.encode(bilm.task.labelled_words(raw)[0]))
   assert len(task.labels) == sum(len(ids) for ids in task.ids.values())
   assert "google" in task.vocab.tokens and "morlocks" not in task.vocab.tokens
+
+
+def test_treebank_without_latin_letters_is_refused_naming_the_file(tmp_path):
+  folder = write_greek_treebank(tmp_path / "UD_Greek-Tiny")
+  config = load_config("treebank,smoke")
+  config.data.dir = str(folder)
+  with pytest.raises(errors.DataError, match=r"-ud-train\.conllu.*letters a-z in its train"):
+    bilm.Task(config, tmp_path / "run")
 
 
 def test_probes():

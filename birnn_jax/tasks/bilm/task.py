@@ -1,4 +1,5 @@
-"""Contextual word vectors from an ELMo-style biLM on The Time Machine (D2L 10.4, polysemy).
+"""Contextual word vectors from an ELMo-style biLM on The Time Machine (D2L 10.4, polysemy),
+or on a UD treebank's own words (`data.corpus='treebank'`, for a tagger's features).
 
 The correct way to pretrain bidirectionally (Peters et al. 2018, "Deep contextualized word
 representations"): two language models, never one bidirectional one.
@@ -172,6 +173,13 @@ class Task(base.Task):
       treebank = conllu_data.load_treebank(conllu_data.treebank_folder(d.dir or None))
       parts = [labelled_words(treebank_text(getattr(treebank, split)))
                for split in conllu_data.SPLITS]
+      for split, (words, _) in zip(conllu_data.SPLITS, parts):
+        if len(words) < d.seq_len:
+          raise errors.DataError(
+              f"{len(words)} words with letters a-z in its {split} split, fewer than "
+              f"data.seq_len={d.seq_len}: the biLM reads words as the book's preprocessing "
+              "does (ASCII letters, lowercased), so it needs a treebank in a Latin script.",
+              treebank.sources[split])
       (train, _), (valid, _), (test, _) = parts
       self.labels = np.concatenate([labels for _, labels in parts])
     # Built from train only, deterministically from (data, data.min_freq), which a resumed
