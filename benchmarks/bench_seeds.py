@@ -126,12 +126,13 @@ def padding_ratios(task: str, counts, quick: bool = False) -> dict:
                                       "smoke" if quick else None)
   config = tasks.get_task_class(config.task).variants(config)[variant]
   members = []
-  for seed in range(max(counts)):
-    member = config.copy_and_resolve_references()
-    member.seed = seed
-    members.append(tasks.get_task_class(config.task)(member, tempfile.mkdtemp()))
-  lengths = [[m.host_batch(step)["words"].shape[1] for m in members]
-             for step in range(members[0].steps_per_epoch())]
+  with tempfile.TemporaryDirectory() as workdir:
+    for seed in range(max(counts)):
+      member = config.copy_and_resolve_references()
+      member.seed = seed
+      members.append(tasks.get_task_class(config.task)(member, f"{workdir}/{seed}"))
+    lengths = [[m.host_batch(step)["words"].shape[1] for m in members]
+               for step in range(members[0].steps_per_epoch())]
   return {str(n): n * sum(max(row[:n]) for row in lengths) / sum(sum(row[:n]) for row in lengths)
           for n in counts}
 
@@ -194,11 +195,11 @@ def table(results: dict) -> str:
     for n, s in r["summary"].items():
       fold = f"{s['vmap_vs_folding']:.2f}×" if s.get("vmap_vs_folding") else "–"
       num = lambda v, fmt: "–" if v is None else format(v, fmt)
-      padding = num(r.get("padding", {}).get(n), ".2f")
+      padding = num(r.get("padding", {}).get(n), ".2f") + ("×" if n in r.get("padding", {}) else "")
       lines.append(f"| {task} | {n} | {s['members_epoch_s']:.0f} | "
                    f"{num(s['sequential_epoch_s'], '.0f')} | "
                    f"{num(s['members_vs_sequential'], '.2f')} | "
-                   f"{s['members_step_vs_one']:.2f}× | {fold} | {padding}× | "
+                   f"{s['members_step_vs_one']:.2f}× | {fold} | {padding} | "
                    f"{s['members_compile_s']:.1f} / "
                    f"{num(s['sequential_compile_s'], '.1f')} | "
                    f"{s['members_peak_rss_mib']:.0f} |")
@@ -216,6 +217,9 @@ def main(argv=None):
   counts = (2,) if args.quick else tuple(int(n) for n in args.counts.split(","))
   out = pathlib.Path(args.out or ROOT / "benchmarks" / f"results_seeds_{args.device}.json")
   if args.padding_only:
+    if not out.exists():
+      sys.exit(f"--padding_only adds to a results file, and {out} does not exist: run "
+               "the benchmark first (or name one with --out).")
     results = json.loads(out.read_text())
     for task in args.tasks.split(","):
       results["tasks"][task]["padding"] = padding_ratios(task, counts, args.quick)
