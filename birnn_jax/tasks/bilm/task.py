@@ -137,6 +137,26 @@ def treebank_text(sentences: Sequence[conllu_data.Sentence]) -> str:
   return " ".join(filter(None, (as_in_book(form) for s in sentences for form, _ in s)))
 
 
+def corpus_splits(data, corpus: str) -> tuple[tuple[list[str], list[str], list[str]],
+                                               np.ndarray]:
+  """((train, valid, test) words, the probe's labels <int32>[all words, in that order]) of
+  `config.data` for `corpus` (one of CORPORA)."""
+  if corpus == "time_machine":
+    words, labels = labelled_words(raw_time_machine(data.dir))
+    return text_lib.split_stream(words), labels
+  treebank = conllu_data.load_treebank(conllu_data.treebank_folder(data.dir or None))
+  parts = [labelled_words(treebank_text(getattr(treebank, split)))
+           for split in conllu_data.SPLITS]
+  for split, (words, _) in zip(conllu_data.SPLITS, parts):
+    if len(words) < data.seq_len:
+      raise errors.DataError(
+          f"{len(words)} words with letters a-z in its {split} split, fewer than "
+          f"data.seq_len={data.seq_len}: the biLM reads words as the book's preprocessing "
+          "does (ASCII letters, lowercased), so it needs a treebank in a Latin script.",
+          treebank.sources[split])
+  return tuple(words for words, _ in parts), np.concatenate([labels for _, labels in parts])
+
+
 def sentences_from_text(text: str) -> list[str]:
   """'one | two | ...' -> the non-empty sentences."""
   return [s.strip() for s in text.split(SENTENCE_SEP) if s.strip()]
@@ -166,22 +186,7 @@ class Task(base.Task):
     mix_weights(tuple(m.mix_weights), m.num_layers)  # validates the length
     corpus = config_keys.added_key(d, "data.corpus")
     config_keys.check(corpus in CORPORA, "data.corpus", corpus, f"one of {CORPORA}")
-    if corpus == "time_machine":
-      words, self.labels = labelled_words(raw_time_machine(d.dir))
-      train, valid, test = text_lib.split_stream(words)
-    else:
-      treebank = conllu_data.load_treebank(conllu_data.treebank_folder(d.dir or None))
-      parts = [labelled_words(treebank_text(getattr(treebank, split)))
-               for split in conllu_data.SPLITS]
-      for split, (words, _) in zip(conllu_data.SPLITS, parts):
-        if len(words) < d.seq_len:
-          raise errors.DataError(
-              f"{len(words)} words with letters a-z in its {split} split, fewer than "
-              f"data.seq_len={d.seq_len}: the biLM reads words as the book's preprocessing "
-              "does (ASCII letters, lowercased), so it needs a treebank in a Latin script.",
-              treebank.sources[split])
-      (train, _), (valid, _), (test, _) = parts
-      self.labels = np.concatenate([labels for _, labels in parts])
+    (train, valid, test), self.labels = corpus_splits(d, corpus)
     # Built from train only, deterministically from (data, data.min_freq), which a resumed
     # or predicting run checks against config.json; saved for readers outside the library.
     self.vocab = common.workdir_vocab(self.workdir / VOCAB_FILE,
