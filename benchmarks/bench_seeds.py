@@ -224,7 +224,11 @@ def main(argv=None):
     for task in args.tasks.split(","):
       results["tasks"][task]["padding"] = padding_ratios(task, counts, args.quick)
       print(f"{task}: padding to one shape {results['tasks'][task]['padding']}", flush=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    # The results file is this mode's input too: the new one is written beside it and
+    # moved over it, so a crash leaves the old one whole.
+    partial = out.with_name(out.name + ".partial")
+    partial.write_text(json.dumps(results, indent=2) + "\n")
+    partial.replace(out)
     print("\n" + table(results) + f"\n\nWrote {out}.")
     return
   runs = max(counts) if args.one_seed_runs is None else args.one_seed_runs
